@@ -1,0 +1,73 @@
+//! Decides when each shard of a Discord bot may send IDENTIFY.
+//!
+//! Discord limits IDENTIFY three ways (see `session_start_limit` of `GET /gateway/bot`):
+//!
+//! - a shard's bucket is `shard_id % max_concurrency`, and each bucket may identify
+//!   once per 5 seconds;
+//! - at most `remaining` identifies until `reset_after`, then `total` per 24 h window,
+//!   which opens with the first identify after a reset. Going over invalidates every
+//!   session and may reset the bot's token;
+//! - RESUMEs do not count.
+//!
+//! [`Scheduler`] enforces all of them exactly, and wastes none of the limit: a shard
+//! is granted at the first instant the rules allow.
+//!
+//! # Sans-IO
+//!
+//! The scheduler does no I/O, reads no clock and spawns nothing. Every call that
+//! depends on time takes `now`; instants that go backwards are read as the latest one
+//! seen. The same calls with the same instants give the same decisions, which is what
+//! makes it testable to the nanosecond and usable from any runtime.
+//!
+//! # The driver loop
+//!
+//! Feed it inputs, then poll until it says to wait:
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use identify_queue::{Decision, Scheduler, SessionStartLimit};
+//!
+//! let limit = SessionStartLimit {
+//!     total: 1000,
+//!     remaining: 1000,
+//!     reset_after: Duration::from_secs(20_000),
+//!     max_concurrency: 16,
+//! };
+//! // A simulated clock: jump to each deadline instead of sleeping.
+//! let start = Instant::now();
+//! let mut now = start;
+//! let mut scheduler = Scheduler::new(limit, now)?;
+//! let mut granted = Vec::new();
+//! for shard in 0..64 {
+//!     if let Decision::Grant(shard) = scheduler.request(shard, now)? {
+//!         granted.push((shard, now)); // send IDENTIFY for `shard`
+//!     }
+//! }
+//! loop {
+//!     match scheduler.poll(now) {
+//!         Decision::Grant(shard) => granted.push((shard, now)), // send IDENTIFY
+//!         Decision::Wait(until) => now = until,                 // sleep until then
+//!         Decision::Idle => break,                              // wait for a request
+//!     }
+//! }
+//! assert_eq!(granted.len(), 64);
+//! // 64 shards in 16 buckets: four rounds, 5 s apart.
+//! assert_eq!(now - start, Duration::from_secs(15));
+//! # Ok::<(), identify_queue::Error>(())
+//! ```
+//!
+//! In hold mode ([`Config::hold_until_release`]) also call [`Scheduler::release`] when a
+//! shard reports READY; in any mode call [`Scheduler::update`] with a fresh
+//! `session_start_limit` when you have one.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod budget;
+mod buckets;
+mod limit;
+mod scheduler;
+mod shard_map;
+mod time;
+
+pub use limit::{Config, DISCORD_INTERVAL, Error, SessionStartLimit, ShardId};
+pub use scheduler::{Decision, Scheduler};

@@ -1,0 +1,158 @@
+//! The inputs a scheduler is built from, their validation, and the errors.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A shard's number, as in `[shard_id, num_shards]` of IDENTIFY.
+pub type ShardId = u32;
+
+/// Mirror of Discord's `session_start_limit` object (`reset_after` as a Duration).
+///
+/// Read it from `GET /gateway/bot`:
+///
+/// ```json
+/// { "total": 1000, "remaining": 997, "reset_after": 14336000, "max_concurrency": 16 }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionStartLimit {
+    /// Session starts allowed per 24 h window.
+    pub total: u32,
+    /// Session starts left in the current window.
+    pub remaining: u32,
+    /// Time until the window resets to `total` (`Duration::MAX`: never).
+    pub reset_after: Duration,
+    /// Number of buckets: a shard's bucket is `shard_id % max_concurrency`.
+    pub max_concurrency: u32,
+}
+
+impl SessionStartLimit {
+    /// Checks the fields that a scheduler relies on, naming the first bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.max_concurrency == 0 {
+            return Err(Error::ZeroMaxConcurrency);
+        }
+        if self.total == 0 {
+            return Err(Error::ZeroTotal);
+        }
+        if self.remaining > self.total {
+            return Err(Error::RemainingExceedsTotal {
+                remaining: self.remaining,
+                total: self.total,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How a scheduler frees buckets.
+///
+/// The default is Discord's rule as twilight and discord.js apply it: a bucket is free
+/// again 5 s after its last grant ("timer mode").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub(crate) interval: Duration,
+    pub(crate) hold_timeout: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interval: DISCORD_INTERVAL,
+            hold_timeout: None,
+        }
+    }
+}
+
+/// Discord's spacing between two IDENTIFYs of one bucket.
+pub const DISCORD_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Config {
+    /// The least time between two grants in one bucket (default 5 s; must not be zero).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Hold mode (lacord, JDA): a granted shard holds its bucket until
+    /// [`Scheduler::release`](crate::Scheduler::release), never less than the interval
+    /// and at most `timeout` after its grant, so a lost READY cannot block a bucket
+    /// for good. `Duration::MAX` waits for the release forever.
+    pub fn hold_until_release(mut self, timeout: Duration) -> Self {
+        self.hold_timeout = Some(timeout);
+        self
+    }
+
+    /// The configured interval.
+    pub fn get_interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The hold timeout in hold mode; `None` in timer mode.
+    pub fn get_hold_timeout(&self) -> Option<Duration> {
+        self.hold_timeout
+    }
+
+    /// Checks the configuration, naming the first bad field.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.interval.is_zero() {
+            return Err(Error::ZeroInterval);
+        }
+        Ok(())
+    }
+}
+
+/// Bad input to a scheduler or a queue. Each variant names the field and what is wrong
+/// with it; the call that returned it changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// `max_concurrency` was 0: every shard needs a bucket.
+    ZeroMaxConcurrency,
+    /// `total` was 0: a bot that may never identify cannot be scheduled.
+    ZeroTotal,
+    /// `remaining` was larger than `total`.
+    RemainingExceedsTotal {
+        /// The `remaining` given.
+        remaining: u32,
+        /// The `total` given.
+        total: u32,
+    },
+    /// The interval was zero: Discord requires time between IDENTIFYs of a bucket.
+    ZeroInterval,
+    /// The shard was requested while an earlier request of it still waits.
+    AlreadyQueued(ShardId),
+    /// Every sequence number is taken by a queued shard (about 4 billion of them).
+    QueueFull,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ZeroMaxConcurrency => f.write_str(
+                "invalid session start limit: `max_concurrency` is 0, it must be at least 1 \
+                 (use the value from GET /gateway/bot)",
+            ),
+            Self::ZeroTotal => f.write_str(
+                "invalid session start limit: `total` is 0, it must be at least 1 \
+                 (use the value from GET /gateway/bot)",
+            ),
+            Self::RemainingExceedsTotal { remaining, total } => write!(
+                f,
+                "invalid session start limit: `remaining` ({remaining}) is larger than \
+                 `total` ({total})"
+            ),
+            Self::ZeroInterval => f.write_str(
+                "invalid config: `interval` is zero, it must be positive (Discord's is 5 s)",
+            ),
+            Self::AlreadyQueued(shard) => write!(
+                f,
+                "shard {shard} is already queued: wait for its grant or cancel it first"
+            ),
+            Self::QueueFull => f.write_str(
+                "too many shards queued: every sequence number is in use, grant or cancel some",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,612 @@
+//! The sans-IO scheduler: request / poll / cancel / release / update.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::time::Instant;
+
+use crate::budget::Budget;
+use crate::buckets::{Bucket, BucketId, Entry, Standing};
+use crate::limit::{Config, Error, SessionStartLimit, ShardId};
+use crate::shard_map::{Seq, ShardMap};
+use crate::time::{Moment, wake_at};
+
+/// What the scheduler tells its driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Decision {
+    /// This shard may send IDENTIFY now.
+    Grant(ShardId),
+    /// Shards are queued; call `poll` again at (not before) this instant.
+    Wait(Instant),
+    /// Nothing is queued.
+    Idle,
+}
+
+/// Decides when each shard may IDENTIFY: one grant per `interval` per bucket
+/// (`shard % max_concurrency`), never more grants than the daily budget, FIFO within a
+/// bucket and the oldest first across buckets.
+///
+/// It does no I/O and reads no clock: every time-dependent call takes `now`, and the
+/// same calls with the same instants give the same decisions.
+///
+/// # Driving it
+///
+/// After any input (`request`, `cancel`, `release`, `update`), call [`poll`] until it
+/// returns [`Decision::Wait`] or [`Decision::Idle`], letting each granted shard
+/// IDENTIFY; then sleep until the `Wait` instant (or the next input) and poll again.
+/// `request` itself may grant at once, which saves a round trip for an idle bucket.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use identify_queue::{Decision, Scheduler, SessionStartLimit};
+///
+/// let limit = SessionStartLimit {
+///     total: 1000,
+///     remaining: 1000,
+///     reset_after: Duration::from_secs(3600),
+///     max_concurrency: 2,
+/// };
+/// let start = Instant::now();
+/// let mut scheduler = Scheduler::new(limit, start)?;
+/// for shard in 0..4 {
+///     let _ = scheduler.request(shard, start)?; // shards 0 and 1 are granted here
+/// }
+/// // Shards 2 and 3 share buckets with 0 and 1: they may go 5 s later.
+/// assert_eq!(scheduler.poll(start), Decision::Wait(start + Duration::from_secs(5)));
+/// let later = start + Duration::from_secs(5);
+/// assert_eq!(scheduler.poll(later), Decision::Grant(2));
+/// assert_eq!(scheduler.poll(later), Decision::Grant(3));
+/// assert_eq!(scheduler.poll(later), Decision::Idle);
+/// # Ok::<(), identify_queue::Error>(())
+/// ```
+///
+/// [`poll`]: Scheduler::poll
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    config: Config,
+    max_concurrency: u32,
+    /// The latest instant seen: earlier ones are read as this one.
+    clock: Instant,
+    budget: Budget,
+    queued: ShardMap,
+    next_seq: Seq,
+    /// Buckets that have anything queued, cooling down or held (and some idle ones
+    /// until the next sweep).
+    buckets: BTreeMap<BucketId, Bucket>,
+    /// Buckets whose first shard is eligible, oldest first. Entries whose bucket has
+    /// moved on are skipped when met and purged when they outnumber the live ones.
+    ready: BinaryHeap<Reverse<(Seq, BucketId)>>,
+    ready_count: usize,
+    /// Non-empty buckets not yet free, soonest first; stale entries as in `ready`.
+    waiting: BinaryHeap<Reverse<(Instant, BucketId)>>,
+    waiting_count: usize,
+    /// Grants within the last interval, oldest first: an update that changes
+    /// `max_concurrency` needs them to know which new bucket each one cools down.
+    recent_grants: VecDeque<(Instant, ShardId)>,
+    /// Forget idle buckets when there are this many buckets.
+    sweep_at: usize,
+}
+
+const MIN_SWEEP: usize = 64;
+
+impl Scheduler {
+    /// A scheduler in timer mode with Discord's 5 s interval.
+    pub fn new(limit: SessionStartLimit, now: Instant) -> Result<Self, Error> {
+        Self::with_config(limit, Config::default(), now)
+    }
+
+    /// A scheduler with `config` (interval, hold mode).
+    pub fn with_config(limit: SessionStartLimit, config: Config, now: Instant) -> Result<Self, Error> {
+        limit.validate()?;
+        config.validate()?;
+        Ok(Self {
+            max_concurrency: limit.max_concurrency,
+            budget: Budget::new(&limit, now),
+            config,
+            clock: now,
+            queued: ShardMap::default(),
+            next_seq: 0,
+            buckets: BTreeMap::new(),
+            ready: BinaryHeap::new(),
+            ready_count: 0,
+            waiting: BinaryHeap::new(),
+            waiting_count: 0,
+            recent_grants: VecDeque::new(),
+            sweep_at: MIN_SWEEP,
+        })
+    }
+
+    /// Queue `shard`; `Grant(shard)` if it may identify right now, else `Wait(t)`.
+    ///
+    /// It is granted at once exactly when its bucket is free with nothing queued, and
+    /// the budget left covers it and every eligible shard queued before it. Otherwise
+    /// it is queued and `Wait(t)` says when to [`poll`](Self::poll) (`t` is `now` when
+    /// other shards are eligible already).
+    ///
+    /// Errors with [`Error::AlreadyQueued`] if `shard` is queued already.
+    #[must_use = "a Grant means the shard may identify now; a Wait says when to poll"]
+    pub fn request(&mut self, shard: ShardId, now: Instant) -> Result<Decision, Error> {
+        if self.queued.contains_key(&shard) {
+            return Err(Error::AlreadyQueued(shard));
+        }
+        if self.next_seq == Seq::MAX {
+            self.renumber();
+            if self.next_seq == Seq::MAX {
+                return Err(Error::QueueFull);
+            }
+        }
+        self.advance(now);
+        let id = self.bucket_of(shard);
+        let clock = self.clock;
+        let budget_covers = self.budget.remaining() as usize > self.ready_count;
+        let bucket = self.bucket_mut(id);
+        let free = bucket.free_at().is_none_or(|free| free.has_passed(clock));
+        if bucket.is_empty() && free && budget_covers {
+            self.record_grant(id, shard);
+            return Ok(Decision::Grant(shard));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queued.insert(shard, seq);
+        let bucket = self.bucket_mut(id);
+        let was_empty = bucket.is_empty();
+        bucket.push(Entry { seq, shard });
+        if was_empty {
+            self.reindex(id);
+        }
+        Ok(self.wait_decision())
+    }
+
+    /// The next shard allowed to identify now, or when to ask again, or `Idle`.
+    ///
+    /// Eligible shards come out oldest request first. After anything but `Grant`, no
+    /// queued shard is eligible at `now`, and `Wait(t)` names the earliest instant at
+    /// which one becomes eligible (at least a year ahead when none ever can).
+    #[must_use = "a Grant means the shard may identify now; a Wait says when to poll"]
+    pub fn poll(&mut self, now: Instant) -> Decision {
+        self.advance(now);
+        if self.budget.remaining() > 0 {
+            while let Some(Reverse((seq, id))) = self.ready.pop() {
+                let Some(bucket) = self.buckets.get_mut(&id) else {
+                    continue;
+                };
+                if bucket.standing != Standing::Ready(seq) {
+                    continue;
+                }
+                let Some(entry) = bucket.pop_head(&self.queued) else {
+                    continue;
+                };
+                self.queued.remove(&entry.shard);
+                self.record_grant(id, entry.shard);
+                self.reindex(id);
+                return Decision::Grant(entry.shard);
+            }
+        }
+        self.wait_decision()
+    }
+
+    /// Remove a queued shard; true if it was queued. Never consumes budget, and the
+    /// shards behind it move up at once.
+    pub fn cancel(&mut self, shard: ShardId) -> bool {
+        let Some(seq) = self.queued.remove(&shard) else {
+            return false;
+        };
+        let id = self.bucket_of(shard);
+        if let Some(bucket) = self.buckets.get_mut(&id) {
+            let was_head = bucket.head().is_some_and(|head| head.seq == seq);
+            bucket.cancelled(seq, &self.queued);
+            if was_head {
+                self.reindex(id);
+            }
+        }
+        true
+    }
+
+    /// Hold mode: the granted shard got READY (or failed); its bucket may free.
+    /// Timer mode: no effect. Returns whether `shard` was holding a bucket (a hold
+    /// that timed out is not held any more); when it returns false nothing changed.
+    pub fn release(&mut self, shard: ShardId, now: Instant) -> bool {
+        if self.config.hold_timeout.is_none() {
+            return false;
+        }
+        let at = self.clock.max(now);
+        let id = self.bucket_of(shard);
+        let holds = self
+            .buckets
+            .get(&id)
+            .is_some_and(|bucket| bucket.live_hold(shard, at).is_some());
+        if !holds {
+            return false;
+        }
+        self.advance(now);
+        let clock = self.clock;
+        if let Some(bucket) = self.buckets.get_mut(&id) {
+            bucket.release(shard, clock);
+        }
+        self.reindex(id);
+        true
+    }
+
+    /// Fresh `session_start_limit` (e.g. after re-reading /gateway/bot).
+    ///
+    /// The budget becomes `limit.remaining`, resetting at `now + reset_after` (at once
+    /// if that is zero). A new `max_concurrency` re-keys the queued shards, keeping
+    /// their order, and the buckets: a new bucket is free only once every grant of the
+    /// last interval whose shard maps to it has aged the interval (and, in hold mode,
+    /// every hold on it has ended).
+    pub fn update(&mut self, limit: SessionStartLimit, now: Instant) -> Result<(), Error> {
+        limit.validate()?;
+        self.advance(now);
+        self.budget = Budget::new(&limit, self.clock);
+        if limit.max_concurrency != self.max_concurrency {
+            self.rekey(limit.max_concurrency);
+        }
+        Ok(())
+    }
+
+    /// Number of queued (not yet granted) shards.
+    pub fn len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Whether no shard is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queued.is_empty()
+    }
+
+    /// Whether `shard` is queued.
+    pub fn is_queued(&self, shard: ShardId) -> bool {
+        self.queued.contains_key(&shard)
+    }
+
+    /// The earliest instant at which a queued `shard` can be granted if nothing else
+    /// changes: when its bucket is free, plus one interval per shard ahead of it in
+    /// the bucket, and not before the budget resets if it is spent. A lower bound for
+    /// progress reports: a hold that is not released early, or a budget that runs out
+    /// on the way, makes the grant later. `None` if `shard` is not queued.
+    ///
+    /// Costs O(log n), or O(shards ahead in its bucket) while cancelled shards wait
+    /// there to be cleaned up.
+    pub fn eta(&self, shard: ShardId, now: Instant) -> Option<Instant> {
+        let &seq = self.queued.get(&shard)?;
+        let at = self.clock.max(now);
+        let bucket = self.buckets.get(&self.bucket_of(shard))?;
+        let free = bucket.free_at().map_or(Moment::At(at), |free| free.max(Moment::At(at)));
+        let ahead = u32::try_from(bucket.ahead_of(seq, &self.queued)).unwrap_or(u32::MAX);
+        let mut eta = match (free, self.config.interval.checked_mul(ahead)) {
+            (Moment::At(free), Some(spacing)) => Moment::after(free, spacing),
+            _ => Moment::Never,
+        };
+        let mut budget = self.budget;
+        budget.refresh(at);
+        if let Some(unit) = budget.unit_available_at() {
+            eta = eta.max(unit);
+        }
+        Some(wake_at(eta, at))
+    }
+
+    /// The bucket `shard` is in under the current `max_concurrency`.
+    pub fn bucket_of(&self, shard: ShardId) -> u32 {
+        shard % self.max_concurrency
+    }
+
+    /// The `max_concurrency` in force.
+    pub fn max_concurrency(&self) -> u32 {
+        self.max_concurrency
+    }
+
+    /// Session starts per window, from the last `new`/`update`.
+    pub fn total(&self) -> u32 {
+        self.budget.total()
+    }
+
+    /// Session starts left at `now` (a reset due by then counted in), without changing
+    /// anything.
+    pub fn remaining(&self, now: Instant) -> u32 {
+        self.budget.remaining_at(self.clock.max(now))
+    }
+
+    /// When the budget goes back to `total`, as of the latest instant seen: `None`
+    /// when it never does, or when it has just been refilled and the next 24 h window
+    /// opens with the next grant.
+    pub fn resets_at(&self) -> Option<Instant> {
+        match self.budget.resets_at() {
+            Some(Moment::At(at)) => Some(at),
+            _ => None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The latest instant seen.
+    pub fn now(&self) -> Instant {
+        self.clock
+    }
+
+    /// Moves the clock to `now` (never back) and applies what comes due by then: the
+    /// budget reset and the buckets that free up.
+    fn advance(&mut self, now: Instant) {
+        if now > self.clock {
+            self.clock = now;
+        }
+        let clock = self.clock;
+        self.budget.refresh(clock);
+        while let Some(&Reverse((at, id))) = self.waiting.peek() {
+            if at > clock {
+                break;
+            }
+            self.waiting.pop();
+            let Some(bucket) = self.buckets.get_mut(&id) else {
+                continue;
+            };
+            if bucket.standing != Standing::Waiting(at) {
+                continue;
+            }
+            let Some(head) = bucket.head() else {
+                continue;
+            };
+            bucket.standing = Standing::Ready(head.seq);
+            self.waiting_count -= 1;
+            self.ready_count += 1;
+            self.ready.push(Reverse((head.seq, id)));
+        }
+        let interval = self.config.interval;
+        while let Some(&(granted, _)) = self.recent_grants.front() {
+            if !Moment::after(granted, interval).has_passed(clock) {
+                break;
+            }
+            self.recent_grants.pop_front();
+        }
+    }
+
+    /// Books a grant of `shard` in bucket `id` at the clock.
+    fn record_grant(&mut self, id: BucketId, shard: ShardId) {
+        let clock = self.clock;
+        self.budget.spend(clock);
+        self.recent_grants.push_back((clock, shard));
+        let cooldown = Moment::after(clock, self.config.interval);
+        let hold = self
+            .config
+            .hold_timeout
+            .map(|timeout| Moment::after(clock, timeout));
+        let bucket = self.bucket_mut(id);
+        bucket.extend_cooldown(cooldown);
+        if let Some(until) = hold {
+            bucket.hold(shard, until, clock);
+        }
+    }
+
+    /// The decision when nothing is granted now.
+    fn wait_decision(&mut self) -> Decision {
+        if self.queued.is_empty() {
+            return Decision::Idle;
+        }
+        let bucket_free = if self.ready_count > 0 {
+            Moment::At(self.clock)
+        } else {
+            self.earliest_waiting()
+        };
+        let eligible = match self.budget.unit_available_at() {
+            Some(unit) => bucket_free.max(unit),
+            None => bucket_free,
+        };
+        Decision::Wait(wake_at(eligible, self.clock))
+    }
+
+    /// When the soonest waiting bucket frees (`Never` if none will by itself).
+    fn earliest_waiting(&mut self) -> Moment {
+        while let Some(&Reverse((at, id))) = self.waiting.peek() {
+            let current = self
+                .buckets
+                .get(&id)
+                .is_some_and(|bucket| bucket.standing == Standing::Waiting(at));
+            if current {
+                return Moment::At(at);
+            }
+            self.waiting.pop();
+        }
+        Moment::Never
+    }
+
+    /// Files bucket `id` under where it stands now, after its head or its free time
+    /// changed.
+    fn reindex(&mut self, id: BucketId) {
+        let clock = self.clock;
+        let Some(bucket) = self.buckets.get_mut(&id) else {
+            return;
+        };
+        let standing = match (bucket.head(), bucket.free_at()) {
+            (None, _) => Standing::Empty,
+            (Some(head), None) => Standing::Ready(head.seq),
+            (Some(head), Some(free)) if free.has_passed(clock) => Standing::Ready(head.seq),
+            (Some(_), Some(Moment::At(at))) => Standing::Waiting(at),
+            (Some(_), Some(Moment::Never)) => Standing::Stalled,
+        };
+        let old = std::mem::replace(&mut bucket.standing, standing);
+        if old == standing {
+            return;
+        }
+        match old {
+            Standing::Ready(_) => self.ready_count -= 1,
+            Standing::Waiting(_) => self.waiting_count -= 1,
+            Standing::Empty | Standing::Stalled => {}
+        }
+        match standing {
+            Standing::Ready(seq) => {
+                self.ready_count += 1;
+                self.ready.push(Reverse((seq, id)));
+            }
+            Standing::Waiting(at) => {
+                self.waiting_count += 1;
+                self.waiting.push(Reverse((at, id)));
+            }
+            Standing::Empty | Standing::Stalled => {}
+        }
+        self.purge_stale_entries();
+    }
+
+    /// Drops index entries of buckets that moved on, once they outnumber the live ones:
+    /// O(1) amortised, and the heaps stay within twice the buckets.
+    fn purge_stale_entries(&mut self) {
+        const SLACK: usize = 16;
+        let buckets = &self.buckets;
+        if self.ready.len() > 2 * self.ready_count + SLACK {
+            self.ready.retain(|&Reverse((seq, id))| {
+                buckets.get(&id).is_some_and(|b| b.standing == Standing::Ready(seq))
+            });
+        }
+        if self.waiting.len() > 2 * self.waiting_count + SLACK {
+            self.waiting.retain(|&Reverse((at, id))| {
+                buckets.get(&id).is_some_and(|b| b.standing == Standing::Waiting(at))
+            });
+        }
+    }
+
+    /// Bucket `id`, made if absent. Forgets idle buckets when they pile up, so memory
+    /// follows the buckets in use, not every bucket ever used.
+    fn bucket_mut(&mut self, id: BucketId) -> &mut Bucket {
+        if !self.buckets.contains_key(&id) && self.buckets.len() >= self.sweep_at {
+            let clock = self.clock;
+            self.buckets.retain(|_, bucket| !bucket.is_idle(clock));
+            self.sweep_at = MIN_SWEEP.max(2 * self.buckets.len());
+        }
+        self.buckets.entry(id).or_insert_with(Bucket::new)
+    }
+
+    /// Re-files every queued shard, grant and hold under `max_concurrency`.
+    fn rekey(&mut self, max_concurrency: u32) {
+        let clock = self.clock;
+        let mut entries = Vec::with_capacity(self.queued.len());
+        let mut holds = Vec::new();
+        for bucket in self.buckets.values_mut() {
+            bucket.drain_live(&self.queued, &mut entries);
+            holds.extend(
+                bucket
+                    .holders()
+                    .iter()
+                    .filter(|hold| !hold.until.has_passed(clock))
+                    .copied(),
+            );
+        }
+        // Each old bucket was in order; merged, the order is the sequence numbers'.
+        entries.sort_unstable_by_key(|entry| entry.seq);
+        self.buckets.clear();
+        self.ready.clear();
+        self.waiting.clear();
+        self.ready_count = 0;
+        self.waiting_count = 0;
+        self.max_concurrency = max_concurrency;
+        let interval = self.config.interval;
+        for index in 0..self.recent_grants.len() {
+            let (granted, shard) = self.recent_grants[index];
+            let id = self.bucket_of(shard);
+            self.bucket_mut(id)
+                .extend_cooldown(Moment::after(granted, interval));
+        }
+        for hold in holds {
+            let id = self.bucket_of(hold.shard);
+            self.bucket_mut(id).hold(hold.shard, hold.until, clock);
+        }
+        for entry in entries {
+            let id = self.bucket_of(entry.shard);
+            self.bucket_mut(id).push(entry);
+        }
+        let ids: Vec<BucketId> = self.buckets.keys().copied().collect();
+        for id in ids {
+            self.reindex(id);
+        }
+    }
+
+    /// Gives the queued shards the sequence numbers 0, 1, … in their order, so that
+    /// numbering can go on. Runs once per 2^32 requests.
+    fn renumber(&mut self) {
+        for bucket in self.buckets.values_mut() {
+            bucket.purge_dead(&self.queued);
+        }
+        let mut order: Vec<(Seq, ShardId)> =
+            self.queued.iter().map(|(&shard, &seq)| (seq, shard)).collect();
+        order.sort_unstable();
+        for (new_seq, &(_, shard)) in order.iter().enumerate() {
+            self.queued
+                .insert(shard, Seq::try_from(new_seq).unwrap_or(Seq::MAX));
+        }
+        self.next_seq = Seq::try_from(order.len()).unwrap_or(Seq::MAX);
+        self.ready.clear();
+        for (&id, bucket) in &mut self.buckets {
+            bucket.relabel(&self.queued);
+            if let (Standing::Ready(_), Some(head)) = (bucket.standing, bucket.head()) {
+                bucket.standing = Standing::Ready(head.seq);
+                self.ready.push(Reverse((head.seq, id)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limit(max_concurrency: u32) -> SessionStartLimit {
+        SessionStartLimit {
+            total: 1000,
+            remaining: 1000,
+            reset_after: Duration::from_secs(3600),
+            max_concurrency,
+        }
+    }
+
+    #[test]
+    fn renumbering_keeps_order_across_buckets() {
+        let start = Instant::now();
+        let mut scheduler = Scheduler::new(limit(2), start).unwrap();
+        // Shards 0 and 1 take both buckets; then numbers run out mid-queue.
+        assert_eq!(scheduler.request(0, start), Ok(Decision::Grant(0)));
+        assert_eq!(scheduler.request(1, start), Ok(Decision::Grant(1)));
+        scheduler.next_seq = Seq::MAX - 4;
+        for shard in [5, 2, 7, 4] {
+            assert!(matches!(scheduler.request(shard, start), Ok(Decision::Wait(_))));
+        }
+        assert!(scheduler.cancel(7));
+        assert_eq!(scheduler.next_seq, Seq::MAX);
+        assert!(matches!(scheduler.request(9, start), Ok(Decision::Wait(_))));
+        // 5, 2, 4 renumbered to 0, 1, 2, then 9 took 3.
+        assert_eq!(scheduler.next_seq, 4);
+        let later = start + Duration::from_secs(5);
+        assert_eq!(scheduler.poll(later), Decision::Grant(5));
+        assert_eq!(scheduler.poll(later), Decision::Grant(2));
+        let later = later + Duration::from_secs(5);
+        assert_eq!(scheduler.poll(later), Decision::Grant(4));
+        assert_eq!(scheduler.poll(later), Decision::Grant(9));
+        assert_eq!(scheduler.poll(later), Decision::Idle);
+    }
+
+    #[test]
+    fn idle_buckets_are_forgotten() {
+        let start = Instant::now();
+        let limit = SessionStartLimit {
+            total: 100_000,
+            remaining: 100_000,
+            ..limit(u32::MAX)
+        };
+        let config = Config::default().interval(Duration::from_nanos(1));
+        let mut scheduler = Scheduler::with_config(limit, config, start).unwrap();
+        // 10,000 buckets busy at once...
+        for shard in 0..10_000 {
+            assert_eq!(scheduler.request(shard, start), Ok(Decision::Grant(shard)));
+        }
+        assert_eq!(scheduler.buckets.len(), 10_000);
+        // ...then 40,000 more, one at a time: never more than twice the peak in use.
+        let mut peak = 0;
+        for (step, shard) in (10_000..50_000).enumerate() {
+            let now = start + Duration::from_nanos(10 * (step as u64 + 1));
+            assert_eq!(scheduler.request(shard, now), Ok(Decision::Grant(shard)));
+            peak = peak.max(scheduler.buckets.len());
+        }
+        assert!(peak <= 20_000, "{peak} buckets kept");
+        assert!(scheduler.buckets.len() < 20_000);
+    }
+}

@@ -1,0 +1,341 @@
+//! Replays operations against the scheduler and checks every answer twice: against the
+//! reference model (exact decisions, instants, budget, `len`), and against invariants
+//! read off the observed grants alone (spacing per bucket, holds, FIFO, errors change
+//! nothing). Any disagreement panics with the step that caused it.
+//!
+//! Shared by the property tests and the fuzz target `ops`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use identify_queue::{Config, Decision, Error, Scheduler, SessionStartLimit};
+
+use super::model::{Expect, Model};
+
+/// At least this far ahead for "never" (SPEC 3.4: a year).
+const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// How the driver's clock moves before a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Stay,
+    Forward(Duration),
+    /// To the instant of the last `Wait`.
+    ToDeadline,
+    /// 1 ns before it.
+    BeforeDeadline,
+    /// 1 ns after it.
+    AfterDeadline,
+    /// Backwards: the scheduler must read it as the latest instant seen.
+    Back(Duration),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Request(u32, Step),
+    Poll(Step),
+    /// Poll until it says anything but `Grant`.
+    Drain(Step),
+    Cancel(u32),
+    Release(u32, Step),
+    Update(SessionStartLimit, Step),
+}
+
+/// What a scheduler is built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setup {
+    pub limit: SessionStartLimit,
+    pub interval: Duration,
+    pub hold_timeout: Option<Duration>,
+}
+
+impl Setup {
+    pub fn config(&self) -> Config {
+        let config = Config::default().interval(self.interval);
+        match self.hold_timeout {
+            Some(timeout) => config.hold_until_release(timeout),
+            None => config,
+        }
+    }
+}
+
+/// One answer, for comparing runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Decision(Decision),
+    Flag(bool),
+    Failed(Error),
+    Updated,
+}
+
+pub struct Harness {
+    scheduler: Scheduler,
+    model: Model,
+    interval: Duration,
+    hold_timeout: Option<Duration>,
+    /// The driver's clock, which may go backwards.
+    now: Instant,
+    /// The latest instant of an accepted call: the scheduler's clock.
+    seen: Instant,
+    deadline: Option<Instant>,
+    /// Queued shards in request order, as the answers say.
+    queued: VecDeque<u32>,
+    /// Grants within the last interval: (instant, shard).
+    recent: VecDeque<(Instant, u32)>,
+    /// Hold mode: unreleased latest grants (shard, instant).
+    holders: Vec<(u32, Instant)>,
+    max_concurrency: u32,
+    pub trace: Vec<Outcome>,
+    pub grants: usize,
+    step: usize,
+}
+
+impl Harness {
+    /// Both the scheduler and the model must accept or refuse `setup` alike.
+    pub fn new(setup: Setup, start: Instant) -> Result<Self, Error> {
+        let built = Scheduler::with_config(setup.limit, setup.config(), start);
+        let modelled = Model::new(setup.limit, setup.interval, setup.hold_timeout, start);
+        let (scheduler, model) = match (built, modelled) {
+            (Ok(scheduler), Ok(model)) => (scheduler, model),
+            (Err(error), Err(expected)) => {
+                assert_eq!(error, expected, "{setup:?}");
+                assert!(!error.to_string().is_empty());
+                return Err(error);
+            }
+            (built, modelled) => panic!(
+                "setup {setup:?}: scheduler says {:?}, model says {:?}",
+                built.err(),
+                modelled.err()
+            ),
+        };
+        Ok(Self {
+            scheduler,
+            model,
+            interval: setup.interval,
+            hold_timeout: setup.hold_timeout,
+            now: start,
+            seen: start,
+            deadline: None,
+            queued: VecDeque::new(),
+            recent: VecDeque::new(),
+            holders: Vec::new(),
+            max_concurrency: setup.limit.max_concurrency,
+            trace: Vec::new(),
+            grants: 0,
+            step: 0,
+        })
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    pub fn run(&mut self, ops: &[Op]) {
+        for &op in ops {
+            self.apply(op);
+        }
+    }
+
+    fn move_clock(&mut self, step: Step) {
+        let moved = match (step, self.deadline) {
+            (Step::Stay, _) => None,
+            (Step::Forward(by), _) => self.now.checked_add(by),
+            (Step::ToDeadline, deadline) => deadline,
+            (Step::BeforeDeadline, deadline) => {
+                deadline.and_then(|d| d.checked_sub(Duration::from_nanos(1)))
+            }
+            (Step::AfterDeadline, deadline) => {
+                deadline.and_then(|d| d.checked_add(Duration::from_nanos(1)))
+            }
+            (Step::Back(by), _) => self.now.checked_sub(by),
+        };
+        if let Some(now) = moved {
+            self.now = now;
+        }
+    }
+
+    pub fn apply(&mut self, op: Op) {
+        self.step += 1;
+        let context = format!("step {} {op:?} at driver clock {:?}", self.step, self.now);
+        match op {
+            Op::Request(shard, step) => {
+                self.move_clock(step);
+                let before = format!("{:?}", self.scheduler);
+                let actual = self.scheduler.request(shard, self.now);
+                let expected = self.model.request(shard, self.now);
+                match (actual, expected) {
+                    (Ok(decision), Ok(expect)) => {
+                        self.seen = self.seen.max(self.now);
+                        self.check_decision(decision, expect, &context);
+                        match decision {
+                            Decision::Grant(granted) => {
+                                assert_eq!(granted, shard, "{context}");
+                                self.check_grant(shard, false, &context);
+                            }
+                            _ => self.queued.push_back(shard),
+                        }
+                        self.trace.push(Outcome::Decision(decision));
+                    }
+                    (Err(error), Err(expected)) => {
+                        assert_eq!(error, expected, "{context}");
+                        self.check_unchanged(&before, &context);
+                        self.trace.push(Outcome::Failed(error));
+                    }
+                    (actual, expected) => {
+                        panic!("{context}: scheduler {actual:?}, model {expected:?}")
+                    }
+                }
+            }
+            Op::Poll(step) => {
+                self.move_clock(step);
+                self.poll_once(&context);
+            }
+            Op::Drain(step) => {
+                self.move_clock(step);
+                let most = self.queued.len();
+                let mut rounds = 0;
+                while let Decision::Grant(_) = self.poll_once(&context) {
+                    rounds += 1;
+                    assert!(rounds <= most, "{context}: drain granted more than was queued");
+                }
+            }
+            Op::Cancel(shard) => {
+                let was = self.scheduler.cancel(shard);
+                assert_eq!(was, self.model.cancel(shard), "{context}: cancel");
+                let position = self.queued.iter().position(|&s| s == shard);
+                assert_eq!(was, position.is_some(), "{context}: cancel of a shard not queued");
+                if let Some(position) = position {
+                    self.queued.remove(position);
+                }
+                self.trace.push(Outcome::Flag(was));
+            }
+            Op::Release(shard, step) => {
+                self.move_clock(step);
+                let before = format!("{:?}", self.scheduler);
+                let released = self.scheduler.release(shard, self.now);
+                assert_eq!(released, self.model.release(shard, self.now), "{context}: release");
+                if released {
+                    self.seen = self.seen.max(self.now);
+                    self.holders.retain(|&(s, _)| s != shard);
+                } else {
+                    self.check_unchanged(&before, &context);
+                }
+                self.trace.push(Outcome::Flag(released));
+            }
+            Op::Update(limit, step) => {
+                self.move_clock(step);
+                let before = format!("{:?}", self.scheduler);
+                let actual = self.scheduler.update(limit, self.now);
+                let expected = self.model.update(limit, self.now);
+                assert_eq!(actual, expected, "{context}: update");
+                match actual {
+                    Ok(()) => {
+                        self.seen = self.seen.max(self.now);
+                        self.max_concurrency = limit.max_concurrency;
+                        self.trace.push(Outcome::Updated);
+                    }
+                    Err(error) => {
+                        assert!(error.to_string().contains('`'), "{context}: {error}");
+                        self.check_unchanged(&before, &context);
+                        self.trace.push(Outcome::Failed(error));
+                    }
+                }
+            }
+        }
+        self.check_state(&context);
+    }
+
+    fn poll_once(&mut self, context: &str) -> Decision {
+        let decision = self.scheduler.poll(self.now);
+        let expect = self.model.poll(self.now);
+        self.seen = self.seen.max(self.now);
+        self.check_decision(decision, expect, context);
+        if let Decision::Grant(shard) = decision {
+            self.check_grant(shard, true, context);
+        }
+        self.trace.push(Outcome::Decision(decision));
+        decision
+    }
+
+    fn check_decision(&mut self, actual: Decision, expected: Expect, context: &str) {
+        match (actual, expected) {
+            (Decision::Grant(a), Expect::Grant(e)) if a == e => {}
+            (Decision::Idle, Expect::Idle) => {}
+            (Decision::Wait(at), Expect::Wait(Some(e))) if at == e => {}
+            (Decision::Wait(at), Expect::Wait(None)) => {
+                let year_ahead = self.seen.checked_add(YEAR).unwrap_or(at);
+                assert!(at >= year_ahead, "{context}: a stall must wait a year, got {at:?}");
+            }
+            _ => panic!("{context}: scheduler {actual:?}, model {expected:?}"),
+        }
+        if let Decision::Wait(at) = actual {
+            assert!(at >= self.seen, "{context}: Wait({at:?}) is in the past");
+            self.deadline = Some(at);
+        }
+    }
+
+    /// Checks a grant against what the answers so far allow, independently of the model.
+    fn check_grant(&mut self, shard: u32, from_queue: bool, context: &str) {
+        let at = self.seen;
+        let bucket = shard % self.max_concurrency;
+        if from_queue {
+            let position = self.queued.iter().position(|&s| s == shard);
+            let position = position.unwrap_or_else(|| panic!("{context}: {shard} not queued"));
+            let jumped = self.queued.iter().take(position).find(|&&s| s % self.max_concurrency == bucket);
+            assert!(jumped.is_none(), "{context}: {shard} jumped {jumped:?} in its bucket");
+            self.queued.remove(position);
+        } else {
+            let waiting = self.queued.iter().find(|&&s| s % self.max_concurrency == bucket);
+            assert!(waiting.is_none(), "{context}: {shard} jumped {waiting:?} in its bucket");
+        }
+        let interval = self.interval;
+        while let Some(&(granted, _)) = self.recent.front() {
+            match granted.checked_add(interval) {
+                Some(free) if free <= at => {
+                    self.recent.pop_front();
+                }
+                _ => break,
+            }
+        }
+        for &(granted, other) in &self.recent {
+            assert!(
+                other % self.max_concurrency != bucket,
+                "{context}: {shard} granted at {at:?}, {other} of the same bucket at {granted:?}"
+            );
+        }
+        self.recent.push_back((at, shard));
+        if let Some(timeout) = self.hold_timeout {
+            for &(other, granted) in &self.holders {
+                let holds = granted.checked_add(timeout).is_none_or(|end| end > at);
+                assert!(
+                    !(holds && other % self.max_concurrency == bucket),
+                    "{context}: {shard} granted while {other} holds its bucket since {granted:?}"
+                );
+            }
+            self.holders.retain(|&(s, _)| s != shard);
+            self.holders.push((shard, at));
+        }
+        self.grants += 1;
+    }
+
+    fn check_unchanged(&self, before: &str, context: &str) {
+        assert_eq!(before, format!("{:?}", self.scheduler), "{context}: error changed state");
+    }
+
+    fn check_state(&self, context: &str) {
+        assert_eq!(self.scheduler.len(), self.queued.len(), "{context}: len");
+        assert_eq!(self.scheduler.len(), self.model.len(), "{context}: len vs model");
+        assert_eq!(self.scheduler.is_empty(), self.queued.is_empty(), "{context}");
+        assert_eq!(self.scheduler.now(), self.seen, "{context}: clock");
+        assert_eq!(
+            self.scheduler.remaining(self.now),
+            self.model.remaining_at(self.now),
+            "{context}: remaining budget"
+        );
+        for shard in &self.queued {
+            assert!(self.scheduler.is_queued(*shard), "{context}: {shard} lost");
+            let eta = self.scheduler.eta(*shard, self.now);
+            assert!(eta.is_some_and(|eta| eta >= self.seen), "{context}: eta {eta:?}");
+        }
+    }
+}

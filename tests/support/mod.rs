@@ -1,0 +1,7 @@
+//! Test support shared by the integration tests and the fuzz crate (which includes this
+//! folder by path): a reference model of the spec and a harness that checks the
+//! scheduler against it.
+#![allow(dead_code)]
+
+pub mod harness;
+pub mod model;

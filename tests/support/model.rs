@@ -1,0 +1,285 @@
+//! A reference model of SPEC section 3, written for clarity, not speed.
+//!
+//! It shares no code with the crate: it keeps every grant and rescans everything on each
+//! call (O(n) and worse), so that what it says follows from the text of the spec alone.
+
+use std::time::{Duration, Instant};
+
+use identify_queue::{Error, SessionStartLimit};
+
+/// Discord's session window.
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What the model says a call should return. `Wait(None)`: nothing can ever become
+/// eligible, so the scheduler must name an instant at least a year ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Grant(u32),
+    Wait(Option<Instant>),
+    Idle,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Window {
+    /// Refill at this instant (`None`: never).
+    ResetsAt(Option<Instant>),
+    /// Refilled; the next window opens with the next grant.
+    OpensOnNextGrant,
+}
+
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub interval: Duration,
+    pub hold_timeout: Option<Duration>,
+    pub max_concurrency: u32,
+    total: u32,
+    remaining: u32,
+    window: Window,
+    pub clock: Instant,
+    next_seq: u64,
+    /// (seq, shard), in request order.
+    queue: Vec<(u64, u32)>,
+    /// Every grant: (instant, shard).
+    pub grants: Vec<(Instant, u32)>,
+    /// Hold mode: shard -> hold end (`None`: never), for unreleased latest grants.
+    holds: Vec<(u32, Option<Instant>)>,
+}
+
+pub fn check_limit(limit: &SessionStartLimit) -> Result<(), Error> {
+    if limit.max_concurrency == 0 {
+        Err(Error::ZeroMaxConcurrency)
+    } else if limit.total == 0 {
+        Err(Error::ZeroTotal)
+    } else if limit.remaining > limit.total {
+        Err(Error::RemainingExceedsTotal {
+            remaining: limit.remaining,
+            total: limit.total,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+fn later(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    // None is "never", later than everything.
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        _ => None,
+    }
+}
+
+fn sooner(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Model {
+    pub fn new(
+        limit: SessionStartLimit,
+        interval: Duration,
+        hold_timeout: Option<Duration>,
+        now: Instant,
+    ) -> Result<Self, Error> {
+        check_limit(&limit)?;
+        if interval.is_zero() {
+            return Err(Error::ZeroInterval);
+        }
+        let mut model = Self {
+            interval,
+            hold_timeout,
+            max_concurrency: limit.max_concurrency,
+            total: 0,
+            remaining: 0,
+            window: Window::OpensOnNextGrant,
+            clock: now,
+            next_seq: 0,
+            queue: Vec::new(),
+            grants: Vec::new(),
+            holds: Vec::new(),
+        };
+        model.set_budget(&limit);
+        Ok(model)
+    }
+
+    fn set_budget(&mut self, limit: &SessionStartLimit) {
+        self.total = limit.total;
+        self.remaining = limit.remaining;
+        self.window = Window::ResetsAt(self.clock.checked_add(limit.reset_after));
+        self.refresh();
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
+        self.refresh();
+    }
+
+    fn refresh(&mut self) {
+        if let Window::ResetsAt(Some(reset)) = self.window {
+            if reset <= self.clock {
+                self.remaining = self.total;
+                self.window = Window::OpensOnNextGrant;
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_queued(&self, shard: u32) -> bool {
+        self.queue.iter().any(|&(_, s)| s == shard)
+    }
+
+    pub fn queued(&self) -> impl Iterator<Item = u32> + '_ {
+        self.queue.iter().map(|&(_, shard)| shard)
+    }
+
+    pub fn remaining_at(&self, now: Instant) -> u32 {
+        let mut model = self.clone();
+        model.tick(now);
+        model.remaining
+    }
+
+    fn bucket(&self, shard: u32) -> u32 {
+        shard % self.max_concurrency
+    }
+
+    /// When `bucket` is free (`None`: never), not before the clock.
+    fn free_at(&self, bucket: u32) -> Option<Instant> {
+        let mut free = Some(self.clock);
+        for &(at, shard) in &self.grants {
+            if self.bucket(shard) == bucket {
+                free = later(free, at.checked_add(self.interval));
+            }
+        }
+        for &(shard, until) in &self.holds {
+            if self.bucket(shard) == bucket {
+                free = later(free, until);
+            }
+        }
+        free
+    }
+
+    /// When the budget has a unit (`None`: never).
+    fn unit_at(&self) -> Option<Instant> {
+        if self.remaining > 0 {
+            return Some(self.clock);
+        }
+        match self.window {
+            Window::ResetsAt(reset) => reset,
+            Window::OpensOnNextGrant => Some(self.clock),
+        }
+    }
+
+    /// Queue entries that are first in their bucket: (seq, shard).
+    fn heads(&self) -> Vec<(u64, u32)> {
+        let mut heads: Vec<(u64, u32)> = Vec::new();
+        for &(seq, shard) in &self.queue {
+            if !heads.iter().any(|&(_, s)| self.bucket(s) == self.bucket(shard)) {
+                heads.push((seq, shard));
+            }
+        }
+        heads
+    }
+
+    /// Eligible shards at the clock, oldest first.
+    fn eligible(&self) -> Vec<u32> {
+        if self.remaining == 0 {
+            return Vec::new();
+        }
+        self.heads()
+            .into_iter()
+            .filter(|&(_, shard)| self.free_at(self.bucket(shard)) == Some(self.clock))
+            .map(|(_, shard)| shard)
+            .collect()
+    }
+
+    /// The earliest instant at which some queued shard is eligible.
+    fn wait(&self) -> Expect {
+        if self.queue.is_empty() {
+            return Expect::Idle;
+        }
+        let unit = self.unit_at();
+        let mut earliest = None;
+        let mut any = false;
+        for (_, shard) in self.heads() {
+            let at = later(self.free_at(self.bucket(shard)), unit);
+            earliest = if any { sooner(earliest, at) } else { at };
+            any = true;
+        }
+        Expect::Wait(earliest)
+    }
+
+    fn grant(&mut self, shard: u32) {
+        self.remaining -= 1;
+        if self.window == Window::OpensOnNextGrant {
+            self.window = Window::ResetsAt(self.clock.checked_add(DAY));
+        }
+        self.grants.push((self.clock, shard));
+        if let Some(timeout) = self.hold_timeout {
+            self.holds.retain(|&(s, _)| s != shard);
+            self.holds.push((shard, self.clock.checked_add(timeout)));
+        }
+    }
+
+    pub fn request(&mut self, shard: u32, now: Instant) -> Result<Expect, Error> {
+        if self.is_queued(shard) {
+            return Err(Error::AlreadyQueued(shard));
+        }
+        self.tick(now);
+        let bucket = self.bucket(shard);
+        let bucket_empty = !self.queue.iter().any(|&(_, s)| self.bucket(s) == bucket);
+        if bucket_empty
+            && self.free_at(bucket) == Some(self.clock)
+            && self.remaining as usize > self.eligible().len()
+        {
+            self.grant(shard);
+            return Ok(Expect::Grant(shard));
+        }
+        self.queue.push((self.next_seq, shard));
+        self.next_seq += 1;
+        Ok(self.wait())
+    }
+
+    pub fn poll(&mut self, now: Instant) -> Expect {
+        self.tick(now);
+        if let Some(&shard) = self.eligible().first() {
+            self.queue.retain(|&(_, s)| s != shard);
+            self.grant(shard);
+            return Expect::Grant(shard);
+        }
+        self.wait()
+    }
+
+    pub fn cancel(&mut self, shard: u32) -> bool {
+        let before = self.queue.len();
+        self.queue.retain(|&(_, s)| s != shard);
+        self.queue.len() != before
+    }
+
+    pub fn release(&mut self, shard: u32, now: Instant) -> bool {
+        let at = self.clock.max(now);
+        let holding = self
+            .holds
+            .iter()
+            .position(|&(s, until)| s == shard && until.is_none_or(|until| until > at));
+        match holding {
+            Some(index) => {
+                self.holds.remove(index);
+                self.tick(now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn update(&mut self, limit: SessionStartLimit, now: Instant) -> Result<(), Error> {
+        check_limit(&limit)?;
+        self.tick(now);
+        self.max_concurrency = limit.max_concurrency;
+        self.set_budget(&limit);
+        Ok(())
+    }
+}
