@@ -62,8 +62,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod budget;
 mod buckets;
+mod budget;
 mod limit;
 mod scheduler;
 mod shard_map;
@@ -71,3 +71,8 @@ mod time;
 
 pub use limit::{Config, DISCORD_INTERVAL, Error, SessionStartLimit, ShardId};
 pub use scheduler::{Decision, Scheduler};
+
+/// The README's code blocks, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

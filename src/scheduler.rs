@@ -4,8 +4,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Instant;
 
-use crate::budget::Budget;
 use crate::buckets::{Bucket, BucketId, Entry, Standing};
+use crate::budget::Budget;
 use crate::limit::{Config, Error, SessionStartLimit, ShardId};
 use crate::shard_map::{Seq, ShardMap};
 use crate::time::{Moment, wake_at};
@@ -96,7 +96,11 @@ impl Scheduler {
     }
 
     /// A scheduler with `config` (interval, hold mode).
-    pub fn with_config(limit: SessionStartLimit, config: Config, now: Instant) -> Result<Self, Error> {
+    pub fn with_config(
+        limit: SessionStartLimit,
+        config: Config,
+        now: Instant,
+    ) -> Result<Self, Error> {
         limit.validate()?;
         config.validate()?;
         Ok(Self {
@@ -271,7 +275,9 @@ impl Scheduler {
         let &seq = self.queued.get(&shard)?;
         let at = self.clock.max(now);
         let bucket = self.buckets.get(&self.bucket_of(shard))?;
-        let free = bucket.free_at().map_or(Moment::At(at), |free| free.max(Moment::At(at)));
+        let free = bucket
+            .free_at()
+            .map_or(Moment::At(at), |free| free.max(Moment::At(at)));
         let ahead = u32::try_from(bucket.ahead_of(seq, &self.queued)).unwrap_or(u32::MAX);
         let mut eta = match (free, self.config.interval.checked_mul(ahead)) {
             (Moment::At(free), Some(spacing)) => Moment::after(free, spacing),
@@ -455,12 +461,16 @@ impl Scheduler {
         let buckets = &self.buckets;
         if self.ready.len() > 2 * self.ready_count + SLACK {
             self.ready.retain(|&Reverse((seq, id))| {
-                buckets.get(&id).is_some_and(|b| b.standing == Standing::Ready(seq))
+                buckets
+                    .get(&id)
+                    .is_some_and(|b| b.standing == Standing::Ready(seq))
             });
         }
         if self.waiting.len() > 2 * self.waiting_count + SLACK {
             self.waiting.retain(|&Reverse((at, id))| {
-                buckets.get(&id).is_some_and(|b| b.standing == Standing::Waiting(at))
+                buckets
+                    .get(&id)
+                    .is_some_and(|b| b.standing == Standing::Waiting(at))
             });
         }
     }
@@ -526,8 +536,11 @@ impl Scheduler {
         for bucket in self.buckets.values_mut() {
             bucket.purge_dead(&self.queued);
         }
-        let mut order: Vec<(Seq, ShardId)> =
-            self.queued.iter().map(|(&shard, &seq)| (seq, shard)).collect();
+        let mut order: Vec<(Seq, ShardId)> = self
+            .queued
+            .iter()
+            .map(|(&shard, &seq)| (seq, shard))
+            .collect();
         order.sort_unstable();
         for (new_seq, &(_, shard)) in order.iter().enumerate() {
             self.queued
@@ -568,7 +581,10 @@ mod tests {
         assert_eq!(scheduler.request(1, start), Ok(Decision::Grant(1)));
         scheduler.next_seq = Seq::MAX - 4;
         for shard in [5, 2, 7, 4] {
-            assert!(matches!(scheduler.request(shard, start), Ok(Decision::Wait(_))));
+            assert!(matches!(
+                scheduler.request(shard, start),
+                Ok(Decision::Wait(_))
+            ));
         }
         assert!(scheduler.cancel(7));
         assert_eq!(scheduler.next_seq, Seq::MAX);

@@ -33,9 +33,14 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn limit() -> impl Strategy<Value = SessionStartLimit> {
-    (0u32..6, 0u32..8, 0u32..8, duration()).prop_map(|(max_concurrency, total, remaining, reset_after)| {
-        SessionStartLimit { total, remaining, reset_after, max_concurrency }
-    })
+    (0u32..6, 0u32..8, 0u32..8, duration()).prop_map(
+        |(max_concurrency, total, remaining, reset_after)| SessionStartLimit {
+            total,
+            remaining,
+            reset_after,
+            max_concurrency,
+        },
+    )
 }
 
 fn valid_limit() -> impl Strategy<Value = SessionStartLimit> {
@@ -44,7 +49,11 @@ fn valid_limit() -> impl Strategy<Value = SessionStartLimit> {
             total,
             remaining: remaining.min(total),
             // Mostly resets within the run, so refills are exercised.
-            reset_after: if short_reset == 0 { reset_after } else { Duration::from_millis(u64::from(short_reset) * 15) },
+            reset_after: if short_reset == 0 {
+                reset_after
+            } else {
+                Duration::from_millis(u64::from(short_reset) * 15)
+            },
             max_concurrency,
         },
     )

@@ -188,7 +188,7 @@ impl Harness {
             }
             Op::Poll(step) => {
                 self.move_clock(step);
-                self.poll_once(&context);
+                let _ = self.poll_once(&context);
             }
             Op::Drain(step) => {
                 self.move_clock(step);
@@ -196,14 +196,21 @@ impl Harness {
                 let mut rounds = 0;
                 while let Decision::Grant(_) = self.poll_once(&context) {
                     rounds += 1;
-                    assert!(rounds <= most, "{context}: drain granted more than was queued");
+                    assert!(
+                        rounds <= most,
+                        "{context}: drain granted more than was queued"
+                    );
                 }
             }
             Op::Cancel(shard) => {
                 let was = self.scheduler.cancel(shard);
                 assert_eq!(was, self.model.cancel(shard), "{context}: cancel");
                 let position = self.queued.iter().position(|&s| s == shard);
-                assert_eq!(was, position.is_some(), "{context}: cancel of a shard not queued");
+                assert_eq!(
+                    was,
+                    position.is_some(),
+                    "{context}: cancel of a shard not queued"
+                );
                 if let Some(position) = position {
                     self.queued.remove(position);
                 }
@@ -213,7 +220,11 @@ impl Harness {
                 self.move_clock(step);
                 let before = format!("{:?}", self.scheduler);
                 let released = self.scheduler.release(shard, self.now);
-                assert_eq!(released, self.model.release(shard, self.now), "{context}: release");
+                assert_eq!(
+                    released,
+                    self.model.release(shard, self.now),
+                    "{context}: release"
+                );
                 if released {
                     self.seen = self.seen.max(self.now);
                     self.holders.retain(|&(s, _)| s != shard);
@@ -264,7 +275,10 @@ impl Harness {
             (Decision::Wait(at), Expect::Wait(Some(e))) if at == e => {}
             (Decision::Wait(at), Expect::Wait(None)) => {
                 let year_ahead = self.seen.checked_add(YEAR).unwrap_or(at);
-                assert!(at >= year_ahead, "{context}: a stall must wait a year, got {at:?}");
+                assert!(
+                    at >= year_ahead,
+                    "{context}: a stall must wait a year, got {at:?}"
+                );
             }
             _ => panic!("{context}: scheduler {actual:?}, model {expected:?}"),
         }
@@ -281,12 +295,25 @@ impl Harness {
         if from_queue {
             let position = self.queued.iter().position(|&s| s == shard);
             let position = position.unwrap_or_else(|| panic!("{context}: {shard} not queued"));
-            let jumped = self.queued.iter().take(position).find(|&&s| s % self.max_concurrency == bucket);
-            assert!(jumped.is_none(), "{context}: {shard} jumped {jumped:?} in its bucket");
+            let jumped = self
+                .queued
+                .iter()
+                .take(position)
+                .find(|&&s| s % self.max_concurrency == bucket);
+            assert!(
+                jumped.is_none(),
+                "{context}: {shard} jumped {jumped:?} in its bucket"
+            );
             self.queued.remove(position);
         } else {
-            let waiting = self.queued.iter().find(|&&s| s % self.max_concurrency == bucket);
-            assert!(waiting.is_none(), "{context}: {shard} jumped {waiting:?} in its bucket");
+            let waiting = self
+                .queued
+                .iter()
+                .find(|&&s| s % self.max_concurrency == bucket);
+            assert!(
+                waiting.is_none(),
+                "{context}: {shard} jumped {waiting:?} in its bucket"
+            );
         }
         let interval = self.interval;
         while let Some(&(granted, _)) = self.recent.front() {
@@ -319,13 +346,25 @@ impl Harness {
     }
 
     fn check_unchanged(&self, before: &str, context: &str) {
-        assert_eq!(before, format!("{:?}", self.scheduler), "{context}: error changed state");
+        assert_eq!(
+            before,
+            format!("{:?}", self.scheduler),
+            "{context}: error changed state"
+        );
     }
 
     fn check_state(&self, context: &str) {
         assert_eq!(self.scheduler.len(), self.queued.len(), "{context}: len");
-        assert_eq!(self.scheduler.len(), self.model.len(), "{context}: len vs model");
-        assert_eq!(self.scheduler.is_empty(), self.queued.is_empty(), "{context}");
+        assert_eq!(
+            self.scheduler.len(),
+            self.model.len(),
+            "{context}: len vs model"
+        );
+        assert_eq!(
+            self.scheduler.is_empty(),
+            self.queued.is_empty(),
+            "{context}"
+        );
         assert_eq!(self.scheduler.now(), self.seen, "{context}: clock");
         assert_eq!(
             self.scheduler.remaining(self.now),
@@ -335,7 +374,10 @@ impl Harness {
         for shard in &self.queued {
             assert!(self.scheduler.is_queued(*shard), "{context}: {shard} lost");
             let eta = self.scheduler.eta(*shard, self.now);
-            assert!(eta.is_some_and(|eta| eta >= self.seen), "{context}: eta {eta:?}");
+            assert!(
+                eta.is_some_and(|eta| eta >= self.seen),
+                "{context}: eta {eta:?}"
+            );
         }
     }
 }

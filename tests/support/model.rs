@@ -177,7 +177,10 @@ impl Model {
     fn heads(&self) -> Vec<(u64, u32)> {
         let mut heads: Vec<(u64, u32)> = Vec::new();
         for &(seq, shard) in &self.queue {
-            if !heads.iter().any(|&(_, s)| self.bucket(s) == self.bucket(shard)) {
+            if !heads
+                .iter()
+                .any(|&(_, s)| self.bucket(s) == self.bucket(shard))
+            {
                 heads.push((seq, shard));
             }
         }
