@@ -59,10 +59,35 @@
 //! In hold mode ([`Config::hold_until_release`]) also call [`Scheduler::release`] when a
 //! shard reports READY; in any mode call [`Scheduler::update`] with a fresh
 //! `session_start_limit` when you have one.
+//!
+//! # Async adapters
+//!
+//! Behind cargo features, none on by default, a queue that all shards share:
+//! `queue.acquire(shard).await` resolves with a permit when the shard may IDENTIFY.
+//!
+//! | feature | module | clock and timer |
+//! |---|---|---|
+//! | `tokio` | `tokio` | tokio's (pausable) clock, one `tokio::time::Sleep` |
+//! | `smol` | `smol` | `std` clock, one `async_io::Timer` |
+//! | `async-std` | `async_std` | a shim: the `smol` module under async-std's name |
+//!
+//! All three are the generic `runtime::Queue` over a small `runtime::Runtime` trait.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "async-std")]
+#[path = "runtime/async_std.rs"]
+pub mod async_std;
 mod buckets;
+#[cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
+pub mod runtime;
+#[cfg(any(feature = "smol", feature = "async-std"))]
+#[path = "runtime/smol.rs"]
+pub mod smol;
+#[cfg(feature = "tokio")]
+#[path = "runtime/tokio.rs"]
+pub mod tokio;
+
 mod budget;
 mod limit;
 mod scheduler;

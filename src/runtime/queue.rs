@@ -1,0 +1,644 @@
+//! The shared queue state, the `Acquire` future, the `Grants` stream and the `Permit`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use futures_core::{FusedFuture, FusedStream, Stream};
+
+use super::Runtime;
+use crate::{Config, Decision, Error, Scheduler, SessionStartLimit, ShardId};
+
+/// Identifies one `Acquire` or `Grants` while it waits.
+type WaiterId = u64;
+
+/// An async IDENTIFY queue over a [`Scheduler`], shared by every shard of a bot.
+///
+/// Cloning is cheap (an `Arc`); all clones are the same queue. See the
+/// [module docs](super) for how it is driven without a background task.
+pub struct Queue<R: Runtime> {
+    shared: Arc<Mutex<Shared<R>>>,
+}
+
+/// Counters that show how hard the queue works, for tests and monitoring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Times an `Acquire` or `Grants` was polled while waiting.
+    pub polls: u64,
+    /// Wakers the queue woke: one per grant handed to a sleeping waiter, plus one
+    /// whenever the timer passes to another waiter.
+    pub wakeups: u64,
+    /// Times the timer was set to a new deadline.
+    pub timer_resets: u64,
+}
+
+struct Waiter {
+    waker: Option<Waker>,
+    /// Its shards still queued in the scheduler.
+    queued: usize,
+    /// Its grants not yet handed out.
+    granted: VecDeque<Grant>,
+}
+
+struct Shared<R: Runtime> {
+    scheduler: Scheduler,
+    /// Which waiter asked for each queued shard.
+    asked_by: HashMap<ShardId, WaiterId>,
+    /// Ordered, so that the waiter picked to take the timer is deterministic.
+    waiters: BTreeMap<WaiterId, Waiter>,
+    next_waiter: WaiterId,
+    timer: Option<Pin<Box<R::Timer>>>,
+    /// The deadline the timer is set to, until it fires.
+    timer_at: Option<Instant>,
+    /// The scheduler's last `Wait`, if any.
+    deadline: Option<Instant>,
+    /// The waiter whose task the timer will wake.
+    timer_holder: Option<WaiterId>,
+    /// A waiter woken to take the timer over that has not polled yet.
+    elected: Option<WaiterId>,
+    /// Grants so far, numbering each.
+    grants: u64,
+    /// Hold mode: the number of each shard's latest grant.
+    latest_grant: HashMap<ShardId, u64>,
+    stats: QueueStats,
+}
+
+/// A granted shard and which of its grants this is: in hold mode a permit releases
+/// only its own hold, not a later one of the same shard (after its own timed out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Grant {
+    shard: ShardId,
+    number: u64,
+}
+
+/// Wakers collected under the lock, woken after it is released.
+type ToWake = Vec<Waker>;
+
+impl<R: Runtime> Shared<R> {
+    /// Numbers a grant of `shard` that the scheduler just made.
+    fn number(&mut self, shard: ShardId) -> Grant {
+        self.grants += 1;
+        if self.scheduler.config().get_hold_timeout().is_some() {
+            self.latest_grant.insert(shard, self.grants);
+        }
+        Grant {
+            shard,
+            number: self.grants,
+        }
+    }
+
+    /// Releases `grant`'s hold if it is the shard's latest grant; whether it was.
+    fn release(&mut self, grant: Grant, now: Instant) -> bool {
+        if self.latest_grant.get(&grant.shard) != Some(&grant.number) {
+            return false;
+        }
+        self.latest_grant.remove(&grant.shard);
+        self.scheduler.release(grant.shard, now)
+    }
+
+    /// Hands out every grant the scheduler has at `now` and moves the timer to the
+    /// next deadline.
+    fn drive(&mut self, now: Instant, to_wake: &mut ToWake) {
+        loop {
+            match self.scheduler.poll(now) {
+                Decision::Grant(shard) => {
+                    let grant = self.number(shard);
+                    let Some(id) = self.asked_by.remove(&shard) else {
+                        continue;
+                    };
+                    if let Some(waiter) = self.waiters.get_mut(&id) {
+                        waiter.queued -= 1;
+                        waiter.granted.push_back(grant);
+                        if let Some(waker) = waiter.waker.take() {
+                            self.stats.wakeups += 1;
+                            to_wake.push(waker);
+                        }
+                    }
+                }
+                Decision::Wait(until) => {
+                    self.deadline = Some(until);
+                    break;
+                }
+                Decision::Idle => {
+                    self.deadline = None;
+                    break;
+                }
+            }
+        }
+        if let Some(deadline) = self.deadline {
+            if self.timer_at != Some(deadline) {
+                match &mut self.timer {
+                    Some(timer) => R::reset(timer.as_mut(), deadline),
+                    None => self.timer = Some(Box::pin(R::timer(deadline))),
+                }
+                self.stats.timer_resets += 1;
+                self.timer_at = Some(deadline);
+                // The task registered with the old deadline must poll again.
+                self.timer_holder = None;
+            }
+        }
+    }
+
+    fn is_waiting(&self, id: WaiterId) -> bool {
+        self.waiters
+            .get(&id)
+            .is_some_and(|waiter| waiter.queued > 0)
+    }
+
+    /// Makes sure that some waiting task will poll the timer. `polling` is a waiter
+    /// whose poll is under way and will do so itself.
+    fn hand_over_timer(&mut self, polling: Option<WaiterId>, to_wake: &mut ToWake) {
+        if self.deadline.is_none() || self.timer_holder.is_some() {
+            return;
+        }
+        if polling.is_some_and(|id| self.is_waiting(id)) {
+            return;
+        }
+        if self.elected.is_some_and(|id| self.is_waiting(id)) {
+            return;
+        }
+        // The youngest waiter: it will wait longest, so the timer seldom moves again.
+        let next = self
+            .waiters
+            .iter_mut()
+            .rev()
+            .find(|(id, waiter)| waiter.queued > 0 && Some(**id) != polling);
+        self.elected = None;
+        if let Some((&id, waiter)) = next {
+            self.elected = Some(id);
+            // No waker: it was woken for a grant already and will poll anyway.
+            if let Some(waker) = waiter.waker.take() {
+                self.stats.wakeups += 1;
+                to_wake.push(waker);
+            }
+        }
+    }
+
+    /// The poll of a waiting `Acquire` or `Grants`: hand out grants, and if it still
+    /// waits, sleep on the timer unless another task does.
+    fn poll_waiter(&mut self, id: WaiterId, cx: &mut Context<'_>, to_wake: &mut ToWake) {
+        self.stats.polls += 1;
+        // Fired timers are re-armed each round; a timer that keeps firing before the
+        // scheduler's deadline is not trusted past a few rounds.
+        for _ in 0..4 {
+            // The clock is read before the timer is polled: a timer that fires late
+            // (or returns Pending past its deadline) never delays a grant.
+            self.drive(R::now(), to_wake);
+            let Some(waiter) = self.waiters.get_mut(&id) else {
+                return;
+            };
+            if waiter.queued == 0 || !waiter.granted.is_empty() {
+                break;
+            }
+            match &waiter.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                _ => waiter.waker = Some(cx.waker().clone()),
+            }
+            let may_hold = self.timer_holder.is_none_or(|holder| holder == id);
+            let Some(timer) = self
+                .timer
+                .as_mut()
+                .filter(|_| self.deadline.is_some() && may_hold)
+            else {
+                break;
+            };
+            match R::poll_timer(timer.as_mut(), cx) {
+                Poll::Pending => {
+                    self.timer_holder = Some(id);
+                    if self.elected == Some(id) {
+                        self.elected = None;
+                    }
+                    return;
+                }
+                Poll::Ready(()) => {
+                    self.timer_at = None;
+                    self.timer_holder = None;
+                }
+            }
+        }
+        if self.is_waiting(id) && self.timer_holder.is_none() && self.deadline.is_some() {
+            // Out of rounds: try again on the next turn of the executor.
+            cx.waker().wake_by_ref();
+        }
+        self.hand_over_timer(Some(id), to_wake);
+    }
+
+    fn add_waiter(&mut self) -> WaiterId {
+        let id = self.next_waiter;
+        self.next_waiter += 1;
+        self.waiters.insert(
+            id,
+            Waiter {
+                waker: None,
+                queued: 0,
+                granted: VecDeque::new(),
+            },
+        );
+        id
+    }
+
+    fn queue_for(&mut self, id: WaiterId, shard: ShardId) {
+        self.asked_by.insert(shard, id);
+        if let Some(waiter) = self.waiters.get_mut(&id) {
+            waiter.queued += 1;
+        }
+    }
+
+    /// Forgets waiter `id`: its queued `shards` are cancelled, and grants it did not
+    /// take count as granted (their holds are released, as a dropped permit's are).
+    fn remove_waiter(&mut self, id: WaiterId, shards: &[ShardId], to_wake: &mut ToWake) {
+        let Some(waiter) = self.waiters.remove(&id) else {
+            return;
+        };
+        let now = R::now();
+        if waiter.queued > 0 {
+            for shard in shards {
+                if self.asked_by.get(shard) == Some(&id) {
+                    self.asked_by.remove(shard);
+                    self.scheduler.cancel(*shard);
+                }
+            }
+        }
+        for grant in waiter.granted {
+            self.release(grant, now);
+        }
+        if self.timer_holder == Some(id) {
+            self.timer_holder = None;
+        }
+        self.drive(now, to_wake);
+        self.hand_over_timer(None, to_wake);
+    }
+
+    /// After an input from outside a waiter's poll.
+    fn settle(&mut self, to_wake: &mut ToWake) {
+        self.drive(R::now(), to_wake);
+        self.hand_over_timer(None, to_wake);
+    }
+}
+
+fn wake_all(to_wake: ToWake) {
+    for waker in to_wake {
+        waker.wake();
+    }
+}
+
+impl<R: Runtime> Queue<R> {
+    /// A queue over `scheduler`.
+    ///
+    /// Make the scheduler with the runtime's clock ([`Queue::now`]), or use
+    /// [`Queue::with_limit`]: under a paused tokio clock, `std::time::Instant::now()`
+    /// is ahead of the runtime's.
+    pub fn new(scheduler: Scheduler) -> Self {
+        Self {
+            shared: Arc::new(Mutex::new(Shared {
+                scheduler,
+                asked_by: HashMap::new(),
+                waiters: BTreeMap::new(),
+                next_waiter: 0,
+                timer: None,
+                timer_at: None,
+                deadline: None,
+                timer_holder: None,
+                elected: None,
+                grants: 0,
+                latest_grant: HashMap::new(),
+                stats: QueueStats::default(),
+            })),
+        }
+    }
+
+    /// A queue over a new scheduler for `limit` and `config`, on the runtime's clock.
+    pub fn with_limit(limit: SessionStartLimit, config: Config) -> Result<Self, Error> {
+        Ok(Self::new(Scheduler::with_config(limit, config, R::now())?))
+    }
+
+    /// The runtime's clock, as the queue reads it.
+    pub fn now() -> Instant {
+        R::now()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared<R>> {
+        // Nothing panics while holding the lock; if something did, the state is
+        // still consistent between calls, so carry on.
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until `shard` may IDENTIFY. The request is made when the future is
+    /// first polled; dropping the future while it waits cancels it.
+    ///
+    /// Resolves to [`Error::AlreadyQueued`] if the shard already waits in this queue.
+    pub fn acquire(&self, shard: ShardId) -> Acquire<R> {
+        Acquire {
+            queue: self.clone(),
+            shard,
+            state: State::Start,
+        }
+    }
+
+    /// Requests every shard of `shards`, in order, and yields a permit for each as it
+    /// is granted (or an error for a shard that already waits). Dropping the stream
+    /// cancels the shards still waiting.
+    pub fn acquire_all(&self, shards: impl IntoIterator<Item = ShardId>) -> Grants<R> {
+        Grants {
+            queue: self.clone(),
+            shards: shards.into_iter().collect(),
+            errors: VecDeque::new(),
+            state: State::Start,
+        }
+    }
+
+    /// Applies a fresh `session_start_limit` now, waking whoever it makes eligible.
+    pub fn update(&self, limit: SessionStartLimit) -> Result<(), Error> {
+        let mut to_wake = ToWake::new();
+        let result = {
+            let mut shared = self.lock();
+            let result = shared.scheduler.update(limit, R::now());
+            if result.is_ok() {
+                shared.settle(&mut to_wake);
+            }
+            result
+        };
+        wake_all(to_wake);
+        result
+    }
+
+    /// Shards waiting.
+    pub fn len(&self) -> usize {
+        self.lock().scheduler.len()
+    }
+
+    /// Whether no shard waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Session starts left now.
+    pub fn remaining(&self) -> u32 {
+        self.lock().scheduler.remaining(R::now())
+    }
+
+    /// The earliest instant `shard` can be granted if nothing changes (see
+    /// [`Scheduler::eta`]); `None` if it is not waiting.
+    pub fn eta(&self, shard: ShardId) -> Option<Instant> {
+        self.lock().scheduler.eta(shard, R::now())
+    }
+
+    /// How hard the queue has worked so far.
+    pub fn stats(&self) -> QueueStats {
+        self.lock().stats
+    }
+}
+
+impl<R: Runtime> Clone for Queue<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<R: Runtime> fmt::Debug for Queue<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = self.lock();
+        f.debug_struct("Queue")
+            .field("waiting", &shared.scheduler.len())
+            .field("deadline", &shared.deadline)
+            .field("stats", &shared.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+enum State {
+    Start,
+    Waiting(WaiterId),
+    Done,
+}
+
+/// The future of [`Queue::acquire`]: resolves with a [`Permit`] when the shard may
+/// IDENTIFY.
+#[must_use = "a request is made only when the future is polled"]
+pub struct Acquire<R: Runtime> {
+    queue: Queue<R>,
+    shard: ShardId,
+    state: State,
+}
+
+impl<R: Runtime> Future for Acquire<R> {
+    type Output = Result<Permit<R>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let shard = this.shard;
+        let mut to_wake = ToWake::new();
+        let result = {
+            let mut shared = this.queue.lock();
+            let id = match this.state {
+                State::Done => return Poll::Pending,
+                State::Waiting(id) => id,
+                State::Start => match shared.scheduler.request(shard, R::now()) {
+                    Err(error) => {
+                        this.state = State::Done;
+                        return Poll::Ready(Err(error));
+                    }
+                    Ok(Decision::Grant(_)) => {
+                        let grant = shared.number(shard);
+                        // Taking a unit can move everyone else's deadline.
+                        shared.settle(&mut to_wake);
+                        this.state = State::Done;
+                        drop(shared);
+                        wake_all(to_wake);
+                        return Poll::Ready(Ok(Permit::new(this.queue.clone(), grant)));
+                    }
+                    Ok(_) => {
+                        let id = shared.add_waiter();
+                        shared.queue_for(id, shard);
+                        this.state = State::Waiting(id);
+                        id
+                    }
+                },
+            };
+            shared.poll_waiter(id, cx, &mut to_wake);
+            let granted = shared
+                .waiters
+                .get_mut(&id)
+                .and_then(|waiter| waiter.granted.pop_front());
+            if let Some(grant) = granted {
+                shared.waiters.remove(&id);
+                if shared.timer_holder == Some(id) {
+                    shared.timer_holder = None;
+                }
+                shared.hand_over_timer(None, &mut to_wake);
+                this.state = State::Done;
+                Poll::Ready(Ok(Permit::new(this.queue.clone(), grant)))
+            } else {
+                Poll::Pending
+            }
+        };
+        wake_all(to_wake);
+        result
+    }
+}
+
+impl<R: Runtime> FusedFuture for Acquire<R> {
+    fn is_terminated(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+}
+
+impl<R: Runtime> Drop for Acquire<R> {
+    fn drop(&mut self) {
+        if let State::Waiting(id) = self.state {
+            let mut to_wake = ToWake::new();
+            self.queue
+                .lock()
+                .remove_waiter(id, &[self.shard], &mut to_wake);
+            wake_all(to_wake);
+        }
+    }
+}
+
+impl<R: Runtime> fmt::Debug for Acquire<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stream of [`Queue::acquire_all`]: a permit per shard, in grant order.
+#[must_use = "requests are made only when the stream is polled"]
+pub struct Grants<R: Runtime> {
+    queue: Queue<R>,
+    shards: Vec<ShardId>,
+    errors: VecDeque<Error>,
+    state: State,
+}
+
+impl<R: Runtime> Stream for Grants<R> {
+    type Item = Result<Permit<R>, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let mut to_wake = ToWake::new();
+        let result = {
+            let mut shared = this.queue.lock();
+            let id = match this.state {
+                State::Done => return Poll::Ready(None),
+                State::Waiting(id) => id,
+                State::Start => {
+                    let id = shared.add_waiter();
+                    for &shard in &this.shards {
+                        match shared.scheduler.request(shard, R::now()) {
+                            Ok(Decision::Grant(_)) => {
+                                let grant = shared.number(shard);
+                                if let Some(waiter) = shared.waiters.get_mut(&id) {
+                                    waiter.granted.push_back(grant);
+                                }
+                            }
+                            Ok(_) => shared.queue_for(id, shard),
+                            Err(error) => this.errors.push_back(error),
+                        }
+                    }
+                    this.state = State::Waiting(id);
+                    id
+                }
+            };
+            if let Some(error) = this.errors.pop_front() {
+                // Still drive, so that this poll's grants are not left waiting.
+                shared.settle(&mut to_wake);
+                Poll::Ready(Some(Err(error)))
+            } else {
+                shared.poll_waiter(id, cx, &mut to_wake);
+                let waiter = shared.waiters.get_mut(&id);
+                match waiter.map(|waiter| (waiter.granted.pop_front(), waiter.queued)) {
+                    Some((Some(grant), _)) => {
+                        Poll::Ready(Some(Ok(Permit::new(this.queue.clone(), grant))))
+                    }
+                    Some((None, 0)) | None => {
+                        shared.remove_waiter(id, &[], &mut to_wake);
+                        this.state = State::Done;
+                        Poll::Ready(None)
+                    }
+                    Some((None, _)) => Poll::Pending,
+                }
+            }
+        };
+        wake_all(to_wake);
+        result
+    }
+}
+
+impl<R: Runtime> FusedStream for Grants<R> {
+    fn is_terminated(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+}
+
+impl<R: Runtime> Drop for Grants<R> {
+    fn drop(&mut self) {
+        if let State::Waiting(id) = self.state {
+            let mut to_wake = ToWake::new();
+            self.queue
+                .lock()
+                .remove_waiter(id, &self.shards, &mut to_wake);
+            wake_all(to_wake);
+        }
+    }
+}
+
+impl<R: Runtime> fmt::Debug for Grants<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Grants")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Leave to IDENTIFY. In hold mode the shard's bucket stays held until
+/// [`release`](Permit::release) or drop (or the hold timeout): release it when the
+/// shard gets READY, or fails. In timer mode dropping it changes nothing.
+#[must_use = "in hold mode, dropping the permit frees the bucket at once"]
+pub struct Permit<R: Runtime> {
+    queue: Queue<R>,
+    grant: Grant,
+}
+
+impl<R: Runtime> Permit<R> {
+    fn new(queue: Queue<R>, grant: Grant) -> Self {
+        Self { queue, grant }
+    }
+
+    /// The shard this permit is for.
+    pub fn shard(&self) -> ShardId {
+        self.grant.shard
+    }
+
+    /// The shard got READY (or failed): free its bucket (hold mode). Same as drop.
+    pub fn release(self) {}
+}
+
+impl<R: Runtime> Drop for Permit<R> {
+    fn drop(&mut self) {
+        let mut to_wake = ToWake::new();
+        {
+            let mut shared = self.queue.lock();
+            if shared.release(self.grant, R::now()) {
+                shared.settle(&mut to_wake);
+            }
+        }
+        wake_all(to_wake);
+    }
+}
+
+impl<R: Runtime> fmt::Debug for Permit<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("shard", &self.grant.shard)
+            .finish()
+    }
+}
