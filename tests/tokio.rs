@@ -33,7 +33,10 @@ fn spawn_shard(
     let (queue, log) = (queue.clone(), Arc::clone(log));
     tokio::spawn(async move {
         let permit = queue.acquire(shard).await.expect("acquire");
-        log.lock().unwrap().push((start.elapsed(), permit.shard()));
+        // The task runs at or after its grant (on a paused clock, at the same instant).
+        let granted = Instant::from_std(permit.granted_at()) - start;
+        assert!(start.elapsed() >= granted);
+        log.lock().unwrap().push((granted, permit.shard()));
     })
 }
 

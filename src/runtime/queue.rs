@@ -74,6 +74,7 @@ struct Shared<R: Runtime> {
 struct Grant {
     shard: ShardId,
     number: u64,
+    at: Instant,
 }
 
 /// Wakers collected under the lock, woken after it is released.
@@ -89,6 +90,8 @@ impl<R: Runtime> Shared<R> {
         Grant {
             shard,
             number: self.grants,
+            // The scheduler's clock: the instant it granted at.
+            at: self.scheduler.now(),
         }
     }
 
@@ -616,6 +619,12 @@ impl<R: Runtime> Permit<R> {
     /// The shard this permit is for.
     pub fn shard(&self) -> ShardId {
         self.grant.shard
+    }
+
+    /// The instant (on the runtime's clock) the queue granted it: the IDENTIFY may go
+    /// from then on. The task holding the permit may run a little later.
+    pub fn granted_at(&self) -> Instant {
+        self.grant.at
     }
 
     /// The shard got READY (or failed): free its bucket (hold mode). Same as drop.

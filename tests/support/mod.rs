@@ -3,5 +3,7 @@
 //! scheduler against it.
 #![allow(dead_code)]
 
+pub mod decode;
+pub mod fuzzing;
 pub mod harness;
 pub mod model;
