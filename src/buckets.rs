@@ -19,7 +19,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     fn is_live(self, queued: &ShardMap) -> bool {
-        queued.get(&self.shard) == Some(&self.seq)
+        queued.get(self.shard) == Some(self.seq)
     }
 }
 
@@ -156,7 +156,7 @@ impl Bucket {
     /// Renumbers live entries with `queued`'s new numbers; the caller has purged the dead.
     pub(crate) fn relabel(&mut self, queued: &ShardMap) {
         for entry in &mut self.queue {
-            if let Some(&seq) = queued.get(&entry.shard) {
+            if let Some(seq) = queued.get(entry.shard) {
                 entry.seq = seq;
             }
         }

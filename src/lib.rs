@@ -88,6 +88,7 @@ pub mod smol;
 #[path = "runtime/tokio.rs"]
 pub mod tokio;
 
+mod bucket_table;
 mod budget;
 mod limit;
 mod scheduler;

@@ -1,9 +1,10 @@
 //! The sans-IO scheduler: request / poll / cancel / release / update.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::Instant;
 
+use crate::bucket_table::BucketTable;
 use crate::buckets::{Bucket, BucketId, Entry, Standing};
 use crate::budget::Budget;
 use crate::limit::{Config, Error, SessionStartLimit, ShardId};
@@ -70,9 +71,9 @@ pub struct Scheduler {
     budget: Budget,
     queued: ShardMap,
     next_seq: Seq,
-    /// Buckets that have anything queued, cooling down or held (and some idle ones
-    /// until the next sweep).
-    buckets: BTreeMap<BucketId, Bucket>,
+    /// Buckets that have anything queued, cooling down or held (and idle ones, until
+    /// a sweep or forever in the small dense table).
+    buckets: BucketTable,
     /// Buckets whose first shard is eligible, oldest first. Entries whose bucket has
     /// moved on are skipped when met and purged when they outnumber the live ones.
     ready: BinaryHeap<Reverse<(Seq, BucketId)>>,
@@ -80,14 +81,11 @@ pub struct Scheduler {
     /// Non-empty buckets not yet free, soonest first; stale entries as in `ready`.
     waiting: BinaryHeap<Reverse<(Instant, BucketId)>>,
     waiting_count: usize,
-    /// Grants within the last interval, oldest first: an update that changes
-    /// `max_concurrency` needs them to know which new bucket each one cools down.
-    recent_grants: VecDeque<(Instant, ShardId)>,
-    /// Forget idle buckets when there are this many buckets.
-    sweep_at: usize,
+    /// Grants within the last interval, oldest first, with the end of their
+    /// cooldown: an update that changes `max_concurrency` needs them to know which
+    /// new bucket each one cools down.
+    recent_grants: VecDeque<(Moment, ShardId)>,
 }
-
-const MIN_SWEEP: usize = 64;
 
 impl Scheduler {
     /// A scheduler in timer mode with Discord's 5 s interval.
@@ -110,13 +108,12 @@ impl Scheduler {
             clock: now,
             queued: ShardMap::default(),
             next_seq: 0,
-            buckets: BTreeMap::new(),
+            buckets: BucketTable::new(limit.max_concurrency),
             ready: BinaryHeap::new(),
             ready_count: 0,
             waiting: BinaryHeap::new(),
             waiting_count: 0,
             recent_grants: VecDeque::new(),
-            sweep_at: MIN_SWEEP,
         })
     }
 
@@ -130,7 +127,8 @@ impl Scheduler {
     /// Errors with [`Error::AlreadyQueued`] if `shard` is queued already.
     #[must_use = "a Grant means the shard may identify now; a Wait says when to poll"]
     pub fn request(&mut self, shard: ShardId, now: Instant) -> Result<Decision, Error> {
-        if self.queued.contains_key(&shard) {
+        // A lookup before any change: even an insert undone would rehash the map.
+        if self.queued.contains_key(shard) {
             return Err(Error::AlreadyQueued(shard));
         }
         if self.next_seq == Seq::MAX {
@@ -171,7 +169,7 @@ impl Scheduler {
         self.advance(now);
         if self.budget.remaining() > 0 {
             while let Some(Reverse((seq, id))) = self.ready.pop() {
-                let Some(bucket) = self.buckets.get_mut(&id) else {
+                let Some(bucket) = self.buckets.get_mut(id) else {
                     continue;
                 };
                 if bucket.standing != Standing::Ready(seq) {
@@ -180,7 +178,7 @@ impl Scheduler {
                 let Some(entry) = bucket.pop_head(&self.queued) else {
                     continue;
                 };
-                self.queued.remove(&entry.shard);
+                self.queued.remove(entry.shard);
                 self.record_grant(id, entry.shard);
                 self.reindex(id);
                 return Decision::Grant(entry.shard);
@@ -192,11 +190,11 @@ impl Scheduler {
     /// Remove a queued shard; true if it was queued. Never consumes budget, and the
     /// shards behind it move up at once.
     pub fn cancel(&mut self, shard: ShardId) -> bool {
-        let Some(seq) = self.queued.remove(&shard) else {
+        let Some(seq) = self.queued.remove(shard) else {
             return false;
         };
         let id = self.bucket_of(shard);
-        if let Some(bucket) = self.buckets.get_mut(&id) {
+        if let Some(bucket) = self.buckets.get_mut(id) {
             let was_head = bucket.head().is_some_and(|head| head.seq == seq);
             bucket.cancelled(seq, &self.queued);
             if was_head {
@@ -217,14 +215,14 @@ impl Scheduler {
         let id = self.bucket_of(shard);
         let holds = self
             .buckets
-            .get(&id)
+            .get(id)
             .is_some_and(|bucket| bucket.live_hold(shard, at).is_some());
         if !holds {
             return false;
         }
         self.advance(now);
         let clock = self.clock;
-        if let Some(bucket) = self.buckets.get_mut(&id) {
+        if let Some(bucket) = self.buckets.get_mut(id) {
             bucket.release(shard, clock);
         }
         self.reindex(id);
@@ -258,9 +256,15 @@ impl Scheduler {
         self.queued.is_empty()
     }
 
+    /// Makes room for `additional` more queued shards, so that queueing a big bot's
+    /// shards at once does not grow the index step by step.
+    pub fn reserve(&mut self, additional: usize) {
+        self.queued.reserve(additional);
+    }
+
     /// Whether `shard` is queued.
     pub fn is_queued(&self, shard: ShardId) -> bool {
-        self.queued.contains_key(&shard)
+        self.queued.contains_key(shard)
     }
 
     /// The earliest instant at which a queued `shard` can be granted if nothing else
@@ -272,9 +276,9 @@ impl Scheduler {
     /// Costs O(log n), or O(shards ahead in its bucket) while cancelled shards wait
     /// there to be cleaned up.
     pub fn eta(&self, shard: ShardId, now: Instant) -> Option<Instant> {
-        let &seq = self.queued.get(&shard)?;
+        let seq = self.queued.get(shard)?;
         let at = self.clock.max(now);
-        let bucket = self.buckets.get(&self.bucket_of(shard))?;
+        let bucket = self.buckets.get(self.bucket_of(shard))?;
         let free = bucket
             .free_at()
             .map_or(Moment::At(at), |free| free.max(Moment::At(at)));
@@ -345,7 +349,7 @@ impl Scheduler {
                 break;
             }
             self.waiting.pop();
-            let Some(bucket) = self.buckets.get_mut(&id) else {
+            let Some(bucket) = self.buckets.get_mut(id) else {
                 continue;
             };
             if bucket.standing != Standing::Waiting(at) {
@@ -359,9 +363,8 @@ impl Scheduler {
             self.ready_count += 1;
             self.ready.push(Reverse((head.seq, id)));
         }
-        let interval = self.config.interval;
-        while let Some(&(granted, _)) = self.recent_grants.front() {
-            if !Moment::after(granted, interval).has_passed(clock) {
+        while let Some(&(cooldown, _)) = self.recent_grants.front() {
+            if !cooldown.has_passed(clock) {
                 break;
             }
             self.recent_grants.pop_front();
@@ -372,8 +375,8 @@ impl Scheduler {
     fn record_grant(&mut self, id: BucketId, shard: ShardId) {
         let clock = self.clock;
         self.budget.spend(clock);
-        self.recent_grants.push_back((clock, shard));
         let cooldown = Moment::after(clock, self.config.interval);
+        self.recent_grants.push_back((cooldown, shard));
         let hold = self
             .config
             .hold_timeout
@@ -407,7 +410,7 @@ impl Scheduler {
         while let Some(&Reverse((at, id))) = self.waiting.peek() {
             let current = self
                 .buckets
-                .get(&id)
+                .get(id)
                 .is_some_and(|bucket| bucket.standing == Standing::Waiting(at));
             if current {
                 return Moment::At(at);
@@ -421,7 +424,7 @@ impl Scheduler {
     /// changed.
     fn reindex(&mut self, id: BucketId) {
         let clock = self.clock;
-        let Some(bucket) = self.buckets.get_mut(&id) else {
+        let Some(bucket) = self.buckets.get_mut(id) else {
             return;
         };
         let standing = match (bucket.head(), bucket.free_at()) {
@@ -462,28 +465,22 @@ impl Scheduler {
         if self.ready.len() > 2 * self.ready_count + SLACK {
             self.ready.retain(|&Reverse((seq, id))| {
                 buckets
-                    .get(&id)
+                    .get(id)
                     .is_some_and(|b| b.standing == Standing::Ready(seq))
             });
         }
         if self.waiting.len() > 2 * self.waiting_count + SLACK {
             self.waiting.retain(|&Reverse((at, id))| {
                 buckets
-                    .get(&id)
+                    .get(id)
                     .is_some_and(|b| b.standing == Standing::Waiting(at))
             });
         }
     }
 
-    /// Bucket `id`, made if absent. Forgets idle buckets when they pile up, so memory
-    /// follows the buckets in use, not every bucket ever used.
+    /// Bucket `id`, made if absent.
     fn bucket_mut(&mut self, id: BucketId) -> &mut Bucket {
-        if !self.buckets.contains_key(&id) && self.buckets.len() >= self.sweep_at {
-            let clock = self.clock;
-            self.buckets.retain(|_, bucket| !bucket.is_idle(clock));
-            self.sweep_at = MIN_SWEEP.max(2 * self.buckets.len());
-        }
-        self.buckets.entry(id).or_insert_with(Bucket::new)
+        self.buckets.get_or_insert(id, self.clock)
     }
 
     /// Re-files every queued shard, grant and hold under `max_concurrency`.
@@ -491,8 +488,9 @@ impl Scheduler {
         let clock = self.clock;
         let mut entries = Vec::with_capacity(self.queued.len());
         let mut holds = Vec::new();
-        for bucket in self.buckets.values_mut() {
-            bucket.drain_live(&self.queued, &mut entries);
+        let queued = &self.queued;
+        self.buckets.for_each_mut(|_, bucket| {
+            bucket.drain_live(queued, &mut entries);
             holds.extend(
                 bucket
                     .holders()
@@ -500,21 +498,19 @@ impl Scheduler {
                     .filter(|hold| !hold.until.has_passed(clock))
                     .copied(),
             );
-        }
+        });
         // Each old bucket was in order; merged, the order is the sequence numbers'.
         entries.sort_unstable_by_key(|entry| entry.seq);
-        self.buckets.clear();
+        self.buckets = BucketTable::new(max_concurrency);
         self.ready.clear();
         self.waiting.clear();
         self.ready_count = 0;
         self.waiting_count = 0;
         self.max_concurrency = max_concurrency;
-        let interval = self.config.interval;
         for index in 0..self.recent_grants.len() {
-            let (granted, shard) = self.recent_grants[index];
+            let (cooldown, shard) = self.recent_grants[index];
             let id = self.bucket_of(shard);
-            self.bucket_mut(id)
-                .extend_cooldown(Moment::after(granted, interval));
+            self.bucket_mut(id).extend_cooldown(cooldown);
         }
         for hold in holds {
             let id = self.bucket_of(hold.shard);
@@ -524,7 +520,8 @@ impl Scheduler {
             let id = self.bucket_of(entry.shard);
             self.bucket_mut(id).push(entry);
         }
-        let ids: Vec<BucketId> = self.buckets.keys().copied().collect();
+        let mut ids = Vec::new();
+        self.buckets.for_each_mut(|id, _| ids.push(id));
         for id in ids {
             self.reindex(id);
         }
@@ -533,13 +530,13 @@ impl Scheduler {
     /// Gives the queued shards the sequence numbers 0, 1, … in their order, so that
     /// numbering can go on. Runs once per 2^32 requests.
     fn renumber(&mut self) {
-        for bucket in self.buckets.values_mut() {
-            bucket.purge_dead(&self.queued);
-        }
+        let queued = &self.queued;
+        self.buckets
+            .for_each_mut(|_, bucket| bucket.purge_dead(queued));
         let mut order: Vec<(Seq, ShardId)> = self
             .queued
             .iter()
-            .map(|(&shard, &seq)| (seq, shard))
+            .map(|(shard, seq)| (seq, shard))
             .collect();
         order.sort_unstable();
         for (new_seq, &(_, shard)) in order.iter().enumerate() {
@@ -548,13 +545,14 @@ impl Scheduler {
         }
         self.next_seq = Seq::try_from(order.len()).unwrap_or(Seq::MAX);
         self.ready.clear();
-        for (&id, bucket) in &mut self.buckets {
-            bucket.relabel(&self.queued);
+        let (queued, ready) = (&self.queued, &mut self.ready);
+        self.buckets.for_each_mut(|id, bucket| {
+            bucket.relabel(queued);
             if let (Standing::Ready(_), Some(head)) = (bucket.standing, bucket.head()) {
                 bucket.standing = Standing::Ready(head.seq);
-                self.ready.push(Reverse((head.seq, id)));
+                ready.push(Reverse((head.seq, id)));
             }
-        }
+        });
     }
 }
 

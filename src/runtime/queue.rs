@@ -1,6 +1,6 @@
 //! The shared queue state, the `Acquire` future, the `Grants` stream and the `Permit`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +11,7 @@ use std::time::Instant;
 use futures_core::{FusedFuture, FusedStream, Stream};
 
 use super::Runtime;
+use crate::shard_map::ShardIndex;
 use crate::{Config, Decision, Error, Scheduler, SessionStartLimit, ShardId};
 
 /// Identifies one `Acquire` or `Grants` while it waits.
@@ -48,7 +49,7 @@ struct Waiter {
 struct Shared<R: Runtime> {
     scheduler: Scheduler,
     /// Which waiter asked for each queued shard.
-    asked_by: HashMap<ShardId, WaiterId>,
+    asked_by: ShardIndex<WaiterId>,
     /// Ordered, so that the waiter picked to take the timer is deterministic.
     waiters: BTreeMap<WaiterId, Waiter>,
     next_waiter: WaiterId,
@@ -64,7 +65,7 @@ struct Shared<R: Runtime> {
     /// Grants so far, numbering each.
     grants: u64,
     /// Hold mode: the number of each shard's latest grant.
-    latest_grant: HashMap<ShardId, u64>,
+    latest_grant: ShardIndex<u64>,
     stats: QueueStats,
 }
 
@@ -75,6 +76,9 @@ struct Grant {
     shard: ShardId,
     number: u64,
     at: Instant,
+    /// Hold mode: dropping the permit releases the bucket. In timer mode a permit
+    /// has nothing to do when it goes.
+    holds: bool,
 }
 
 /// Wakers collected under the lock, woken after it is released.
@@ -84,7 +88,8 @@ impl<R: Runtime> Shared<R> {
     /// Numbers a grant of `shard` that the scheduler just made.
     fn number(&mut self, shard: ShardId) -> Grant {
         self.grants += 1;
-        if self.scheduler.config().get_hold_timeout().is_some() {
+        let holds = self.scheduler.config().get_hold_timeout().is_some();
+        if holds {
             self.latest_grant.insert(shard, self.grants);
         }
         Grant {
@@ -92,15 +97,16 @@ impl<R: Runtime> Shared<R> {
             number: self.grants,
             // The scheduler's clock: the instant it granted at.
             at: self.scheduler.now(),
+            holds,
         }
     }
 
     /// Releases `grant`'s hold if it is the shard's latest grant; whether it was.
     fn release(&mut self, grant: Grant, now: Instant) -> bool {
-        if self.latest_grant.get(&grant.shard) != Some(&grant.number) {
+        if self.latest_grant.get(grant.shard) != Some(grant.number) {
             return false;
         }
-        self.latest_grant.remove(&grant.shard);
+        self.latest_grant.remove(grant.shard);
         self.scheduler.release(grant.shard, now)
     }
 
@@ -111,7 +117,7 @@ impl<R: Runtime> Shared<R> {
             match self.scheduler.poll(now) {
                 Decision::Grant(shard) => {
                     let grant = self.number(shard);
-                    let Some(id) = self.asked_by.remove(&shard) else {
+                    let Some(id) = self.asked_by.remove(shard) else {
                         continue;
                     };
                     if let Some(waiter) = self.waiters.get_mut(&id) {
@@ -186,6 +192,14 @@ impl<R: Runtime> Shared<R> {
     /// waits, sleep on the timer unless another task does.
     fn poll_waiter(&mut self, id: WaiterId, cx: &mut Context<'_>, to_wake: &mut ToWake) {
         self.stats.polls += 1;
+        if self
+            .waiters
+            .get(&id)
+            .is_some_and(|waiter| !waiter.granted.is_empty())
+        {
+            // Woken for a grant: the poll that granted it drove everything else.
+            return;
+        }
         // Fired timers are re-armed each round; a timer that keeps firing before the
         // scheduler's deadline is not trusted past a few rounds.
         for _ in 0..4 {
@@ -261,8 +275,8 @@ impl<R: Runtime> Shared<R> {
         let now = R::now();
         if waiter.queued > 0 {
             for shard in shards {
-                if self.asked_by.get(shard) == Some(&id) {
-                    self.asked_by.remove(shard);
+                if self.asked_by.get(*shard) == Some(id) {
+                    self.asked_by.remove(*shard);
                     self.scheduler.cancel(*shard);
                 }
             }
@@ -300,7 +314,7 @@ impl<R: Runtime> Queue<R> {
         Self {
             shared: Arc::new(Mutex::new(Shared {
                 scheduler,
-                asked_by: HashMap::new(),
+                asked_by: ShardIndex::default(),
                 waiters: BTreeMap::new(),
                 next_waiter: 0,
                 timer: None,
@@ -309,7 +323,7 @@ impl<R: Runtime> Queue<R> {
                 timer_holder: None,
                 elected: None,
                 grants: 0,
-                latest_grant: HashMap::new(),
+                latest_grant: ShardIndex::default(),
                 stats: QueueStats::default(),
             })),
         }
@@ -535,8 +549,11 @@ impl<R: Runtime> Stream for Grants<R> {
                 State::Waiting(id) => id,
                 State::Start => {
                     let id = shared.add_waiter();
+                    shared.scheduler.reserve(this.shards.len());
+                    shared.asked_by.reserve(this.shards.len());
+                    let now = R::now();
                     for &shard in &this.shards {
-                        match shared.scheduler.request(shard, R::now()) {
+                        match shared.scheduler.request(shard, now) {
                             Ok(Decision::Grant(_)) => {
                                 let grant = shared.number(shard);
                                 if let Some(waiter) = shared.waiters.get_mut(&id) {
@@ -633,6 +650,9 @@ impl<R: Runtime> Permit<R> {
 
 impl<R: Runtime> Drop for Permit<R> {
     fn drop(&mut self) {
+        if !self.grant.holds {
+            return;
+        }
         let mut to_wake = ToWake::new();
         {
             let mut shared = self.queue.lock();
