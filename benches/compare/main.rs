@@ -1,0 +1,92 @@
+//! The benchmark: cost and scale of the core, memory per queued shard, the tokio queue
+//! side by side with twilight-gateway-queue's `InMemoryQueue` in the same process, and
+//! the runtime adapters' overhead. Prints tables and ratios; writes `benches/scale.svg`.
+//!
+//! `cargo bench --bench compare --all-features` (add `-- --quick` for a shorter run)
+
+mod alloc;
+mod core;
+mod plot;
+mod rules;
+mod runtimes;
+mod side_by_side;
+
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else we ignore but `--quick`.
+    let quick = std::env::args().any(|arg| arg == "--quick");
+    println!(
+        "identify-queue benchmark{}",
+        if quick { " (quick)" } else { "" }
+    );
+    println!("machine: {}", machine());
+
+    let sizes: &[u32] = if quick {
+        &[1_000, 10_000, 100_000]
+    } else {
+        &[1_000, 10_000, 100_000, 1_000_000]
+    };
+    let core = core::run(sizes);
+    core::memory(if quick { 100_000 } else { 1_000_000 });
+    let compared = side_by_side::run(if quick {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 10_000, 100_000]
+    });
+    runtimes::run(if quick { 2_000 } else { 10_000 });
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/scale.svg");
+    match std::fs::write(path, plot::svg(&core, &compared)) {
+        Ok(()) => println!("\nplot: {path}"),
+        Err(error) => println!("\nplot not written: {error}"),
+    }
+}
+
+/// CPU time of this process so far (user + system, all threads).
+pub fn cpu_time() -> Duration {
+    let mut spec = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the pointer it is given.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut spec) };
+    if result != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(spec.tv_sec as u64, spec.tv_nsec as u32)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|name| name.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cpu}, {cores} cores, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+/// `1.234 ms`, `56.7 ns`.
+pub fn human(duration: Duration) -> String {
+    let nanos = duration.as_secs_f64() * 1e9;
+    if nanos >= 1e9 {
+        format!("{:.3} s", nanos / 1e9)
+    } else if nanos >= 1e6 {
+        format!("{:.3} ms", nanos / 1e6)
+    } else if nanos >= 1e3 {
+        format!("{:.2} µs", nanos / 1e3)
+    } else {
+        format!("{nanos:.1} ns")
+    }
+}

@@ -1,0 +1,152 @@
+//! The same start-up through each runtime adapter, a task per shard as a bot has.
+
+use std::time::{Duration, Instant};
+
+use identify_queue::runtime::QueueStats;
+use identify_queue::{Config, SessionStartLimit};
+
+use crate::{cpu_time, human};
+
+const C: u32 = 16;
+
+fn limit(shards: u32) -> SessionStartLimit {
+    SessionStartLimit {
+        total: shards,
+        remaining: shards,
+        reset_after: Duration::from_secs(86_400),
+        max_concurrency: C,
+    }
+}
+
+struct Run {
+    wall: Duration,
+    cpu: Duration,
+    stats: QueueStats,
+}
+
+fn tokio_paused(shards: u32) -> Run {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    timed(|| {
+        runtime.block_on(async {
+            let queue = identify_queue::tokio::Queue::with_limit(limit(shards), Config::default())
+                .expect("valid");
+            let tasks: Vec<_> = (0..shards)
+                .map(|shard| {
+                    let queue = queue.clone();
+                    tokio::spawn(async move { drop(queue.acquire(shard).await.expect("acquire")) })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task");
+            }
+            queue.stats()
+        })
+    })
+}
+
+fn tokio_real(shards: u32, interval: Duration) -> Run {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    timed(|| {
+        runtime.block_on(async {
+            let config = Config::default().interval(interval);
+            let queue =
+                identify_queue::tokio::Queue::with_limit(limit(shards), config).expect("valid");
+            let tasks: Vec<_> = (0..shards)
+                .map(|shard| {
+                    let queue = queue.clone();
+                    tokio::spawn(async move { drop(queue.acquire(shard).await.expect("acquire")) })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task");
+            }
+            queue.stats()
+        })
+    })
+}
+
+fn smol(shards: u32, interval: Duration) -> Run {
+    timed(|| {
+        let config = Config::default().interval(interval);
+        let queue = identify_queue::smol::Queue::with_limit(limit(shards), config).expect("valid");
+        let executor = smol::LocalExecutor::new();
+        smol::block_on(executor.run(async {
+            let tasks: Vec<_> = (0..shards)
+                .map(|shard| {
+                    let queue = queue.clone();
+                    executor
+                        .spawn(async move { drop(queue.acquire(shard).await.expect("acquire")) })
+                })
+                .collect();
+            for task in tasks {
+                task.await;
+            }
+        }));
+        queue.stats()
+    })
+}
+
+fn async_std(shards: u32, interval: Duration) -> Run {
+    timed(|| {
+        let config = Config::default().interval(interval);
+        let queue =
+            identify_queue::async_std::Queue::with_limit(limit(shards), config).expect("valid");
+        async_std::task::block_on(async {
+            let tasks: Vec<_> = (0..shards)
+                .map(|shard| {
+                    let queue = queue.clone();
+                    async_std::task::spawn(async move {
+                        drop(queue.acquire(shard).await.expect("acquire"))
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await;
+            }
+        });
+        queue.stats()
+    })
+}
+
+fn timed(run: impl FnOnce() -> QueueStats) -> Run {
+    let (wall, cpu) = (Instant::now(), cpu_time());
+    let stats = run();
+    Run {
+        wall: wall.elapsed(),
+        cpu: cpu_time() - cpu,
+        stats,
+    }
+}
+
+pub fn run(shards: u32) {
+    let interval = Duration::from_millis(1);
+    println!(
+        "\n## Runtime adapters: {shards} shards, a task each, C = 16 (paused: 5 s interval; real time: {} interval)\n",
+        human(interval)
+    );
+    println!("| runtime | clock | wall | CPU | CPU per grant | wake-ups | timer resets |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let runs = [
+        ("tokio", "paused", tokio_paused(shards)),
+        ("tokio", "real", tokio_real(shards, interval)),
+        ("smol", "real", smol(shards, interval)),
+        ("async-std (smol shim)", "real", async_std(shards, interval)),
+    ];
+    for (runtime, clock, run) in runs {
+        println!(
+            "| {runtime} | {clock} | {} | {} | {} | {} | {} |",
+            human(run.wall),
+            human(run.cpu),
+            human(run.cpu / shards),
+            run.stats.wakeups,
+            run.stats.timer_resets
+        );
+    }
+}
