@@ -70,6 +70,7 @@
 //! | `tokio` | `tokio` | tokio's (pausable) clock, one `tokio::time::Sleep` |
 //! | `smol` | `smol` | `std` clock, one `async_io::Timer` |
 //! | `async-std` | `async_std` | a shim: the `smol` module under async-std's name |
+//! | `twilight` | `twilight` | implies `tokio`: the tokio queue as a twilight-gateway `Queue` |
 //!
 //! All three are the generic `runtime::Queue` over a small `runtime::Runtime` trait.
 #![forbid(unsafe_code)]
@@ -87,6 +88,9 @@ pub mod smol;
 #[cfg(feature = "tokio")]
 #[path = "runtime/tokio.rs"]
 pub mod tokio;
+#[cfg(feature = "twilight")]
+#[path = "runtime/twilight.rs"]
+pub mod twilight;
 
 mod bucket_table;
 mod budget;

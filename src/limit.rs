@@ -123,6 +123,9 @@ pub enum Error {
     AlreadyQueued(ShardId),
     /// Every sequence number is taken by a queued shard (about 4 billion of them).
     QueueFull,
+    /// The twilight integration: the shard asked again, which abandons this older
+    /// request; the new one took its place in line.
+    Superseded(ShardId),
 }
 
 impl fmt::Display for Error {
@@ -150,6 +153,10 @@ impl fmt::Display for Error {
             ),
             Self::QueueFull => f.write_str(
                 "too many shards queued: every sequence number is in use, grant or cancel some",
+            ),
+            Self::Superseded(shard) => write!(
+                f,
+                "shard {shard} asked again: this older request was replaced by the new one"
             ),
         }
     }

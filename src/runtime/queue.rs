@@ -259,6 +259,29 @@ impl<R: Runtime> Shared<R> {
         id
     }
 
+    /// Moves waiting `shard` from the waiter that asked for it to waiter `id`, which
+    /// keeps its place in line; the old waiter is woken to find it gone.
+    fn take_over(&mut self, shard: ShardId, id: WaiterId, to_wake: &mut ToWake) {
+        if let Some(old) = self.asked_by.insert(shard, id) {
+            if let Some(waiter) = self.waiters.get_mut(&old) {
+                waiter.queued -= 1;
+                if let Some(waker) = waiter.waker.take() {
+                    self.stats.wakeups += 1;
+                    to_wake.push(waker);
+                }
+            }
+        }
+        if let Some(waiter) = self.waiters.get_mut(&id) {
+            waiter.queued += 1;
+        }
+        if self
+            .timer_holder
+            .is_some_and(|holder| !self.is_waiting(holder))
+        {
+            self.timer_holder = None;
+        }
+    }
+
     fn queue_for(&mut self, id: WaiterId, shard: ShardId) {
         self.asked_by.insert(shard, id);
         if let Some(waiter) = self.waiters.get_mut(&id) {
@@ -354,7 +377,49 @@ impl<R: Runtime> Queue<R> {
             queue: self.clone(),
             shard,
             state: State::Start,
+            take_over: false,
         }
+    }
+
+    /// Like [`acquire`](Self::acquire), but if `shard` already waits here, this
+    /// request takes over its place in line and the older one resolves to
+    /// [`Error::Superseded`]. For integrations (twilight) in which asking again means
+    /// the earlier request was abandoned.
+    pub fn acquire_replacing(&self, shard: ShardId) -> Acquire<R> {
+        Acquire {
+            queue: self.clone(),
+            shard,
+            state: State::Start,
+            take_over: true,
+        }
+    }
+
+    /// Releases the hold of `shard`'s latest grant (hold mode), for integrations in
+    /// which the permit was [kept](Permit::keep) rather than held by the shard's
+    /// code; whether it still held its bucket.
+    pub fn release(&self, shard: ShardId) -> bool {
+        let mut to_wake = ToWake::new();
+        let released = {
+            let mut shared = self.lock();
+            let released = match shared.latest_grant.get(shard) {
+                Some(number) => {
+                    let grant = Grant {
+                        shard,
+                        number,
+                        at: shared.scheduler.now(),
+                        holds: true,
+                    };
+                    shared.release(grant, R::now())
+                }
+                None => false,
+            };
+            if released {
+                shared.settle(&mut to_wake);
+            }
+            released
+        };
+        wake_all(to_wake);
+        released
     }
 
     /// Requests every shard of `shards`, in order, and yields a permit for each as it
@@ -443,6 +508,8 @@ pub struct Acquire<R: Runtime> {
     queue: Queue<R>,
     shard: ShardId,
     state: State,
+    /// Take over the place of a waiting request of the same shard.
+    take_over: bool,
 }
 
 impl<R: Runtime> Future for Acquire<R> {
@@ -457,6 +524,12 @@ impl<R: Runtime> Future for Acquire<R> {
             let id = match this.state {
                 State::Done => return Poll::Pending,
                 State::Waiting(id) => id,
+                State::Start if this.take_over && shared.asked_by.contains_key(shard) => {
+                    let id = shared.add_waiter();
+                    shared.take_over(shard, id, &mut to_wake);
+                    this.state = State::Waiting(id);
+                    id
+                }
                 State::Start => match shared.scheduler.request(shard, R::now()) {
                     Err(error) => {
                         this.state = State::Done;
@@ -480,10 +553,18 @@ impl<R: Runtime> Future for Acquire<R> {
                 },
             };
             shared.poll_waiter(id, cx, &mut to_wake);
-            let granted = shared
-                .waiters
-                .get_mut(&id)
-                .and_then(|waiter| waiter.granted.pop_front());
+            let waiter = shared.waiters.get_mut(&id);
+            let superseded = waiter
+                .as_ref()
+                .is_some_and(|waiter| waiter.queued == 0 && waiter.granted.is_empty());
+            let granted = waiter.and_then(|waiter| waiter.granted.pop_front());
+            if superseded {
+                shared.remove_waiter(id, &[], &mut to_wake);
+                this.state = State::Done;
+                drop(shared);
+                wake_all(to_wake);
+                return Poll::Ready(Err(Error::Superseded(shard)));
+            }
             if let Some(grant) = granted {
                 shared.waiters.remove(&id);
                 if shared.timer_holder == Some(id) {
@@ -646,6 +727,13 @@ impl<R: Runtime> Permit<R> {
 
     /// The shard got READY (or failed): free its bucket (hold mode). Same as drop.
     pub fn release(self) {}
+
+    /// Lets the permit go without freeing the bucket: the hold ends with
+    /// [`Queue::release`] for this shard, or at the hold timeout. For integrations
+    /// that learn of READY away from the code that acquired the permit.
+    pub fn keep(mut self) {
+        self.grant.holds = false;
+    }
 }
 
 impl<R: Runtime> Drop for Permit<R> {

@@ -1,0 +1,82 @@
+//! twilight-gateway takes any [`twilight_gateway_queue::Queue`]; the tokio
+//! [`Queue`] is one. Switching a twilight bot over is one line:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use identify_queue::{Config, SessionStartLimit};
+//! use twilight_gateway::{ConfigBuilder, Intents, Shard, ShardId};
+//!
+//! # async fn run(token: String) -> Result<(), identify_queue::Error> {
+//! // From GET /gateway/bot:
+//! let limit = SessionStartLimit {
+//!     total: 1000,
+//!     remaining: 998,
+//!     reset_after: Duration::from_millis(14_336_000),
+//!     max_concurrency: 16,
+//! };
+//! let queue = identify_queue::tokio::Queue::with_limit(limit, Config::default())?;
+//! let config = ConfigBuilder::new(token, Intents::GUILDS)
+//!     .queue(queue.clone()) // <- the one line
+//!     .build();
+//! let shards: Vec<Shard<_>> = (0..64)
+//!     .map(|id| Shard::with_config(ShardId::new(id, 64), config.clone()))
+//!     .collect();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! How twilight's contract is kept:
+//!
+//! - `enqueue(shard)` spawns a small task that waits for the grant and then sends
+//!   `()`. It runs on the runtime that calls `enqueue` (twilight shards call it from
+//!   their own task, so that is always a tokio runtime).
+//! - A receiver the shard drops (it disconnected while waiting) cancels the request at
+//!   once: nothing spent, nobody delayed.
+//! - A shard that enqueues again while its older request waits takes that request's
+//!   place in line ([`Queue::acquire_replacing`](crate::runtime::Queue::acquire_replacing)):
+//!   twilight only asks again once it has abandoned the old request.
+//! - A request that cannot be served (an error) closes the channel, which makes the
+//!   shard enqueue again.
+//! - In hold mode the grant holds its bucket after `()` is sent, until you call
+//!   [`Queue::release`](crate::runtime::Queue::release) with the shard's id when it
+//!   reports READY (or fails), or the hold timeout passes.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::Poll;
+
+use ::tokio::sync::oneshot;
+
+use crate::ShardId;
+use crate::tokio::{Acquire, Queue};
+
+impl twilight_gateway_queue::Queue for Queue {
+    fn enqueue(&self, shard: ShardId) -> oneshot::Receiver<()> {
+        let (sender, receiver) = oneshot::channel();
+        ::tokio::spawn(forward(self.acquire_replacing(shard), sender));
+        receiver
+    }
+}
+
+/// Waits for the grant, or for the shard to give up on it, whichever comes first.
+async fn forward(mut acquire: Acquire, mut sender: oneshot::Sender<()>) {
+    let granted = poll_fn(|cx| {
+        if sender.poll_closed(cx).is_ready() {
+            // The shard dropped its receiver: dropping `acquire` cancels the request.
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut acquire).poll(cx).map(Some)
+    })
+    .await;
+    // On an error, or if the shard gave up, dropping the sender closes the channel:
+    // a shard still listening enqueues again.
+    if let Some(Ok(permit)) = granted {
+        if sender.send(()).is_ok() {
+            // The shard identifies now; its hold (hold mode) lasts until
+            // `Queue::release` or the timeout.
+            permit.keep();
+        }
+        // Otherwise the receiver went in the same instant: the permit drops and frees
+        // its hold; the grant itself counts as spent, the safe side.
+    }
+}
