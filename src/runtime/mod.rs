@@ -18,6 +18,7 @@
 //! no task behind; and a paused tokio clock sees a timer it can jump to.
 
 mod queue;
+mod waiters;
 
 pub use queue::{Acquire, Grants, Permit, Queue, QueueStats};
 

@@ -1,6 +1,6 @@
 //! The shared queue state, the `Acquire` future, the `Grants` stream and the `Permit`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -14,8 +14,7 @@ use super::Runtime;
 use crate::shard_map::ShardIndex;
 use crate::{Config, Decision, Error, Scheduler, SessionStartLimit, ShardId};
 
-/// Identifies one `Acquire` or `Grants` while it waits.
-type WaiterId = u64;
+use super::waiters::{Waiter, WaiterId, Waiters};
 
 /// An async IDENTIFY queue over a [`Scheduler`], shared by every shard of a bot.
 ///
@@ -38,21 +37,11 @@ pub struct QueueStats {
     pub timer_resets: u64,
 }
 
-struct Waiter {
-    waker: Option<Waker>,
-    /// Its shards still queued in the scheduler.
-    queued: usize,
-    /// Its grants not yet handed out.
-    granted: VecDeque<Grant>,
-}
-
 struct Shared<R: Runtime> {
     scheduler: Scheduler,
     /// Which waiter asked for each queued shard.
     asked_by: ShardIndex<WaiterId>,
-    /// Ordered, so that the waiter picked to take the timer is deterministic.
-    waiters: BTreeMap<WaiterId, Waiter>,
-    next_waiter: WaiterId,
+    waiters: Waiters,
     timer: Option<Pin<Box<R::Timer>>>,
     /// The deadline the timer is set to, until it fires.
     timer_at: Option<Instant>,
@@ -72,7 +61,7 @@ struct Shared<R: Runtime> {
 /// A granted shard and which of its grants this is: in hold mode a permit releases
 /// only its own hold, not a later one of the same shard (after its own timed out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Grant {
+pub(super) struct Grant {
     shard: ShardId,
     number: u64,
     at: Instant,
@@ -171,14 +160,10 @@ impl<R: Runtime> Shared<R> {
         if self.elected.is_some_and(|id| self.is_waiting(id)) {
             return;
         }
-        // The youngest waiter: it will wait longest, so the timer seldom moves again.
-        let next = self
-            .waiters
-            .iter_mut()
-            .rev()
-            .find(|(id, waiter)| waiter.queued > 0 && Some(**id) != polling);
+        // The newest waiter: it will wait longest, so the timer seldom moves again.
+        let next = self.waiters.pick_waiting(polling);
         self.elected = None;
-        if let Some((&id, waiter)) = next {
+        if let Some((id, waiter)) = next {
             self.elected = Some(id);
             // No waker: it was woken for a grant already and will poll anyway.
             if let Some(waker) = waiter.waker.take() {
@@ -245,18 +230,19 @@ impl<R: Runtime> Shared<R> {
         self.hand_over_timer(Some(id), to_wake);
     }
 
+    /// Removes waiter `id` and every mention of it (its slot may be reused).
+    fn forget_waiter(&mut self, id: WaiterId) -> Option<Waiter> {
+        if self.timer_holder == Some(id) {
+            self.timer_holder = None;
+        }
+        if self.elected == Some(id) {
+            self.elected = None;
+        }
+        self.waiters.remove(&id)
+    }
+
     fn add_waiter(&mut self) -> WaiterId {
-        let id = self.next_waiter;
-        self.next_waiter += 1;
-        self.waiters.insert(
-            id,
-            Waiter {
-                waker: None,
-                queued: 0,
-                granted: VecDeque::new(),
-            },
-        );
-        id
+        self.waiters.insert()
     }
 
     /// Moves waiting `shard` from the waiter that asked for it to waiter `id`, which
@@ -292,7 +278,7 @@ impl<R: Runtime> Shared<R> {
     /// Forgets waiter `id`: its queued `shards` are cancelled, and grants it did not
     /// take count as granted (their holds are released, as a dropped permit's are).
     fn remove_waiter(&mut self, id: WaiterId, shards: &[ShardId], to_wake: &mut ToWake) {
-        let Some(waiter) = self.waiters.remove(&id) else {
+        let Some(waiter) = self.forget_waiter(id) else {
             return;
         };
         let now = R::now();
@@ -306,9 +292,6 @@ impl<R: Runtime> Shared<R> {
         }
         for grant in waiter.granted {
             self.release(grant, now);
-        }
-        if self.timer_holder == Some(id) {
-            self.timer_holder = None;
         }
         self.drive(now, to_wake);
         self.hand_over_timer(None, to_wake);
@@ -338,8 +321,7 @@ impl<R: Runtime> Queue<R> {
             shared: Arc::new(Mutex::new(Shared {
                 scheduler,
                 asked_by: ShardIndex::default(),
-                waiters: BTreeMap::new(),
-                next_waiter: 0,
+                waiters: Waiters::default(),
                 timer: None,
                 timer_at: None,
                 deadline: None,
@@ -566,10 +548,7 @@ impl<R: Runtime> Future for Acquire<R> {
                 return Poll::Ready(Err(Error::Superseded(shard)));
             }
             if let Some(grant) = granted {
-                shared.waiters.remove(&id);
-                if shared.timer_holder == Some(id) {
-                    shared.timer_holder = None;
-                }
+                shared.forget_waiter(id);
                 shared.hand_over_timer(None, &mut to_wake);
                 this.state = State::Done;
                 Poll::Ready(Ok(Permit::new(this.queue.clone(), grant)))
