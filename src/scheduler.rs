@@ -2,11 +2,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::bucket_table::BucketTable;
 use crate::buckets::{Bucket, BucketId, Entry, Standing};
-use crate::budget::Budget;
+use crate::budget::{Budget, DAY};
 use crate::limit::{Config, Error, SessionStartLimit, ShardId};
 use crate::shard_map::{Seq, ShardMap};
 use crate::time::{Moment, wake_at};
@@ -326,6 +326,27 @@ impl Scheduler {
         }
     }
 
+    /// The limit in force at `now`, as Discord would report it: `remaining` with any
+    /// reset due by then counted in, and `reset_after` the time left until the next
+    /// reset (24 h when the budget is full and the next window opens with the next
+    /// grant; `Duration::MAX` when it never resets).
+    pub fn limit(&self, now: Instant) -> SessionStartLimit {
+        let at = self.clock.max(now);
+        let mut budget = self.budget;
+        budget.refresh(at);
+        let reset_after = match budget.resets_at() {
+            Some(Moment::At(reset)) => reset.saturating_duration_since(at),
+            Some(Moment::Never) => Duration::MAX,
+            None => DAY,
+        };
+        SessionStartLimit {
+            total: budget.total(),
+            remaining: budget.remaining(),
+            reset_after,
+            max_concurrency: self.max_concurrency,
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
@@ -559,7 +580,6 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn limit(max_concurrency: u32) -> SessionStartLimit {
         SessionStartLimit {

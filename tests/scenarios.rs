@@ -469,3 +469,34 @@ fn eta_counts_the_shards_ahead_in_the_bucket() {
         Some(&(2 * FIVE, 6))
     );
 }
+
+#[test]
+fn the_limit_in_force_reads_like_discords() {
+    let start = Instant::now();
+    let mut scheduler = Scheduler::new(limit(16, 10), start).unwrap();
+    assert_eq!(scheduler.limit(start), limit(16, 10));
+    assert_eq!(scheduler.request(3, start), Ok(Decision::Grant(3)));
+    let later = start + Duration::from_secs(600);
+    assert_eq!(
+        scheduler.limit(later),
+        SessionStartLimit {
+            remaining: 9,
+            reset_after: Duration::from_secs(3000),
+            ..limit(16, 10)
+        }
+    );
+    // Past the reset: full again, and the next window is a day from the next grant.
+    let after_reset = start + Duration::from_secs(3600);
+    let full = scheduler.limit(after_reset);
+    assert_eq!((full.remaining, full.reset_after), (1000, DAY));
+}
+
+#[test]
+fn the_core_types_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Scheduler>();
+    shareable::<Config>();
+    shareable::<Error>();
+    shareable::<Decision>();
+    shareable::<SessionStartLimit>();
+}

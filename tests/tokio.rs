@@ -379,3 +379,13 @@ async fn an_old_permit_does_not_release_a_newer_hold_of_its_shard() {
     assert_eq!((one.shard(), start.elapsed()), (1, Duration::from_secs(20)));
     drop(new);
 }
+
+#[test]
+fn the_queue_is_clone_send_sync_and_its_futures_are_send() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    fn sendable<T: Send + 'static>() {}
+    shareable::<Queue>();
+    sendable::<identify_queue::tokio::Acquire>();
+    sendable::<identify_queue::tokio::Grants>();
+    sendable::<identify_queue::tokio::Permit>();
+}

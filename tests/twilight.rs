@@ -110,12 +110,25 @@ fn assert_no_violations(gateway: &Gateway) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_shards_start_restart_and_give_up_without_breaking_a_rule() {
+    sixty_four_shards(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_in_hold_mode_releasing_on_ready() {
+    sixty_four_shards(true).await;
+}
+
+async fn sixty_four_shards(hold_mode: bool) {
     let gateway = Gateway::start(rules(1000)).await;
-    let queue = Queue::with_limit(limit(1000), Config::default().interval(INTERVAL)).unwrap();
+    let mut config = Config::default().interval(INTERVAL);
+    if hold_mode {
+        config = config.hold_until_release(Duration::from_secs(10));
+    }
+    let queue = Queue::with_limit(limit(1000), config).unwrap();
     let (ready_sender, mut readies) = mpsc::unbounded_channel();
 
     // 64 shards at once: 16 rounds of 4 buckets.
-    let mut shards = start_shards(0..64, 64, &gateway, &queue, false, &ready_sender);
+    let mut shards = start_shards(0..64, 64, &gateway, &queue, hold_mode, &ready_sender);
     let first = wait_for_readies(&mut readies, 64).await;
     let mut ready_shards: Vec<u32> = first.iter().map(|&(shard, _)| shard).collect();
     ready_shards.sort_unstable();
@@ -124,7 +137,9 @@ async fn sixty_four_shards_start_restart_and_give_up_without_breaking_a_rule() {
     assert_eq!(gateway.accepted(), 64);
     let optimum = INTERVAL * (64 / C - 1);
     let span = makespan(&gateway);
-    println!("64 shards: makespan {span:?}, optimum {optimum:?}, violations 0");
+    println!(
+        "64 shards (hold mode: {hold_mode}): makespan {span:?}, optimum {optimum:?}, violations 0"
+    );
     assert!(
         span + JITTER >= optimum,
         "faster than the rules allow: {span:?}"
@@ -152,7 +167,7 @@ async fn sixty_four_shards_start_restart_and_give_up_without_breaking_a_rule() {
         96,
         &gateway,
         &queue,
-        false,
+        hold_mode,
         &ready_sender,
     );
     // All eight connect and wait behind the restarted shards of bucket 0.
@@ -178,7 +193,7 @@ async fn sixty_four_shards_start_restart_and_give_up_without_breaking_a_rule() {
     assert_eq!(gateway.remaining(), 1000 - accepted);
     assert_no_violations(&gateway);
     println!(
-        "after restarts and quitters: {} IDENTIFYs, {} accepted, 0 violations",
+        "after restarts and quitters (hold mode: {hold_mode}): {} IDENTIFYs, {} accepted, 0 violations",
         gateway.identifies().len(),
         accepted
     );
@@ -262,7 +277,9 @@ async fn hold_mode_frees_a_bucket_when_twilight_reports_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_handshakes_and_invalid_sessions_leak_nothing() {
     let gateway = Gateway::start(rules(1000)).await;
-    // The first six IDENTIFYs lose their connection before READY.
+    // The first four IDENTIFYs are answered with INVALID_SESSION, the next six lose
+    // their connection before READY.
+    gateway.reject_next_identifies(4);
     gateway.drop_next_identifies(6);
     let queue = Queue::with_limit(limit(1000), Config::default().interval(INTERVAL)).unwrap();
     let (ready_sender, mut readies) = mpsc::unbounded_channel();
@@ -276,10 +293,23 @@ async fn dropped_handshakes_and_invalid_sessions_leak_nothing() {
     tokio::time::sleep(INTERVAL).await;
     assert_no_violations(&gateway);
     assert!(queue.is_empty(), "{} queue entries leaked", queue.len());
-    // Every unit the queue spent, the gateway counted: 16 + 6 retries + 3 restarts.
+    // Every unit the queue spent, the gateway counted: 16 + 4 + 6 retries + 3 restarts.
     let accepted = gateway.accepted() as u32;
-    assert_eq!(accepted, 16 + 6 + 3);
+    assert_eq!(accepted, 16 + 4 + 6 + 3);
     assert_eq!(queue.remaining(), 1000 - accepted);
+    // A rejected shard re-queued and came back no sooner than its bucket allowed.
+    let identifies = gateway.identifies();
+    for rejected in identifies.iter().take(4) {
+        let again = identifies
+            .iter()
+            .find(|later| later.shard == rejected.shard && later.at > rejected.at)
+            .expect("the rejected shard identified again");
+        assert!(
+            again.at - rejected.at + JITTER >= INTERVAL,
+            "shard {}",
+            rejected.shard
+        );
+    }
     for task in shards.values() {
         task.abort();
     }

@@ -36,6 +36,7 @@ pub struct Rules {
 pub struct Identify {
     pub at: Instant,
     pub shard: u32,
+    /// It kept the rules (it may still have been answered with a fault on purpose).
     pub accepted: bool,
 }
 
@@ -47,6 +48,8 @@ struct State {
     violations: Vec<String>,
     /// Sessions by shard, to push messages to.
     sessions: HashMap<u32, mpsc::UnboundedSender<Message>>,
+    /// Answer this many IDENTIFYs with INVALID_SESSION though they keep the rules.
+    reject_next: u32,
     /// Close this many connections right after their IDENTIFY, without READY.
     drop_next: u32,
     sessions_started: u64,
@@ -124,6 +127,12 @@ impl Gateway {
             .is_some_and(|session| session.send(invalid_session()).is_ok())
     }
 
+    /// The next `count` IDENTIFYs are answered with INVALID_SESSION (and counted, as
+    /// Discord counts them): the shard must identify again, later.
+    pub fn reject_next_identifies(&self, count: u32) {
+        self.state().reject_next = count;
+    }
+
     /// The next `count` IDENTIFYs get their connection dropped instead of READY.
     pub fn drop_next_identifies(&self, count: u32) {
         self.state().drop_next = count;
@@ -171,6 +180,10 @@ fn judge(state: &mut State, rules: &Rules, shard: u32, now: Instant) -> Answer {
     }
     state.remaining -= 1;
     state.last_in_bucket.insert(bucket, now);
+    if state.reject_next > 0 {
+        state.reject_next -= 1;
+        return Answer::Invalid;
+    }
     if state.drop_next > 0 {
         state.drop_next -= 1;
         return Answer::Drop;
