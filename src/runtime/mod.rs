@@ -16,6 +16,13 @@
 //! another waiter is woken to take the timer over. This needs no spawner, so the
 //! queue works on any executor, needs no runtime handle when it is made, and leaves
 //! no task behind; and a paused tokio clock sees a timer it can jump to.
+//!
+//! A waiter holds the timer only while its poll returns `Pending`: one that returns a
+//! permit (an `acquire_all` stream whose consumer then works on the permit for a
+//! while, say) hands the timer to another waiter first. As with any future, keep a
+//! waiting `Acquire` polled (`.await` it, or keep it in a `select!` that is polled);
+//! a future parked unpolled while it holds the timer delays the others' grants until
+//! it is polled or dropped.
 
 mod queue;
 mod waiters;

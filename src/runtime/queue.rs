@@ -143,25 +143,29 @@ impl<R: Runtime> Shared<R> {
     }
 
     fn is_waiting(&self, id: WaiterId) -> bool {
-        self.waiters
-            .get(&id)
-            .is_some_and(|waiter| waiter.queued > 0)
+        self.waiters.get(&id).is_some_and(Waiter::is_waiting)
     }
 
-    /// Makes sure that some waiting task will poll the timer. `polling` is a waiter
-    /// whose poll is under way and will do so itself.
-    fn hand_over_timer(&mut self, polling: Option<WaiterId>, to_wake: &mut ToWake) {
-        if self.deadline.is_none() || self.timer_holder.is_some() {
-            return;
+    /// Makes sure that some waiting task will poll the timer. `busy` is a waiter
+    /// whose poll is returning a grant: its task will not poll the timer now (it may
+    /// be busy with the grant for a while), so it gives the timer up.
+    fn hand_over_timer(&mut self, busy: Option<WaiterId>, to_wake: &mut ToWake) {
+        if let Some(id) = busy {
+            if self.timer_holder == Some(id) {
+                self.timer_holder = None;
+            }
+            if self.elected == Some(id) {
+                self.elected = None;
+            }
         }
-        if polling.is_some_and(|id| self.is_waiting(id)) {
+        if self.deadline.is_none() || self.timer_holder.is_some() {
             return;
         }
         if self.elected.is_some_and(|id| self.is_waiting(id)) {
             return;
         }
         // The newest waiter: it will wait longest, so the timer seldom moves again.
-        let next = self.waiters.pick_waiting(polling);
+        let next = self.waiters.pick_waiting(busy);
         self.elected = None;
         if let Some((id, waiter)) = next {
             self.elected = Some(id);
@@ -183,6 +187,7 @@ impl<R: Runtime> Shared<R> {
             .is_some_and(|waiter| !waiter.granted.is_empty())
         {
             // Woken for a grant: the poll that granted it drove everything else.
+            self.hand_over_timer(Some(id), to_wake);
             return;
         }
         // Fired timers are re-armed each round; a timer that keeps firing before the
@@ -223,11 +228,16 @@ impl<R: Runtime> Shared<R> {
                 }
             }
         }
-        if self.is_waiting(id) && self.timer_holder.is_none() && self.deadline.is_some() {
+        let has_grant = self
+            .waiters
+            .get(&id)
+            .is_some_and(|waiter| !waiter.granted.is_empty());
+        if has_grant || !self.is_waiting(id) {
+            self.hand_over_timer(Some(id), to_wake);
+        } else if self.timer_holder.is_none() && self.deadline.is_some() {
             // Out of rounds: try again on the next turn of the executor.
             cx.waker().wake_by_ref();
         }
-        self.hand_over_timer(Some(id), to_wake);
     }
 
     /// Removes waiter `id` and every mention of it (its slot may be reused).
