@@ -360,10 +360,14 @@ impl Scheduler {
     /// Moves the clock to `now` (never back) and applies what comes due by then: the
     /// budget reset and the buckets that free up.
     fn advance(&mut self, now: Instant) {
-        if now > self.clock {
-            self.clock = now;
+        // Every input leaves nothing due at the clock (a bucket that frees at once is
+        // filed as ready, a reset at once is applied), so only a later instant can
+        // bring anything due.
+        if now <= self.clock {
+            return;
         }
-        let clock = self.clock;
+        self.clock = now;
+        let clock = now;
         self.budget.refresh(clock);
         while let Some(&Reverse((at, id))) = self.waiting.peek() {
             if at > clock {

@@ -127,10 +127,10 @@ pub fn run(sizes: &[u32]) -> Compared {
     compared
 }
 
-/// Best of three runs by CPU time.
+/// Best of five runs by CPU time (small runs are short enough to be noisy).
 fn best(mut run: impl FnMut() -> (Duration, Schedule)) -> (Duration, Schedule) {
     let mut best = run();
-    for _ in 0..2 {
+    for _ in 0..4 {
         let next = run();
         if next.0 < best.0 {
             best = next;
