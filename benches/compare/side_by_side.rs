@@ -104,8 +104,10 @@ pub fn run(sizes: &[u32]) -> Compared {
     println!("|---:|---:|---:|---:|---:|---:|---:|---|");
     let mut compared = Compared::new();
     for &shards in sizes {
-        let (ours_cpu, ours_schedule) = best(|| measure(|| ours_start_up(shards)));
-        let (theirs_cpu, theirs_schedule) = best(|| measure(|| theirs_start_up(shards)));
+        let ((ours_cpu, ours_schedule), (theirs_cpu, theirs_schedule)) = best_of_pairs(
+            || measure(|| ours_start_up(shards)),
+            || measure(|| theirs_start_up(shards)),
+        );
         let optimum = INTERVAL * (shards.div_ceil(C) - 1);
         println!(
             "| {shards} | {} | {} | {:.2} | {} | {} | {} | {}, {} |",
@@ -127,16 +129,24 @@ pub fn run(sizes: &[u32]) -> Compared {
     compared
 }
 
-/// Best of five runs by CPU time (small runs are short enough to be noisy).
-fn best(mut run: impl FnMut() -> (Duration, Schedule)) -> (Duration, Schedule) {
-    let mut best = run();
+/// The best of five runs of each by CPU time, the two taking turns so that the
+/// machine's noise falls on both alike.
+fn best_of_pairs(
+    mut ours: impl FnMut() -> (Duration, Schedule),
+    mut theirs: impl FnMut() -> (Duration, Schedule),
+) -> ((Duration, Schedule), (Duration, Schedule)) {
+    let (mut best_ours, mut best_theirs) = (ours(), theirs());
     for _ in 0..4 {
-        let next = run();
-        if next.0 < best.0 {
-            best = next;
+        let next = ours();
+        if next.0 < best_ours.0 {
+            best_ours = next;
+        }
+        let next = theirs();
+        if next.0 < best_theirs.0 {
+            best_theirs = next;
         }
     }
-    best
+    (best_ours, best_theirs)
 }
 
 fn secs(duration: Duration) -> String {
