@@ -52,11 +52,10 @@ impl Budget {
         self.remaining
     }
 
-    /// Units left at `now`, without changing anything.
-    pub(crate) fn remaining_at(&self, now: Instant) -> u32 {
-        let mut budget = *self;
-        budget.refresh(now);
-        budget.remaining
+    /// The budget as it will be at `now`, without changing this one.
+    pub(crate) fn as_of(mut self, now: Instant) -> Self {
+        self.refresh(now);
+        self
     }
 
     /// The total per window.

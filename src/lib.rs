@@ -72,7 +72,8 @@
 //! | `async-std` | `async_std` | a shim: the `smol` module under async-std's name |
 //! | `twilight` | `twilight` | implies `tokio`: the tokio queue as a twilight-gateway `Queue` |
 //!
-//! All three are the generic `runtime::Queue` over a small `runtime::Runtime` trait.
+//! The runtime modules are the generic `runtime::Queue` over a small
+//! `runtime::Runtime` trait; `twilight` adds a trait impl to the tokio one.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -287,9 +287,7 @@ impl Scheduler {
             (Moment::At(free), Some(spacing)) => Moment::after(free, spacing),
             _ => Moment::Never,
         };
-        let mut budget = self.budget;
-        budget.refresh(at);
-        if let Some(unit) = budget.unit_available_at() {
+        if let Some(unit) = self.budget.as_of(at).unit_available_at() {
             eta = eta.max(unit);
         }
         Some(wake_at(eta, at))
@@ -313,7 +311,7 @@ impl Scheduler {
     /// Session starts left at `now` (a reset due by then counted in), without changing
     /// anything.
     pub fn remaining(&self, now: Instant) -> u32 {
-        self.budget.remaining_at(self.clock.max(now))
+        self.budget.as_of(self.clock.max(now)).remaining()
     }
 
     /// When the budget goes back to `total`, as of the latest instant seen: `None`
@@ -332,8 +330,7 @@ impl Scheduler {
     /// grant; `Duration::MAX` when it never resets).
     pub fn limit(&self, now: Instant) -> SessionStartLimit {
         let at = self.clock.max(now);
-        let mut budget = self.budget;
-        budget.refresh(at);
+        let budget = self.budget.as_of(at);
         let reset_after = match budget.resets_at() {
             Some(Moment::At(reset)) => reset.saturating_duration_since(at),
             Some(Moment::Never) => Duration::MAX,

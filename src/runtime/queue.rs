@@ -90,13 +90,18 @@ impl<R: Runtime> Shared<R> {
         }
     }
 
-    /// Releases `grant`'s hold if it is the shard's latest grant; whether it was.
-    fn release(&mut self, grant: Grant, now: Instant) -> bool {
-        if self.latest_grant.get(grant.shard) != Some(grant.number) {
+    /// Releases the hold of grant `number` of `shard` if it is the shard's latest
+    /// grant, settling the queue if that freed anything; whether it did.
+    fn release(&mut self, shard: ShardId, number: u64, to_wake: &mut ToWake) -> bool {
+        if self.latest_grant.get(shard) != Some(number) {
             return false;
         }
-        self.latest_grant.remove(grant.shard);
-        self.scheduler.release(grant.shard, now)
+        self.latest_grant.remove(shard);
+        let released = self.scheduler.release(shard, R::now());
+        if released {
+            self.settle(to_wake);
+        }
+        released
     }
 
     /// Hands out every grant the scheduler has at `now` and moves the timer to the
@@ -291,7 +296,6 @@ impl<R: Runtime> Shared<R> {
         let Some(waiter) = self.forget_waiter(id) else {
             return;
         };
-        let now = R::now();
         if waiter.queued > 0 {
             for shard in shards {
                 if self.asked_by.get(*shard) == Some(id) {
@@ -301,22 +305,15 @@ impl<R: Runtime> Shared<R> {
             }
         }
         for grant in waiter.granted {
-            self.release(grant, now);
+            self.release(grant.shard, grant.number, to_wake);
         }
-        self.drive(now, to_wake);
-        self.hand_over_timer(None, to_wake);
+        self.settle(to_wake);
     }
 
     /// After an input from outside a waiter's poll.
     fn settle(&mut self, to_wake: &mut ToWake) {
         self.drive(R::now(), to_wake);
         self.hand_over_timer(None, to_wake);
-    }
-}
-
-fn wake_all(to_wake: ToWake) {
-    for waker in to_wake {
-        waker.wake();
     }
 }
 
@@ -360,6 +357,17 @@ impl<R: Runtime> Queue<R> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Runs `change` under the lock, then wakes the wakers it collected, after the
+    /// lock is released (a waker may poll its future at once, on this thread).
+    fn change<T>(&self, change: impl FnOnce(&mut Shared<R>, &mut ToWake) -> T) -> T {
+        let mut to_wake = ToWake::new();
+        let result = change(&mut self.lock(), &mut to_wake);
+        for waker in to_wake {
+            waker.wake();
+        }
+        result
+    }
+
     /// Waits until `shard` may IDENTIFY. The request is made when the future is
     /// first polled; dropping the future while it waits cancels it.
     ///
@@ -390,28 +398,10 @@ impl<R: Runtime> Queue<R> {
     /// which the permit was [kept](Permit::keep) rather than held by the shard's
     /// code; whether it still held its bucket.
     pub fn release(&self, shard: ShardId) -> bool {
-        let mut to_wake = ToWake::new();
-        let released = {
-            let mut shared = self.lock();
-            let released = match shared.latest_grant.get(shard) {
-                Some(number) => {
-                    let grant = Grant {
-                        shard,
-                        number,
-                        at: shared.scheduler.now(),
-                        holds: true,
-                    };
-                    shared.release(grant, R::now())
-                }
-                None => false,
-            };
-            if released {
-                shared.settle(&mut to_wake);
-            }
-            released
-        };
-        wake_all(to_wake);
-        released
+        self.change(|shared, to_wake| match shared.latest_grant.get(shard) {
+            Some(number) => shared.release(shard, number, to_wake),
+            None => false,
+        })
     }
 
     /// Requests every shard of `shards`, in order, and yields a permit for each as it
@@ -428,17 +418,11 @@ impl<R: Runtime> Queue<R> {
 
     /// Applies a fresh `session_start_limit` now, waking whoever it makes eligible.
     pub fn update(&self, limit: SessionStartLimit) -> Result<(), Error> {
-        let mut to_wake = ToWake::new();
-        let result = {
-            let mut shared = self.lock();
-            let result = shared.scheduler.update(limit, R::now());
-            if result.is_ok() {
-                shared.settle(&mut to_wake);
-            }
-            result
-        };
-        wake_all(to_wake);
-        result
+        self.change(|shared, to_wake| {
+            shared.scheduler.update(limit, R::now())?;
+            shared.settle(to_wake);
+            Ok(())
+        })
     }
 
     /// Shards waiting.
@@ -509,16 +493,14 @@ impl<R: Runtime> Future for Acquire<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let shard = this.shard;
-        let mut to_wake = ToWake::new();
-        let result = {
-            let mut shared = this.queue.lock();
+        let (shard, queue) = (this.shard, &this.queue);
+        queue.change(|shared, to_wake| {
             let id = match this.state {
                 State::Done => return Poll::Pending,
                 State::Waiting(id) => id,
                 State::Start if this.take_over && shared.asked_by.contains_key(shard) => {
                     let id = shared.add_waiter();
-                    shared.take_over(shard, id, &mut to_wake);
+                    shared.take_over(shard, id, to_wake);
                     this.state = State::Waiting(id);
                     id
                 }
@@ -530,11 +512,9 @@ impl<R: Runtime> Future for Acquire<R> {
                     Ok(Decision::Grant(_)) => {
                         let grant = shared.number(shard);
                         // Taking a unit can move everyone else's deadline.
-                        shared.settle(&mut to_wake);
+                        shared.settle(to_wake);
                         this.state = State::Done;
-                        drop(shared);
-                        wake_all(to_wake);
-                        return Poll::Ready(Ok(Permit::new(this.queue.clone(), grant)));
+                        return Poll::Ready(Ok(Permit::new(queue.clone(), grant)));
                     }
                     Ok(_) => {
                         let id = shared.add_waiter();
@@ -544,30 +524,27 @@ impl<R: Runtime> Future for Acquire<R> {
                     }
                 },
             };
-            shared.poll_waiter(id, cx, &mut to_wake);
+            shared.poll_waiter(id, cx, to_wake);
             let waiter = shared.waiters.get_mut(&id);
             let superseded = waiter
                 .as_ref()
                 .is_some_and(|waiter| waiter.queued == 0 && waiter.granted.is_empty());
             let granted = waiter.and_then(|waiter| waiter.granted.pop_front());
             if superseded {
-                shared.remove_waiter(id, &[], &mut to_wake);
+                shared.remove_waiter(id, &[], to_wake);
                 this.state = State::Done;
-                drop(shared);
-                wake_all(to_wake);
                 return Poll::Ready(Err(Error::Superseded(shard)));
             }
-            if let Some(grant) = granted {
-                shared.forget_waiter(id);
-                shared.hand_over_timer(None, &mut to_wake);
-                this.state = State::Done;
-                Poll::Ready(Ok(Permit::new(this.queue.clone(), grant)))
-            } else {
-                Poll::Pending
+            match granted {
+                Some(grant) => {
+                    shared.forget_waiter(id);
+                    shared.hand_over_timer(None, to_wake);
+                    this.state = State::Done;
+                    Poll::Ready(Ok(Permit::new(queue.clone(), grant)))
+                }
+                None => Poll::Pending,
             }
-        };
-        wake_all(to_wake);
-        result
+        })
     }
 }
 
@@ -580,11 +557,9 @@ impl<R: Runtime> FusedFuture for Acquire<R> {
 impl<R: Runtime> Drop for Acquire<R> {
     fn drop(&mut self) {
         if let State::Waiting(id) = self.state {
-            let mut to_wake = ToWake::new();
+            let shard = self.shard;
             self.queue
-                .lock()
-                .remove_waiter(id, &[self.shard], &mut to_wake);
-            wake_all(to_wake);
+                .change(|shared, to_wake| shared.remove_waiter(id, &[shard], to_wake));
         }
     }
 }
@@ -611,9 +586,8 @@ impl<R: Runtime> Stream for Grants<R> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let mut to_wake = ToWake::new();
-        let result = {
-            let mut shared = this.queue.lock();
+        let queue = &this.queue;
+        queue.change(|shared, to_wake| {
             let id = match this.state {
                 State::Done => return Poll::Ready(None),
                 State::Waiting(id) => id,
@@ -640,26 +614,21 @@ impl<R: Runtime> Stream for Grants<R> {
             };
             if let Some(error) = this.errors.pop_front() {
                 // Still drive, so that this poll's grants are not left waiting.
-                shared.settle(&mut to_wake);
-                Poll::Ready(Some(Err(error)))
-            } else {
-                shared.poll_waiter(id, cx, &mut to_wake);
-                let waiter = shared.waiters.get_mut(&id);
-                match waiter.map(|waiter| (waiter.granted.pop_front(), waiter.queued)) {
-                    Some((Some(grant), _)) => {
-                        Poll::Ready(Some(Ok(Permit::new(this.queue.clone(), grant))))
-                    }
-                    Some((None, 0)) | None => {
-                        shared.remove_waiter(id, &[], &mut to_wake);
-                        this.state = State::Done;
-                        Poll::Ready(None)
-                    }
-                    Some((None, _)) => Poll::Pending,
-                }
+                shared.settle(to_wake);
+                return Poll::Ready(Some(Err(error)));
             }
-        };
-        wake_all(to_wake);
-        result
+            shared.poll_waiter(id, cx, to_wake);
+            let waiter = shared.waiters.get_mut(&id);
+            match waiter.map(|waiter| (waiter.granted.pop_front(), waiter.queued)) {
+                Some((Some(grant), _)) => Poll::Ready(Some(Ok(Permit::new(queue.clone(), grant)))),
+                Some((None, 0)) | None => {
+                    shared.remove_waiter(id, &[], to_wake);
+                    this.state = State::Done;
+                    Poll::Ready(None)
+                }
+                Some((None, _)) => Poll::Pending,
+            }
+        })
     }
 }
 
@@ -672,11 +641,9 @@ impl<R: Runtime> FusedStream for Grants<R> {
 impl<R: Runtime> Drop for Grants<R> {
     fn drop(&mut self) {
         if let State::Waiting(id) = self.state {
-            let mut to_wake = ToWake::new();
+            let shards = &self.shards;
             self.queue
-                .lock()
-                .remove_waiter(id, &self.shards, &mut to_wake);
-            wake_all(to_wake);
+                .change(|shared, to_wake| shared.remove_waiter(id, shards, to_wake));
         }
     }
 }
@@ -727,17 +694,11 @@ impl<R: Runtime> Permit<R> {
 
 impl<R: Runtime> Drop for Permit<R> {
     fn drop(&mut self) {
-        if !self.grant.holds {
-            return;
+        if self.grant.holds {
+            let Grant { shard, number, .. } = self.grant;
+            self.queue
+                .change(|shared, to_wake| shared.release(shard, number, to_wake));
         }
-        let mut to_wake = ToWake::new();
-        {
-            let mut shared = self.queue.lock();
-            if shared.release(self.grant, R::now()) {
-                shared.settle(&mut to_wake);
-            }
-        }
-        wake_all(to_wake);
     }
 }
 
