@@ -96,11 +96,13 @@ pub mod twilight;
 mod bucket_table;
 mod budget;
 mod limit;
+mod priority;
 mod scheduler;
 mod shard_map;
 mod time;
 
 pub use limit::{Config, DISCORD_INTERVAL, Error, SessionStartLimit, ShardId};
+pub use priority::Priority;
 pub use scheduler::{Decision, Scheduler};
 
 /// The README's code blocks, compiled and run as doctests so that they stay true.

@@ -5,9 +5,10 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::bucket_table::BucketTable;
-use crate::buckets::{Bucket, BucketId, Entry, Standing};
+use crate::buckets::{Bucket, BucketId, Entry, Hold, Order, Standing};
 use crate::budget::{Budget, DAY};
 use crate::limit::{Config, Error, SessionStartLimit, ShardId};
+use crate::priority::Priority;
 use crate::shard_map::{Seq, ShardMap};
 use crate::time::{Moment, wake_at};
 
@@ -25,14 +26,15 @@ pub enum Decision {
 
 /// Decides when each shard may IDENTIFY: one grant per `interval` per bucket
 /// (`shard % max_concurrency`), never more grants than the daily budget, FIFO within a
-/// bucket and the oldest first across buckets.
+/// bucket and the oldest first across buckets, reconnecting shards before starting
+/// ones ([`Priority`]).
 ///
 /// It does no I/O and reads no clock: every time-dependent call takes `now`, and the
 /// same calls with the same instants give the same decisions.
 ///
 /// # Driving it
 ///
-/// After any input (`request`, `cancel`, `release`, `update`), call [`poll`] until it
+/// After any input (`request`, `cancel`, `release`, `occupy`, `update`), call [`poll`] until it
 /// returns [`Decision::Wait`] or [`Decision::Idle`], letting each granted shard
 /// IDENTIFY; then sleep until the `Wait` instant (or the next input) and poll again.
 /// `request` itself may grant at once, which saves a round trip for an idle bucket.
@@ -74,10 +76,12 @@ pub struct Scheduler {
     /// Buckets that have anything queued, cooling down or held (and idle ones, until
     /// a sweep or forever in the small dense table).
     buckets: BucketTable,
-    /// Buckets whose first shard is eligible, oldest first. Entries whose bucket has
-    /// moved on are skipped when met and purged when they outnumber the live ones.
-    ready: BinaryHeap<Reverse<(Seq, BucketId)>>,
-    ready_count: usize,
+    /// Buckets whose first shard is eligible, first in order first. Entries whose
+    /// bucket has moved on are skipped when met and purged when they outnumber the live
+    /// ones.
+    ready: BinaryHeap<Reverse<(Order, BucketId)>>,
+    /// Buckets standing `Ready`, by the priority rank of their first shard.
+    ready_counts: [usize; Priority::COUNT],
     /// Non-empty buckets not yet free, soonest first; stale entries as in `ready`.
     waiting: BinaryHeap<Reverse<(Instant, BucketId)>>,
     waiting_count: usize,
@@ -110,7 +114,7 @@ impl Scheduler {
             next_seq: 0,
             buckets: BucketTable::new(limit.max_concurrency),
             ready: BinaryHeap::new(),
-            ready_count: 0,
+            ready_counts: [0; Priority::COUNT],
             waiting: BinaryHeap::new(),
             waiting_count: 0,
             recent_grants: VecDeque::new(),
@@ -118,6 +122,7 @@ impl Scheduler {
     }
 
     /// Queue `shard`; `Grant(shard)` if it may identify right now, else `Wait(t)`.
+    /// The same as [`request_with`](Self::request_with) and [`Priority::Start`].
     ///
     /// It is granted at once exactly when its bucket is free with nothing queued, and
     /// the budget left covers it and every eligible shard queued before it. Otherwise
@@ -127,6 +132,26 @@ impl Scheduler {
     /// Errors with [`Error::AlreadyQueued`] if `shard` is queued already.
     #[must_use = "a Grant means the shard may identify now; a Wait says when to poll"]
     pub fn request(&mut self, shard: ShardId, now: Instant) -> Result<Decision, Error> {
+        self.request_with(shard, Priority::Start, now)
+    }
+
+    /// Queue `shard` with `priority`; `Grant(shard)` if it may identify right now,
+    /// else `Wait(t)`.
+    ///
+    /// A [`Priority::Reconnect`] goes before every `Start` of its bucket, and before
+    /// them for the budget; within a priority, first come first served. It is granted
+    /// at once exactly when nothing of its priority or higher is queued in its bucket,
+    /// the bucket is free, and the budget left covers it and every eligible shard
+    /// ahead of it.
+    ///
+    /// Errors with [`Error::AlreadyQueued`] if `shard` is queued already.
+    #[must_use = "a Grant means the shard may identify now; a Wait says when to poll"]
+    pub fn request_with(
+        &mut self,
+        shard: ShardId,
+        priority: Priority,
+        now: Instant,
+    ) -> Result<Decision, Error> {
         // A lookup before any change: even an insert undone would rehash the map.
         if self.queued.contains_key(shard) {
             return Err(Error::AlreadyQueued(shard));
@@ -138,22 +163,30 @@ impl Scheduler {
             }
         }
         self.advance(now);
+        let rank = priority.rank();
         let id = self.bucket_of(shard);
         let clock = self.clock;
-        let budget_covers = self.budget.remaining() as usize > self.ready_count;
+        // Eligible shards ahead of this one: the ready heads of its class and above.
+        let ahead: usize = self.ready_counts[..=rank].iter().sum();
+        let budget_covers = self.budget.remaining() as usize > ahead;
         let bucket = self.bucket_mut(id);
         let free = bucket.free_at().is_none_or(|free| free.has_passed(clock));
-        if bucket.is_empty() && free && budget_covers {
+        if bucket.is_clear_for(rank) && free && budget_covers {
+            let behind = !bucket.is_empty();
             self.record_grant(id, shard);
+            if behind {
+                // Lower-priority shards were ready here: the grant made them wait.
+                self.reindex(id);
+            }
             return Ok(Decision::Grant(shard));
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.queued.insert(shard, seq);
         let bucket = self.bucket_mut(id);
-        let was_empty = bucket.is_empty();
-        bucket.push(Entry { seq, shard });
-        if was_empty {
+        let goes_first = bucket.is_clear_for(rank);
+        bucket.push(rank, Entry { seq, shard });
+        if goes_first {
             self.reindex(id);
         }
         Ok(self.wait_decision())
@@ -168,11 +201,11 @@ impl Scheduler {
     pub fn poll(&mut self, now: Instant) -> Decision {
         self.advance(now);
         if self.budget.remaining() > 0 {
-            while let Some(Reverse((seq, id))) = self.ready.pop() {
+            while let Some(Reverse((order, id))) = self.ready.pop() {
                 let Some(bucket) = self.buckets.get_mut(id) else {
                     continue;
                 };
-                if bucket.standing != Standing::Ready(seq) {
+                if bucket.standing != Standing::Ready(order) {
                     continue;
                 }
                 let Some(entry) = bucket.pop_head(&self.queued) else {
@@ -227,6 +260,33 @@ impl Scheduler {
         }
         self.reindex(id);
         true
+    }
+
+    /// Keeps `shard`'s bucket busy until `until` (`None`: until a later call ends it),
+    /// replacing any earlier occupation by `shard`; an `until` at or before `now` ends
+    /// it. This adds to the rules, never subtracts: the bucket is free only once its
+    /// cooldown, its holds and every occupation of it have ended.
+    ///
+    /// It is for what the scheduler cannot see: a grant that is not yet delivered to
+    /// its shard (the async queue keeps its bucket busy until the permit is taken, then
+    /// for an interval from then), or an IDENTIFY made by another process. Like a hold,
+    /// an occupation belongs to the shard and follows it to its new bucket when an
+    /// update changes `max_concurrency`.
+    pub fn occupy(&mut self, shard: ShardId, until: Option<Instant>, now: Instant) {
+        self.advance(now);
+        let clock = self.clock;
+        let until = until.map_or(Moment::Never, Moment::At);
+        let id = self.bucket_of(shard);
+        let known = self
+            .buckets
+            .get(id)
+            .is_some_and(|bucket| bucket.occupants().iter().any(|busy| busy.shard == shard));
+        if !known && until.has_passed(clock) {
+            // Nothing to end: leave the bucket table as it is.
+            return;
+        }
+        self.bucket_mut(id).occupy(shard, until, clock);
+        self.reindex(id);
     }
 
     /// Fresh `session_start_limit` (e.g. after re-reading /gateway/bot).
@@ -377,13 +437,13 @@ impl Scheduler {
             if bucket.standing != Standing::Waiting(at) {
                 continue;
             }
-            let Some(head) = bucket.head() else {
+            let Some(head) = bucket.head_order() else {
                 continue;
             };
-            bucket.standing = Standing::Ready(head.seq);
+            bucket.standing = Standing::Ready(head);
             self.waiting_count -= 1;
-            self.ready_count += 1;
-            self.ready.push(Reverse((head.seq, id)));
+            self.ready_counts[rank_of(head)] += 1;
+            self.ready.push(Reverse((head, id)));
         }
         while let Some(&(cooldown, _)) = self.recent_grants.front() {
             if !cooldown.has_passed(clock) {
@@ -415,7 +475,7 @@ impl Scheduler {
         if self.queued.is_empty() {
             return Decision::Idle;
         }
-        let bucket_free = if self.ready_count > 0 {
+        let bucket_free = if self.ready_counts.iter().any(|&count| count > 0) {
             Moment::At(self.clock)
         } else {
             self.earliest_waiting()
@@ -449,10 +509,10 @@ impl Scheduler {
         let Some(bucket) = self.buckets.get_mut(id) else {
             return;
         };
-        let standing = match (bucket.head(), bucket.free_at()) {
+        let standing = match (bucket.head_order(), bucket.free_at()) {
             (None, _) => Standing::Empty,
-            (Some(head), None) => Standing::Ready(head.seq),
-            (Some(head), Some(free)) if free.has_passed(clock) => Standing::Ready(head.seq),
+            (Some(head), None) => Standing::Ready(head),
+            (Some(head), Some(free)) if free.has_passed(clock) => Standing::Ready(head),
             (Some(_), Some(Moment::At(at))) => Standing::Waiting(at),
             (Some(_), Some(Moment::Never)) => Standing::Stalled,
         };
@@ -461,14 +521,14 @@ impl Scheduler {
             return;
         }
         match old {
-            Standing::Ready(_) => self.ready_count -= 1,
+            Standing::Ready(head) => self.ready_counts[rank_of(head)] -= 1,
             Standing::Waiting(_) => self.waiting_count -= 1,
             Standing::Empty | Standing::Stalled => {}
         }
         match standing {
-            Standing::Ready(seq) => {
-                self.ready_count += 1;
-                self.ready.push(Reverse((seq, id)));
+            Standing::Ready(head) => {
+                self.ready_counts[rank_of(head)] += 1;
+                self.ready.push(Reverse((head, id)));
             }
             Standing::Waiting(at) => {
                 self.waiting_count += 1;
@@ -484,11 +544,12 @@ impl Scheduler {
     fn purge_stale_entries(&mut self) {
         const SLACK: usize = 16;
         let buckets = &self.buckets;
-        if self.ready.len() > 2 * self.ready_count + SLACK {
-            self.ready.retain(|&Reverse((seq, id))| {
+        let ready_count: usize = self.ready_counts.iter().sum();
+        if self.ready.len() > 2 * ready_count + SLACK {
+            self.ready.retain(|&Reverse((head, id))| {
                 buckets
                     .get(id)
-                    .is_some_and(|b| b.standing == Standing::Ready(seq))
+                    .is_some_and(|b| b.standing == Standing::Ready(head))
             });
         }
         if self.waiting.len() > 2 * self.waiting_count + SLACK {
@@ -505,28 +566,25 @@ impl Scheduler {
         self.buckets.get_or_insert(id, self.clock)
     }
 
-    /// Re-files every queued shard, grant and hold under `max_concurrency`.
+    /// Re-files every queued shard, grant, hold and occupation under `max_concurrency`.
     fn rekey(&mut self, max_concurrency: u32) {
         let clock = self.clock;
         let mut entries = Vec::with_capacity(self.queued.len());
         let mut holds = Vec::new();
+        let mut occupants = Vec::new();
         let queued = &self.queued;
         self.buckets.for_each_mut(|_, bucket| {
             bucket.drain_live(queued, &mut entries);
-            holds.extend(
-                bucket
-                    .holders()
-                    .iter()
-                    .filter(|hold| !hold.until.has_passed(clock))
-                    .copied(),
-            );
+            let live = |hold: &&Hold| !hold.until.has_passed(clock);
+            holds.extend(bucket.holders().iter().filter(live).copied());
+            occupants.extend(bucket.occupants().iter().filter(live).copied());
         });
-        // Each old bucket was in order; merged, the order is the sequence numbers'.
-        entries.sort_unstable_by_key(|entry| entry.seq);
+        // Each old bucket was in order; merged, the order is (class, sequence number).
+        entries.sort_unstable_by_key(|&(rank, entry)| (rank, entry.seq));
         self.buckets = BucketTable::new(max_concurrency);
         self.ready.clear();
         self.waiting.clear();
-        self.ready_count = 0;
+        self.ready_counts = [0; Priority::COUNT];
         self.waiting_count = 0;
         self.max_concurrency = max_concurrency;
         for index in 0..self.recent_grants.len() {
@@ -538,9 +596,13 @@ impl Scheduler {
             let id = self.bucket_of(hold.shard);
             self.bucket_mut(id).hold(hold.shard, hold.until, clock);
         }
-        for entry in entries {
+        for busy in occupants {
+            let id = self.bucket_of(busy.shard);
+            self.bucket_mut(id).occupy(busy.shard, busy.until, clock);
+        }
+        for (rank, entry) in entries {
             let id = self.bucket_of(entry.shard);
-            self.bucket_mut(id).push(entry);
+            self.bucket_mut(id).push(rank, entry);
         }
         let mut ids = Vec::new();
         self.buckets.for_each_mut(|id, _| ids.push(id));
@@ -570,12 +632,17 @@ impl Scheduler {
         let (queued, ready) = (&self.queued, &mut self.ready);
         self.buckets.for_each_mut(|id, bucket| {
             bucket.relabel(queued);
-            if let (Standing::Ready(_), Some(head)) = (bucket.standing, bucket.head()) {
-                bucket.standing = Standing::Ready(head.seq);
-                ready.push(Reverse((head.seq, id)));
+            if let (Standing::Ready(_), Some(head)) = (bucket.standing, bucket.head_order()) {
+                bucket.standing = Standing::Ready(head);
+                ready.push(Reverse((head, id)));
             }
         });
     }
+}
+
+/// The priority rank of a request of order `order`.
+fn rank_of(order: Order) -> usize {
+    (order >> 32) as usize
 }
 
 #[cfg(test)]

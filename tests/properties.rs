@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use identify_queue::SessionStartLimit;
+use identify_queue::{Priority, SessionStartLimit};
 use proptest::prelude::*;
 use support::harness::{Harness, Op, Setup, Step};
 
@@ -59,15 +59,28 @@ fn valid_limit() -> impl Strategy<Value = SessionStartLimit> {
     )
 }
 
+fn priority() -> impl Strategy<Value = Priority> {
+    prop_oneof![3 => Just(Priority::Start), 1 => Just(Priority::Reconnect)]
+}
+
+fn occupation() -> impl Strategy<Value = Option<Duration>> {
+    prop_oneof![
+        1 => Just(None),
+        3 => (0..20 * MS).prop_map(|n| Some(Duration::from_nanos(n))),
+        1 => duration().prop_map(Some),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let shard = 0u32..12;
     prop_oneof![
-        6 => (shard.clone(), step()).prop_map(|(s, t)| Op::Request(s, t)),
+        6 => (shard.clone(), priority(), step()).prop_map(|(s, p, t)| Op::Request(s, p, t)),
         4 => step().prop_map(Op::Poll),
         3 => step().prop_map(Op::Drain),
         2 => shard.clone().prop_map(Op::Cancel),
-        2 => (shard, step()).prop_map(|(s, t)| Op::Release(s, t)),
+        2 => (shard.clone(), step()).prop_map(|(s, t)| Op::Release(s, t)),
         1 => (limit(), step()).prop_map(|(l, t)| Op::Update(l, t)),
+        1 => (shard.clone(), occupation(), step()).prop_map(|(s, o, t)| Op::Occupy(s, o, t)),
     ]
 }
 
@@ -119,14 +132,14 @@ proptest! {
     #[test]
     fn crowded_queues(
         setup in setup(),
-        shards in prop::collection::vec(0u32..200, 1..120),
+        shards in prop::collection::vec((0u32..200, priority()), 1..120),
         tail in prop::collection::vec(op(), 0..60),
         cancels in prop::collection::vec(0u32..200, 0..40),
     ) {
         let start = Instant::now();
         let mut harness = Harness::new(setup, start).expect("valid setup");
-        for &shard in &shards {
-            harness.apply(Op::Request(shard, Step::Stay));
+        for &(shard, priority) in &shards {
+            harness.apply(Op::Request(shard, priority, Step::Stay));
         }
         for &shard in &cancels {
             harness.apply(Op::Cancel(shard));

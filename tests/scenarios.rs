@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use identify_queue::{Config, Decision, Error, Scheduler, SessionStartLimit, ShardId};
+use identify_queue::{Config, Decision, Error, Priority, Scheduler, SessionStartLimit, ShardId};
 
 const SECOND: Duration = Duration::from_secs(1);
 const FIVE: Duration = Duration::from_secs(5);
@@ -492,8 +492,144 @@ fn the_limit_in_force_reads_like_discords() {
 }
 
 #[test]
+fn a_reconnecting_shard_goes_before_the_start_up_of_its_bucket() {
+    let start = Instant::now();
+    let mut scheduler = Scheduler::new(limit(2, 1000), start).unwrap();
+    // A start-up: bucket 0 holds 0 (granted), 2, 4, 6; bucket 1 holds 1 (granted), 3.
+    for shard in [0, 1, 2, 3, 4, 6] {
+        let _ = scheduler.request(shard, start).unwrap();
+    }
+    // Shard 10 (bucket 0) was serving and lost its session at 1 s.
+    let at = start + SECOND;
+    assert_eq!(
+        scheduler.request_with(10, Priority::Reconnect, at),
+        Ok(Decision::Wait(start + FIVE))
+    );
+    assert_eq!(scheduler.eta(10, at), Some(start + FIVE));
+    assert_eq!(scheduler.eta(2, at), Some(start + 2 * FIVE));
+    // Then 12, also reconnecting: behind 10, still ahead of every start.
+    assert!(matches!(
+        scheduler.request_with(12, Priority::Reconnect, at),
+        Ok(Decision::Wait(_))
+    ));
+    let grants = drive(&mut scheduler, start, at);
+    assert_eq!(
+        grants,
+        [
+            (FIVE, 10),
+            (FIVE, 3),
+            (2 * FIVE, 12),
+            (3 * FIVE, 2),
+            (4 * FIVE, 4),
+            (5 * FIVE, 6),
+        ]
+    );
+}
+
+#[test]
+fn a_reconnect_to_a_free_bucket_is_granted_at_once_past_waiting_starts() {
+    let start = Instant::now();
+    let mut scheduler = Scheduler::new(limit(1, 1000), start).unwrap();
+    assert_eq!(scheduler.request(0, start), Ok(Decision::Grant(0)));
+    let _ = scheduler.request(1, start).unwrap();
+    // At 5 s shard 1 is eligible but not yet polled; a reconnect asks first.
+    let at = start + FIVE;
+    assert_eq!(
+        scheduler.request_with(7, Priority::Reconnect, at),
+        Ok(Decision::Grant(7))
+    );
+    assert_eq!(scheduler.poll(at), Decision::Wait(at + FIVE));
+    assert_eq!(scheduler.poll(at + FIVE), Decision::Grant(1));
+}
+
+#[test]
+fn the_last_unit_goes_to_a_reconnect_before_older_starts() {
+    let start = Instant::now();
+    let limit = SessionStartLimit {
+        total: 10,
+        remaining: 3,
+        reset_after: Duration::from_secs(3600),
+        max_concurrency: 4,
+    };
+    let mut scheduler = Scheduler::new(limit, start).unwrap();
+    assert_eq!(scheduler.request(0, start), Ok(Decision::Grant(0)));
+    assert_eq!(scheduler.request(1, start), Ok(Decision::Grant(1)));
+    let _ = scheduler.request(4, start).unwrap();
+    let _ = scheduler
+        .request_with(5, Priority::Reconnect, start)
+        .unwrap();
+    // At 5 s, 4 (start, older) and 5 (reconnect) are eligible; one unit is left.
+    let at = start + FIVE;
+    // A new start in an idle bucket may not take it, and neither may shard 4.
+    assert_eq!(scheduler.request(2, at), Ok(Decision::Wait(at)));
+    assert_eq!(scheduler.poll(at), Decision::Grant(5));
+    assert_eq!(
+        scheduler.poll(at),
+        Decision::Wait(start + Duration::from_secs(3600))
+    );
+}
+
+#[test]
+fn an_occupied_bucket_waits_for_the_occupation_to_end() {
+    let start = Instant::now();
+    let mut scheduler = Scheduler::new(limit(2, 1000), start).unwrap();
+    // Another process identified shard 2 (bucket 0) just now: busy until 5 s.
+    scheduler.occupy(2, Some(start + FIVE), start);
+    assert_eq!(
+        scheduler.request(0, start),
+        Ok(Decision::Wait(start + FIVE))
+    );
+    assert_eq!(scheduler.request(1, start), Ok(Decision::Grant(1)));
+    assert_eq!(
+        scheduler.poll(start + FIVE - NS),
+        Decision::Wait(start + FIVE)
+    );
+    assert_eq!(scheduler.poll(start + FIVE), Decision::Grant(0));
+    // An undelivered grant: busy until told; a stall waits a year ahead.
+    let at = start + 2 * FIVE;
+    scheduler.occupy(0, None, at);
+    assert_eq!(
+        scheduler.request(4, at),
+        Ok(Decision::Wait(at + Duration::from_secs(366 * 86_400)))
+    );
+    // Delivered at 12 s: busy for an interval from then, never less.
+    let delivered = start + Duration::from_secs(12);
+    scheduler.occupy(0, Some(delivered + FIVE), delivered);
+    assert_eq!(scheduler.poll(delivered), Decision::Wait(delivered + FIVE));
+    assert_eq!(scheduler.poll(delivered + FIVE), Decision::Grant(4));
+    // Ending an occupation frees at once, but never before the cooldown.
+    scheduler.occupy(6, None, delivered + FIVE);
+    let _ = scheduler.request(8, delivered + FIVE).unwrap();
+    scheduler.occupy(6, Some(delivered), delivered + FIVE + SECOND);
+    assert_eq!(
+        scheduler.poll(delivered + FIVE + SECOND),
+        Decision::Wait(delivered + 2 * FIVE)
+    );
+}
+
+#[test]
+fn an_occupation_follows_its_shard_to_its_new_bucket() {
+    let start = Instant::now();
+    let mut scheduler = Scheduler::new(limit(2, 1000), start).unwrap();
+    scheduler.occupy(3, Some(start + FIVE), start);
+    // Shard 9 shares bucket 1 with shard 3: it waits for the occupation.
+    assert_eq!(
+        scheduler.request(9, start),
+        Ok(Decision::Wait(start + FIVE))
+    );
+    assert_eq!(scheduler.request(0, start), Ok(Decision::Grant(0)));
+    // max_concurrency 3: shards 3 and 9 are in bucket 0 now, and so is shard 0.
+    scheduler.update(limit(3, 1000), start).unwrap();
+    assert_eq!(scheduler.poll(start), Decision::Wait(start + FIVE));
+    assert_eq!(scheduler.request(1, start), Ok(Decision::Grant(1)));
+    assert_eq!(scheduler.poll(start + FIVE), Decision::Grant(9));
+    assert_eq!(scheduler.poll(start + FIVE), Decision::Idle);
+}
+
+#[test]
 fn the_core_types_can_be_shared_across_threads() {
     fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Priority>();
     shareable::<Scheduler>();
     shareable::<Config>();
     shareable::<Error>();

@@ -2,7 +2,8 @@
 //! side by side with twilight-gateway-queue's `InMemoryQueue` in the same process, and
 //! the runtime adapters' overhead. Prints tables and ratios; writes `benches/scale.svg`.
 //!
-//! `cargo bench --bench compare --all-features` (add `-- --quick` for a shorter run)
+//! `cargo bench --bench compare --all-features` (add `-- --quick` for a shorter run,
+//! `-- --core` for the core scheduler's tables alone)
 
 mod alloc;
 mod core;
@@ -32,6 +33,9 @@ fn main() {
     };
     let core = core::run(sizes);
     core::memory(if quick { 100_000 } else { 1_000_000 });
+    if std::env::args().any(|arg| arg == "--core") {
+        return;
+    }
     let compared = side_by_side::run(if quick {
         &[1_000, 10_000]
     } else {

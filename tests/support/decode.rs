@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use arbitrary::{Result, Unstructured};
-use identify_queue::SessionStartLimit;
+use identify_queue::{Priority, SessionStartLimit};
 
 use super::harness::{Op, Setup, Step};
 
@@ -84,14 +84,31 @@ pub fn step(u: &mut Unstructured<'_>) -> Result<Step> {
     })
 }
 
+pub fn priority(u: &mut Unstructured<'_>) -> Result<Priority> {
+    Ok(if u.ratio(1u8, 4)? {
+        Priority::Reconnect
+    } else {
+        Priority::Start
+    })
+}
+
 pub fn op(u: &mut Unstructured<'_>) -> Result<Op> {
-    Ok(match u.int_in_range(0u8..=11)? {
-        0..=3 => Op::Request(shard(u)?, step(u)?),
+    Ok(match u.int_in_range(0u8..=12)? {
+        0..=3 => Op::Request(shard(u)?, priority(u)?, step(u)?),
         4 | 5 => Op::Poll(step(u)?),
         6 | 7 => Op::Drain(step(u)?),
         8 => Op::Cancel(shard(u)?),
         9 | 10 => Op::Release(shard(u)?, step(u)?),
-        _ => Op::Update(limit(u)?, step(u)?),
+        11 => Op::Update(limit(u)?, step(u)?),
+        _ => Op::Occupy(
+            shard(u)?,
+            if u.ratio(1u8, 4)? {
+                None
+            } else {
+                Some(duration(u)?)
+            },
+            step(u)?,
+        ),
     })
 }
 

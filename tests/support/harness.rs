@@ -8,9 +8,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use identify_queue::{Config, Decision, Error, Scheduler, SessionStartLimit};
+use identify_queue::{Config, Decision, Error, Priority, Scheduler, SessionStartLimit};
 
-use super::model::{Expect, Model};
+use super::model::{Expect, Model, class};
 
 /// At least this far ahead for "never" (SPEC 3.4: a year).
 const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -32,13 +32,16 @@ pub enum Step {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
-    Request(u32, Step),
+    Request(u32, Priority, Step),
     Poll(Step),
     /// Poll until it says anything but `Grant`.
     Drain(Step),
     Cancel(u32),
     Release(u32, Step),
     Update(SessionStartLimit, Step),
+    /// Keep the shard's bucket busy until this long after the driver's clock (`None`:
+    /// until a later `Occupy` of the shard).
+    Occupy(u32, Option<Duration>, Step),
 }
 
 /// What a scheduler is built from.
@@ -78,12 +81,14 @@ pub struct Harness {
     /// The latest instant of an accepted call: the scheduler's clock.
     seen: Instant,
     deadline: Option<Instant>,
-    /// Queued shards in request order, as the answers say.
-    queued: VecDeque<u32>,
+    /// Queued shards in request order with their priority class, as the answers say.
+    queued: VecDeque<(u32, u8)>,
     /// Grants within the last interval: (instant, shard).
     recent: VecDeque<(Instant, u32)>,
     /// Hold mode: unreleased latest grants (shard, instant).
     holders: Vec<(u32, Instant)>,
+    /// Occupations as set: shard -> end (`None`: never).
+    occupied: Vec<(u32, Option<Instant>)>,
     max_concurrency: u32,
     pub trace: Vec<Outcome>,
     pub grants: usize,
@@ -119,6 +124,7 @@ impl Harness {
             queued: VecDeque::new(),
             recent: VecDeque::new(),
             holders: Vec::new(),
+            occupied: Vec::new(),
             max_concurrency: setup.limit.max_concurrency,
             trace: Vec::new(),
             grants: 0,
@@ -158,11 +164,15 @@ impl Harness {
         self.step += 1;
         let context = format!("step {} {op:?} at driver clock {:?}", self.step, self.now);
         match op {
-            Op::Request(shard, step) => {
+            Op::Request(shard, priority, step) => {
                 self.move_clock(step);
                 let before = format!("{:?}", self.scheduler);
-                let actual = self.scheduler.request(shard, self.now);
-                let expected = self.model.request(shard, self.now);
+                // `request` is `request_with(.., Start, ..)`: both forms are exercised.
+                let actual = match priority {
+                    Priority::Start => self.scheduler.request(shard, self.now),
+                    _ => self.scheduler.request_with(shard, priority, self.now),
+                };
+                let expected = self.model.request(shard, priority, self.now);
                 match (actual, expected) {
                     (Ok(decision), Ok(expect)) => {
                         self.seen = self.seen.max(self.now);
@@ -170,9 +180,9 @@ impl Harness {
                         match decision {
                             Decision::Grant(granted) => {
                                 assert_eq!(granted, shard, "{context}");
-                                self.check_grant(shard, false, &context);
+                                self.check_grant(shard, Some(class(priority)), &context);
                             }
-                            _ => self.queued.push_back(shard),
+                            _ => self.queued.push_back((shard, class(priority))),
                         }
                         self.trace.push(Outcome::Decision(decision));
                     }
@@ -205,7 +215,7 @@ impl Harness {
             Op::Cancel(shard) => {
                 let was = self.scheduler.cancel(shard);
                 assert_eq!(was, self.model.cancel(shard), "{context}: cancel");
-                let position = self.queued.iter().position(|&s| s == shard);
+                let position = self.queued.iter().position(|&(s, _)| s == shard);
                 assert_eq!(
                     was,
                     position.is_some(),
@@ -232,6 +242,17 @@ impl Harness {
                     self.check_unchanged(&before, &context);
                 }
                 self.trace.push(Outcome::Flag(released));
+            }
+            Op::Occupy(shard, delay, step) => {
+                self.move_clock(step);
+                // An end that does not fit in an `Instant` is never, like `None`.
+                let until = delay.and_then(|delay| self.now.checked_add(delay));
+                self.scheduler.occupy(shard, until, self.now);
+                self.model.occupy(shard, until, self.now);
+                self.seen = self.seen.max(self.now);
+                self.occupied.retain(|&(s, _)| s != shard);
+                self.occupied.push((shard, until));
+                self.trace.push(Outcome::Updated);
             }
             Op::Update(limit, step) => {
                 self.move_clock(step);
@@ -262,7 +283,7 @@ impl Harness {
         self.seen = self.seen.max(self.now);
         self.check_decision(decision, expect, context);
         if let Decision::Grant(shard) = decision {
-            self.check_grant(shard, true, context);
+            self.check_grant(shard, None, context);
         }
         self.trace.push(Outcome::Decision(decision));
         decision
@@ -289,30 +310,43 @@ impl Harness {
     }
 
     /// Checks a grant against what the answers so far allow, independently of the model.
-    fn check_grant(&mut self, shard: u32, from_queue: bool, context: &str) {
+    /// `asked`: the class of a request granted at once; `None` for a grant from the queue.
+    fn check_grant(&mut self, shard: u32, asked: Option<u8>, context: &str) {
         let at = self.seen;
         let bucket = shard % self.max_concurrency;
-        if from_queue {
-            let position = self.queued.iter().position(|&s| s == shard);
-            let position = position.unwrap_or_else(|| panic!("{context}: {shard} not queued"));
-            let jumped = self
-                .queued
-                .iter()
-                .take(position)
-                .find(|&&s| s % self.max_concurrency == bucket);
+        let same_bucket = |&&(s, _): &&(u32, u8)| s % self.max_concurrency == bucket;
+        match asked {
+            None => {
+                let position = self.queued.iter().position(|&(s, _)| s == shard);
+                let position = position.unwrap_or_else(|| panic!("{context}: {shard} not queued"));
+                let (_, own) = self.queued[position];
+                // Nobody of a higher class anywhere in the bucket, nobody of its own
+                // class before it: FIFO within a priority, reconnects first.
+                let jumped = self.queued.iter().enumerate().find(|&(index, entry)| {
+                    same_bucket(&entry) && (entry.1 < own || (entry.1 == own && index < position))
+                });
+                assert!(
+                    jumped.is_none(),
+                    "{context}: {shard} jumped {jumped:?} in its bucket"
+                );
+                self.queued.remove(position);
+            }
+            Some(own) => {
+                let waiting = self
+                    .queued
+                    .iter()
+                    .find(|entry| same_bucket(entry) && entry.1 <= own);
+                assert!(
+                    waiting.is_none(),
+                    "{context}: {shard} jumped {waiting:?} in its bucket"
+                );
+            }
+        }
+        for &(other, until) in &self.occupied {
+            let busy = until.is_none_or(|until| until > at);
             assert!(
-                jumped.is_none(),
-                "{context}: {shard} jumped {jumped:?} in its bucket"
-            );
-            self.queued.remove(position);
-        } else {
-            let waiting = self
-                .queued
-                .iter()
-                .find(|&&s| s % self.max_concurrency == bucket);
-            assert!(
-                waiting.is_none(),
-                "{context}: {shard} jumped {waiting:?} in its bucket"
+                !(busy && other % self.max_concurrency == bucket),
+                "{context}: {shard} granted at {at:?} while {other} occupies its bucket until {until:?}"
             );
         }
         let interval = self.interval;
@@ -371,7 +405,7 @@ impl Harness {
             self.model.remaining_at(self.now),
             "{context}: remaining budget"
         );
-        for shard in &self.queued {
+        for (shard, _) in &self.queued {
             assert!(self.scheduler.is_queued(*shard), "{context}: {shard} lost");
             let eta = self.scheduler.eta(*shard, self.now);
             assert!(

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use identify_queue::{Error, SessionStartLimit};
+use identify_queue::{Error, Priority, SessionStartLimit};
 
 /// Discord's session window.
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -37,12 +37,23 @@ pub struct Model {
     window: Window,
     pub clock: Instant,
     next_seq: u64,
-    /// (seq, shard), in request order.
-    queue: Vec<(u64, u32)>,
+    /// (order, shard), in request order. The order is (priority class, seq): every
+    /// `Reconnect` (class 0) before every `Start` (class 1), FIFO within a class.
+    queue: Vec<((u8, u64), u32)>,
     /// Every grant: (instant, shard).
     pub grants: Vec<(Instant, u32)>,
     /// Hold mode: shard -> hold end (`None`: never), for unreleased latest grants.
     holds: Vec<(u32, Option<Instant>)>,
+    /// Occupations set from outside: shard -> end (`None`: until told otherwise).
+    occupied: Vec<(u32, Option<Instant>)>,
+}
+
+/// A priority's class: lower goes first.
+pub fn class(priority: Priority) -> u8 {
+    match priority {
+        Priority::Reconnect => 0,
+        _ => 1,
+    }
 }
 
 pub fn check_limit(limit: &SessionStartLimit) -> Result<(), Error> {
@@ -98,6 +109,7 @@ impl Model {
             queue: Vec::new(),
             grants: Vec::new(),
             holds: Vec::new(),
+            occupied: Vec::new(),
         };
         model.set_budget(&limit);
         Ok(model)
@@ -154,7 +166,7 @@ impl Model {
                 free = later(free, at.checked_add(self.interval));
             }
         }
-        for &(shard, until) in &self.holds {
+        for &(shard, until) in self.holds.iter().chain(&self.occupied) {
             if self.bucket(shard) == bucket {
                 free = later(free, until);
             }
@@ -173,29 +185,31 @@ impl Model {
         }
     }
 
-    /// Queue entries that are first in their bucket: (seq, shard).
-    fn heads(&self) -> Vec<(u64, u32)> {
-        let mut heads: Vec<(u64, u32)> = Vec::new();
-        for &(seq, shard) in &self.queue {
+    /// Queue entries that are first in their bucket by order: (order, shard), first
+    /// in order first.
+    fn heads(&self) -> Vec<((u8, u64), u32)> {
+        let mut sorted = self.queue.clone();
+        sorted.sort();
+        let mut heads: Vec<((u8, u64), u32)> = Vec::new();
+        for (order, shard) in sorted {
             if !heads
                 .iter()
                 .any(|&(_, s)| self.bucket(s) == self.bucket(shard))
             {
-                heads.push((seq, shard));
+                heads.push((order, shard));
             }
         }
         heads
     }
 
-    /// Eligible shards at the clock, oldest first.
-    fn eligible(&self) -> Vec<u32> {
+    /// Eligible shards at the clock, first in order first, with their order.
+    fn eligible(&self) -> Vec<((u8, u64), u32)> {
         if self.remaining == 0 {
             return Vec::new();
         }
         self.heads()
             .into_iter()
             .filter(|&(_, shard)| self.free_at(self.bucket(shard)) == Some(self.clock))
-            .map(|(_, shard)| shard)
             .collect()
     }
 
@@ -227,28 +241,43 @@ impl Model {
         }
     }
 
-    pub fn request(&mut self, shard: u32, now: Instant) -> Result<Expect, Error> {
+    pub fn request(
+        &mut self,
+        shard: u32,
+        priority: Priority,
+        now: Instant,
+    ) -> Result<Expect, Error> {
         if self.is_queued(shard) {
             return Err(Error::AlreadyQueued(shard));
         }
         self.tick(now);
+        let order = (class(priority), self.next_seq);
         let bucket = self.bucket(shard);
-        let bucket_empty = !self.queue.iter().any(|&(_, s)| self.bucket(s) == bucket);
-        if bucket_empty
-            && self.free_at(bucket) == Some(self.clock)
-            && self.remaining as usize > self.eligible().len()
-        {
+        // Eligible at `now`: nothing before it in its bucket, the bucket free, a unit;
+        // granted if the budget also covers every eligible shard before it (3.5).
+        let first = !self
+            .queue
+            .iter()
+            .any(|&(o, s)| self.bucket(s) == bucket && o < order);
+        let before = self.eligible().iter().filter(|&&(o, _)| o < order).count();
+        if first && self.free_at(bucket) == Some(self.clock) && self.remaining as usize > before {
             self.grant(shard);
             return Ok(Expect::Grant(shard));
         }
-        self.queue.push((self.next_seq, shard));
+        self.queue.push((order, shard));
         self.next_seq += 1;
         Ok(self.wait())
     }
 
+    pub fn occupy(&mut self, shard: u32, until: Option<Instant>, now: Instant) {
+        self.tick(now);
+        self.occupied.retain(|&(s, _)| s != shard);
+        self.occupied.push((shard, until));
+    }
+
     pub fn poll(&mut self, now: Instant) -> Expect {
         self.tick(now);
-        if let Some(&shard) = self.eligible().first() {
+        if let Some(&(_, shard)) = self.eligible().first() {
             self.queue.retain(|&(_, s)| s != shard);
             self.grant(shard);
             return Expect::Grant(shard);
