@@ -126,6 +126,10 @@ pub enum Error {
     /// The twilight integration: the shard asked again, which abandons this older
     /// request; the new one took its place in line.
     Superseded(ShardId),
+    /// Hold mode, async queue: the shard was granted, but its future was not polled
+    /// before the hold timeout (counted from the grant), so the permit is void. Its
+    /// unit is spent; ask again.
+    HoldExpired(ShardId),
 }
 
 impl fmt::Display for Error {
@@ -157,6 +161,12 @@ impl fmt::Display for Error {
             Self::Superseded(shard) => write!(
                 f,
                 "shard {shard} asked again: this older request was replaced by the new one"
+            ),
+            Self::HoldExpired(shard) => write!(
+                f,
+                "shard {shard} was granted, but its permit was not taken before the hold \
+                 timeout: its session start is spent, request it again (poll the future \
+                 sooner, or raise the hold timeout)"
             ),
         }
     }

@@ -62,12 +62,6 @@ fn expected_schedule(
     }
 }
 
-/// The next permit of a `Grants` stream.
-async fn next_permit(grants: &mut identify_queue::tokio::Grants) -> identify_queue::tokio::Permit {
-    let next = poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut *grants), cx));
-    next.await.expect("a permit").expect("granted")
-}
-
 /// Compares schedules, showing the first difference instead of 10,000 entries.
 fn assert_same_schedule(actual: &[(Duration, ShardId)], expected: &[(Duration, ShardId)]) {
     let first_difference = actual.iter().zip(expected).position(|(a, e)| a != e);
@@ -394,32 +388,4 @@ fn the_queue_is_clone_send_sync_and_its_futures_are_send() {
     sendable::<identify_queue::tokio::Acquire>();
     sendable::<identify_queue::tokio::Grants>();
     sendable::<identify_queue::tokio::Permit>();
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_stream_busy_with_its_permit_does_not_stall_the_timer_for_others() {
-    let start = Instant::now();
-    let queue = Queue::new(Scheduler::new(limit(1, 20_000), start.into_std()).unwrap());
-    let _zero = queue.acquire(0).await.unwrap();
-    // One bucket, in order: 0 (granted), 1 and 2 (a stream), 3 (another task).
-    let stream_task = tokio::spawn({
-        let queue = queue.clone();
-        async move {
-            let mut grants = queue.acquire_all([1, 2]);
-            let first = next_permit(&mut grants).await;
-            // Busy with shard 1 for a minute (say, waiting for its READY).
-            sleep(Duration::from_secs(60)).await;
-            let second = next_permit(&mut grants).await;
-            let offset = |permit: &identify_queue::tokio::Permit| {
-                Instant::from_std(permit.granted_at()) - start
-            };
-            (offset(&first), offset(&second))
-        }
-    });
-    tokio::task::yield_now().await;
-    let log = Log::default();
-    spawn_shard(&queue, 3, start, &log).await.unwrap();
-    // Shard 2 was granted at 10 s and shard 3 at 15 s, though the stream slept.
-    assert_eq!(*log.lock().unwrap(), vec![(3 * FIVE, 3)]);
-    assert_eq!(stream_task.await.unwrap(), (FIVE, 2 * FIVE));
 }

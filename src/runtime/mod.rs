@@ -1,4 +1,4 @@
-//! The async queue, generic over a runtime's clock and timer.
+//! The async queue, generic over a runtime's clock, timer and spawner.
 //!
 //! [`Queue`] shares one [`Scheduler`](crate::Scheduler) between all of a bot's shards:
 //! `queue.acquire(shard).await` resolves with a [`Permit`] when the shard may IDENTIFY.
@@ -6,39 +6,73 @@
 //! [`async_std`](crate::async_std)) name it for their runtime; implement [`Runtime`]
 //! to use another.
 //!
-//! # No driver task
+//! # Who drives the queue
 //!
-//! Nothing is spawned: the waiting futures drive the scheduler themselves. Every
-//! input (a new request, a dropped waiter, a release, an update) runs the scheduler
-//! at once under the queue's lock and wakes exactly the waiters it granted. For the
-//! deadlines in between there is one timer for the whole queue, polled by one
-//! waiting future (its task sleeps on it); when that future finishes or is dropped,
-//! another waiter is woken to take the timer over. This needs no spawner, so the
-//! queue works on any executor, needs no runtime handle when it is made, and leaves
-//! no task behind; and a paused tokio clock sees a timer it can jump to.
+//! The queue owns its driver: a small task it starts through [`Runtime::spawn`] when
+//! the first shard has to wait, which owns the queue's one timer, hands out every
+//! grant at the instant the scheduler allows it, and ends when nothing waits. Callers'
+//! futures never drive anything: they register their waker and are woken with their
+//! grant, so a future that is parked, dropped, moved to another task or thread, or
+//! busy with a permit stalls nobody else. Inputs (a request, a cancel, a release, an
+//! update) run the scheduler at once under the queue's lock and hand out what they make
+//! grantable without waiting for the driver.
 //!
-//! A waiter holds the timer only while its poll returns `Pending`: one that returns a
-//! permit (an `acquire_all` stream whose consumer then works on the permit for a
-//! while, say) hands the timer to another waiter first. As with any future, keep a
-//! waiting `Acquire` polled (`.await` it, or keep it in a `select!` that is polled);
-//! a future parked unpolled while it holds the timer delays the others' grants until
-//! it is polled or dropped.
+//! If the runtime the driver ran on shuts down, the waiting futures are woken and the
+//! next one polled starts a new driver on its own runtime.
+//!
+//! # Delivery
+//!
+//! A permit is *delivered* when the poll of its future returns it, and Discord counts
+//! the IDENTIFY when it arrives, so the interval of a bucket runs from the delivery:
+//! until its permit is taken, a granted shard keeps its bucket busy, and for an
+//! interval after. [`Permit::granted_at`] is the delivery instant. The budget unit is
+//! spent at the grant. In hold mode the hold timeout counts from the grant: a permit
+//! not taken by then is void, and its future resolves to [`Error::HoldExpired`]
+//! (the unit stays spent; ask again).
+//!
+//! [`Error::HoldExpired`]: crate::Error::HoldExpired
 
+mod acquire;
+mod driver;
+mod permit;
 mod queue;
+mod shared;
 mod waiters;
 
-pub use queue::{Acquire, Grants, Permit, Queue, QueueStats};
+pub use acquire::{Acquire, Grants};
+pub use permit::Permit;
+pub use queue::{Queue, QueueStats};
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-/// What the queue needs from a runtime: its clock and one resettable timer.
+/// The queue's driver, as handed to [`Runtime::spawn`]: a future that ends when the
+/// queue has nothing left to wait for.
+pub type DriverTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// What the queue needs from a runtime: its clock, one resettable timer, and a way
+/// to start the driver task.
+///
+/// The contract:
+///
+/// - `now` is the clock every instant of the queue is read from (a paused tokio
+///   clock reads as tokio's, so tests run hours of start-up in milliseconds).
+/// - The timer is only ever made, reset and polled by the driver task, on the
+///   runtime that runs it; after `reset`, the next `poll_timer` registers the waker it
+///   is given, so nothing may rely on a waker registered before the reset.
+/// - `poll_timer` is Ready once `now()` has reached the deadline (late is allowed,
+///   early is not relied on: the queue reads the clock before the timer).
+/// - `spawn` starts `task` as a task of its own on the runtime at hand and returns
+///   `Ok`, or gives it back (`Err`) where no runtime is at hand (a plain thread, a
+///   runtime shutting down may also just drop it). It must not poll `task` before it
+///   returns.
 pub trait Runtime: Send + Sync + 'static {
     /// A timer that fires once at its deadline and can be moved to another.
     type Timer: Send + 'static;
 
-    /// The runtime's clock (tokio's may be paused and advanced by tests).
+    /// The runtime's clock.
     fn now() -> Instant;
 
     /// A timer firing at `deadline`.
@@ -49,4 +83,7 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Ready once the deadline has passed; otherwise registers `cx` to be woken then.
     fn poll_timer(timer: Pin<&mut Self::Timer>, cx: &mut Context<'_>) -> Poll<()>;
+
+    /// Starts the driver on the runtime at hand; gives it back if there is none.
+    fn spawn(task: DriverTask) -> Result<(), DriverTask>;
 }

@@ -1,7 +1,8 @@
 //! The queue on smol: the standard clock and one `async_io::Timer`.
 //!
-//! async-io's timers are driven by its own reactor, so this queue works under any
-//! executor, not only smol's (the [`async_std`](crate::async_std) module is this one).
+//! async-io's timers are driven by its own reactor and the driver runs on smol's
+//! global executor (`smol::spawn`), so this queue works under any executor, not only
+//! smol's (the [`async_std`](crate::async_std) module is this one).
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -32,7 +33,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use async_io::Timer;
+use smol::Timer;
+
+use crate::runtime::DriverTask;
 
 /// The smol (async-io) [`Runtime`](crate::runtime::Runtime).
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +60,12 @@ impl crate::runtime::Runtime for Smol {
         // A fired `Timer::at` has no next deadline and would stay pending: the queue
         // never polls one again without `reset`.
         timer.poll(cx).map(drop)
+    }
+
+    fn spawn(task: DriverTask) -> Result<(), DriverTask> {
+        // Detached: the driver ends by itself when the queue is idle.
+        smol::spawn(task).detach();
+        Ok(())
     }
 }
 

@@ -27,14 +27,21 @@
 //! # }
 //! ```
 //!
-//! The timer is tokio's, so polling the queue's futures needs a tokio runtime with
-//! the time driver enabled (as `tokio::time::sleep` does), or it panics.
+//! The queue's driver is a tokio task, started on the runtime at hand when a shard
+//! first waits (so poll the queue's futures inside a tokio runtime with the time driver
+//! enabled, as for `tokio::time::sleep`). A queue may outlive that runtime and be used
+//! from several: when the driver's runtime shuts down, the next waiting future polled
+//! starts a new driver on its own. Permits may be dropped anywhere, plain threads
+//! included.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use ::tokio::runtime::Handle;
 use ::tokio::time::{self, Sleep};
+
+use crate::runtime::DriverTask;
 
 /// The tokio [`Runtime`](crate::runtime::Runtime).
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +64,17 @@ impl crate::runtime::Runtime for Tokio {
 
     fn poll_timer(timer: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<()> {
         timer.poll(cx)
+    }
+
+    fn spawn(task: DriverTask) -> Result<(), DriverTask> {
+        match Handle::try_current() {
+            Ok(handle) => {
+                // Detached: the driver ends by itself when the queue is idle.
+                drop(handle.spawn(task));
+                Ok(())
+            }
+            Err(_) => Err(task),
+        }
     }
 }
 

@@ -35,6 +35,10 @@
 //! - A shard that enqueues again while its older request waits takes that request's
 //!   place in line ([`Queue::acquire_replacing`](crate::runtime::Queue::acquire_replacing)):
 //!   twilight only asks again once it has abandoned the old request.
+//! - A shard that enqueues again after a grant reached it (its `()` was sent) had a
+//!   session and lost it: it asks as a [`Priority::Reconnect`](crate::Priority), ahead
+//!   of the shards still starting up in its bucket. One that gave up while waiting
+//!   stays a `Start`.
 //! - A request that cannot be served (an error) closes the channel, which makes the
 //!   shard enqueue again.
 //! - In hold mode the grant holds its bucket after `()` is sent, until you call
@@ -53,13 +57,13 @@ use crate::tokio::{Acquire, Queue};
 impl twilight_gateway_queue::Queue for Queue {
     fn enqueue(&self, shard: ShardId) -> oneshot::Receiver<()> {
         let (sender, receiver) = oneshot::channel();
-        ::tokio::spawn(forward(self.acquire_replacing(shard), sender));
+        ::tokio::spawn(forward(self.clone(), self.acquire_inferring(shard), sender));
         receiver
     }
 }
 
 /// Waits for the grant, or for the shard to give up on it, whichever comes first.
-async fn forward(mut acquire: Acquire, mut sender: oneshot::Sender<()>) {
+async fn forward(queue: Queue, mut acquire: Acquire, mut sender: oneshot::Sender<()>) {
     let granted = poll_fn(|cx| {
         if sender.poll_closed(cx).is_ready() {
             // The shard dropped its receiver: dropping `acquire` cancels the request.
@@ -72,8 +76,9 @@ async fn forward(mut acquire: Acquire, mut sender: oneshot::Sender<()>) {
     // a shard still listening enqueues again.
     if let Some(Ok(permit)) = granted {
         if sender.send(()).is_ok() {
-            // The shard identifies now; its hold (hold mode) lasts until
-            // `Queue::release` or the timeout.
+            // The shard identifies now: asking again later means it lost its session.
+            queue.mark_served(permit.shard());
+            // Its hold (hold mode) lasts until `Queue::release` or the timeout.
             permit.keep();
         }
         // Otherwise the receiver went in the same instant: the permit drops and frees

@@ -3,20 +3,28 @@
 use std::collections::VecDeque;
 use std::task::Waker;
 
-/// A waiting `Acquire` or `Grants`: its index in the slab.
+use super::shared::Grant;
+
+/// A waiting `Acquire` or `Grants`: its index in the slab (64 bits: the shard index
+/// that maps shards to waiters stores this type).
 pub(super) type WaiterId = u64;
 
 pub(super) struct Waiter {
+    /// The waker of the task that polled it last; taken when it is woken.
     pub(super) waker: Option<Waker>,
     /// Its shards still queued in the scheduler.
     pub(super) queued: usize,
-    /// Its grants not yet handed out.
-    pub(super) granted: VecDeque<super::queue::Grant>,
+    /// Its grants not yet delivered (taken by a poll), oldest first.
+    pub(super) granted: VecDeque<Grant>,
 }
 
 impl Waiter {
-    pub(super) fn is_waiting(&self) -> bool {
-        self.queued > 0
+    /// Remembers the waker of the task polling now (futures move between tasks).
+    pub(super) fn register(&mut self, waker: &Waker) {
+        match &self.waker {
+            Some(known) if known.will_wake(waker) => {}
+            _ => self.waker = Some(waker.clone()),
+        }
     }
 }
 
@@ -26,8 +34,6 @@ impl Waiter {
 pub(super) struct Waiters {
     slots: Vec<Option<Waiter>>,
     free: Vec<usize>,
-    /// The most recently added waiter, the first choice to hold the timer.
-    newest: Option<WaiterId>,
 }
 
 impl Waiters {
@@ -47,51 +53,31 @@ impl Waiters {
                 self.slots.len() - 1
             }
         };
-        let id = index as WaiterId;
-        self.newest = Some(id);
-        id
+        index as WaiterId
     }
 
-    pub(super) fn get(&self, id: &WaiterId) -> Option<&Waiter> {
-        self.slots.get(*id as usize)?.as_ref()
+    fn slot(id: WaiterId) -> usize {
+        usize::try_from(id).unwrap_or(usize::MAX)
     }
 
-    pub(super) fn get_mut(&mut self, id: &WaiterId) -> Option<&mut Waiter> {
-        self.slots.get_mut(*id as usize)?.as_mut()
+    pub(super) fn get_mut(&mut self, id: WaiterId) -> Option<&mut Waiter> {
+        self.slots.get_mut(Self::slot(id))?.as_mut()
     }
 
-    pub(super) fn remove(&mut self, id: &WaiterId) -> Option<Waiter> {
-        let index = *id as usize;
+    pub(super) fn remove(&mut self, id: WaiterId) -> Option<Waiter> {
+        let index = Self::slot(id);
         let waiter = self.slots.get_mut(index)?.take()?;
         self.free.push(index);
-        if self.newest == Some(*id) {
-            self.newest = None;
-        }
         Some(waiter)
     }
 
-    /// A waiter still waiting, other than `except`: the newest if it is, else the one
-    /// in the highest slot (deterministic, and in practice found at once).
-    pub(super) fn pick_waiting(
-        &mut self,
-        except: Option<WaiterId>,
-    ) -> Option<(WaiterId, &mut Waiter)> {
-        let newest = self
-            .newest
-            .filter(|&id| Some(id) != except && self.get(&id).is_some_and(Waiter::is_waiting));
-        let index = match newest {
-            Some(id) => id as usize,
-            None => self
-                .slots
-                .iter()
-                .enumerate()
-                .rev()
-                .find_map(|(index, slot)| {
-                    let waiting = slot.as_ref().is_some_and(Waiter::is_waiting);
-                    (waiting && Some(index as WaiterId) != except).then_some(index)
-                })?,
-        };
-        let waiter = self.slots[index].as_mut()?;
-        Some((index as WaiterId, waiter))
+    /// Takes the waker of every waiter that still waits for a grant.
+    pub(super) fn take_waiting_wakers(&mut self, into: &mut Vec<Waker>) {
+        let waiting = self.slots.iter_mut().flatten();
+        into.extend(
+            waiting
+                .filter(|w| w.queued > 0)
+                .filter_map(|w| w.waker.take()),
+        );
     }
 }

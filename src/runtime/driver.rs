@@ -1,0 +1,98 @@
+//! The driver: the task the queue owns, which sleeps on the queue's one timer and
+//! hands out the grants that come due (quinn's `ConnectionDriver`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use super::Runtime;
+use super::queue::{lock, wake};
+use super::shared::{Shared, Wakeups};
+
+/// Fired timers in a row after which the driver yields to its executor: a timer that
+/// keeps firing before the clock reaches its deadline is not trusted to stop.
+const MAX_ROUNDS: u32 = 4;
+
+/// The driver task of one queue. It lives while shards wait: started by
+/// [`Shared::ensure_driver`], it ends when the queue is idle, or when another driver
+/// replaced it.
+pub(super) struct Driver<R: Runtime> {
+    shared: Arc<Mutex<Shared>>,
+    id: u64,
+    /// Made on the first wait, on the runtime that runs the driver.
+    timer: Option<Pin<Box<R::Timer>>>,
+    /// The deadline the timer is set to, until it fires.
+    armed_for: Option<Instant>,
+}
+
+impl<R: Runtime> Driver<R> {
+    pub(super) fn new(shared: Arc<Mutex<Shared>>, id: u64) -> Self {
+        Self {
+            shared,
+            id,
+            timer: None,
+            armed_for: None,
+        }
+    }
+}
+
+impl<R: Runtime> Future for Driver<R> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        for _ in 0..MAX_ROUNDS {
+            let mut wakeups = Wakeups::default();
+            let mut shared = lock(&this.shared);
+            if !shared.is_driver(this.id) {
+                return Poll::Ready(());
+            }
+            shared.stats.driver_polls += 1;
+            // The clock is read before the timer is polled: a timer that fires late,
+            // or returns Pending past its deadline (tokio's cooperative budget), never
+            // delays a grant.
+            shared.drive(R::now(), &mut wakeups);
+            let Some(deadline) = shared.deadline() else {
+                shared.driver_gone(this.id, false, &mut wakeups);
+                drop(shared);
+                wake(wakeups.wakers);
+                return Poll::Ready(());
+            };
+            if this.armed_for != Some(deadline) {
+                match &mut this.timer {
+                    Some(timer) => R::reset(timer.as_mut(), deadline),
+                    None => this.timer = Some(Box::pin(R::timer(deadline))),
+                }
+                this.armed_for = Some(deadline);
+                shared.stats.timer_resets += 1;
+            }
+            let timer = this.timer.as_mut().map(Pin::as_mut);
+            let fired = timer.is_none_or(|timer| R::poll_timer(timer, cx).is_ready());
+            if !fired {
+                // Parked under the lock: a change after this wakes it (invariant 2).
+                shared.park_driver(this.id, cx.waker(), deadline);
+            }
+            drop(shared);
+            wake(wakeups.wakers);
+            if !fired {
+                return Poll::Pending;
+            }
+            this.armed_for = None;
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<R: Runtime> Drop for Driver<R> {
+    fn drop(&mut self) {
+        // Dropped while it is the queue's driver: its runtime went away, before or
+        // after running it. Waiters are woken to start a new one on their runtime.
+        // (A driver no runtime would take is given up by `Queue::change` first.)
+        let mut wakeups = Wakeups::default();
+        lock(&self.shared).driver_gone(self.id, true, &mut wakeups);
+        wake(wakeups.wakers);
+    }
+}

@@ -1,0 +1,509 @@
+//! The mechanism behind [`Queue`](super::Queue): the scheduler, who waits for which
+//! shard, grants on their way to their shards, and the driver's slot.
+//!
+//! # Implementation details
+//!
+//! Everything lives in one `Shared` behind the queue's mutex; every change runs under
+//! it and collects the wakers to wake (and a driver to start) in [`Wakeups`], acted on
+//! after the lock is released (tokio's `WakeList` discipline: a woken task may run at
+//! once, on this thread, and lock again).
+//!
+//! The invariants, kept at the end of every change:
+//!
+//! 1. **Nothing due is left undone.** After every change the scheduler has been
+//!    polled at the change's instant until it answered `Wait` or `Idle` (`drive`):
+//!    every shard it granted sits in its waiter's `granted` list, its waiter woken.
+//!    `deadline` is that last answer.
+//! 2. **Someone will drive the next deadline.** Whenever `deadline` is set, the
+//!    driver slot is `Running`: either a driver task is parked on its timer for an
+//!    instant no later than `deadline`, or it has been woken (or is being started,
+//!    or is running) and will read the state again before it parks
+//!    (`ensure_driver`). The driver is the only one that polls the timer; callers'
+//!    futures only register wakers, so none of them can hold anyone up.
+//! 3. **A grant keeps its bucket busy until it is delivered.** In timer mode the
+//!    grant's own cooldown keeps its bucket busy for an interval; a grant still not
+//!    delivered when its cooldown ends is turned into an occupation of its bucket
+//!    ([`Scheduler::occupy`], until told otherwise) before the scheduler is asked
+//!    anything at or after that instant (`catch_up`). The poll that delivers it sets
+//!    its bucket busy until an interval after the delivery (SPEC section 5, "spacing
+//!    counts from delivery"). Most permits are delivered within their cooldown, at
+//!    the grant's own instant under a paused clock, and then cost the scheduler
+//!    nothing more. In hold mode the hold does the same up to its timeout. A grant
+//!    dropped undelivered frees its bucket at the drop (not before its cooldown).
+//! 4. **`asked_by` mirrors the scheduler's queue**: a shard is in it exactly when it
+//!    is queued in the scheduler, mapped to the waiter that asked for it, whose
+//!    `queued` counts it.
+//!
+//! [`Scheduler::occupy`]: crate::Scheduler::occupy
+
+use std::collections::VecDeque;
+use std::task::Waker;
+use std::time::Instant;
+
+use super::queue::QueueStats;
+use super::waiters::{WaiterId, Waiters};
+use crate::shard_map::ShardIndex;
+use crate::{Decision, Error, Priority, Scheduler, ShardId};
+
+/// A grant the scheduler made, on its way to the shard's future.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Grant {
+    pub(super) shard: ShardId,
+    /// Numbers grants: in hold mode a permit releases only its own hold, not a later
+    /// one of the same shard (after its own timed out).
+    pub(super) number: u64,
+    /// The scheduler's instant of the grant.
+    pub(super) at: Instant,
+}
+
+/// A grant handed to its shard: what a [`Permit`](super::Permit) carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Delivered {
+    pub(super) shard: ShardId,
+    pub(super) number: u64,
+    /// The delivery instant: the interval of its bucket runs from here.
+    pub(super) at: Instant,
+    /// Hold mode: the permit releases the bucket when it goes.
+    pub(super) holds: bool,
+}
+
+/// Whether the queue has a driver task.
+enum DriverSlot {
+    /// No driver: nothing waited, or the task that ran it is gone.
+    Stopped,
+    /// Driver `id` is being started or runs; `parked` while it sleeps on its timer.
+    Running { id: u64, parked: Option<Parked> },
+}
+
+/// A driver asleep on its timer.
+struct Parked {
+    waker: Waker,
+    until: Instant,
+}
+
+/// What a change leaves to do once the lock is released.
+#[derive(Default)]
+pub(super) struct Wakeups {
+    pub(super) wakers: Vec<Waker>,
+    /// Start driver task `id`.
+    pub(super) start_driver: Option<u64>,
+}
+
+/// What the poll of a waiting future finds.
+pub(super) enum Found {
+    /// A grant to deliver.
+    Grant(Grant),
+    /// Nothing is left to wait for: its shard was taken over by a newer request
+    /// (`Acquire`), or every shard was handed out (`Grants`).
+    Nothing,
+    /// Still waiting; its waker is registered.
+    Waiting,
+}
+
+pub(super) struct Shared {
+    pub(super) scheduler: Scheduler,
+    asked_by: ShardIndex<WaiterId>,
+    waiters: Waiters,
+    /// The scheduler's last answer after a drive: when to drive next (`None`: idle).
+    deadline: Option<Instant>,
+    driver: DriverSlot,
+    drivers: u64,
+    grants: u64,
+    /// Hold mode: the number of each shard's latest grant.
+    latest_grant: ShardIndex<u64>,
+    /// Timer mode: grants on their way to their futures, by the end of their cooldown
+    /// (the order they were made in): (cooldown end, shard, number). An entry whose
+    /// grant was delivered meanwhile is skipped.
+    undelivered: VecDeque<(Instant, ShardId, u64)>,
+    /// Timer mode: the number of the grant on its way to each shard, until it is
+    /// delivered or turned into an occupation (invariant 3).
+    on_the_way: ShardIndex<u64>,
+    /// Shards whose grant reached a running session (twilight: its `()` was sent): a
+    /// later request of theirs is a reconnect.
+    #[cfg(feature = "twilight")]
+    served: ShardIndex<u32>,
+    pub(super) stats: QueueStats,
+}
+
+impl Shared {
+    pub(super) fn new(scheduler: Scheduler) -> Self {
+        Self {
+            scheduler,
+            asked_by: ShardIndex::default(),
+            waiters: Waiters::default(),
+            deadline: None,
+            driver: DriverSlot::Stopped,
+            drivers: 0,
+            grants: 0,
+            latest_grant: ShardIndex::default(),
+            undelivered: VecDeque::new(),
+            on_the_way: ShardIndex::default(),
+            #[cfg(feature = "twilight")]
+            served: ShardIndex::default(),
+            stats: QueueStats::default(),
+        }
+    }
+
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn timer_mode(&self) -> bool {
+        self.scheduler.config().get_hold_timeout().is_none()
+    }
+
+    /// Numbers a grant of `shard` that the scheduler made at `at`.
+    pub(super) fn number(&mut self, shard: ShardId, at: Instant) -> Grant {
+        self.grants += 1;
+        if !self.timer_mode() {
+            self.latest_grant.insert(shard, self.grants);
+        }
+        Grant {
+            shard,
+            number: self.grants,
+            at,
+        }
+    }
+
+    /// A grant the scheduler made to a shard that will not be delivered at once:
+    /// in timer mode its bucket stays busy until it is (invariant 3).
+    fn undelivered(&mut self, shard: ShardId, now: Instant) -> Grant {
+        let grant = self.number(shard, now);
+        if self.timer_mode() {
+            let interval = self.scheduler.config().get_interval();
+            // A cooldown that never ends never needs turning into an occupation.
+            if let Some(cooldown_end) = now.checked_add(interval) {
+                self.undelivered
+                    .push_back((cooldown_end, shard, grant.number));
+                self.on_the_way.insert(shard, grant.number);
+            }
+        }
+        grant
+    }
+
+    /// Invariant 3: grants still undelivered at the end of their cooldown occupy
+    /// their buckets from then on. Runs before anything that may grant at `now`.
+    fn catch_up(&mut self, now: Instant) {
+        while let Some(&(cooldown_end, shard, number)) = self.undelivered.front() {
+            if cooldown_end > now {
+                break;
+            }
+            self.undelivered.pop_front();
+            if self.on_the_way.get(shard) == Some(number) {
+                self.on_the_way.remove(shard);
+                self.scheduler.occupy(shard, None, now);
+            }
+        }
+    }
+
+    /// Requests `shard` at `now` (after `catch_up`, like every scheduler call that
+    /// may grant).
+    pub(super) fn request(
+        &mut self,
+        shard: ShardId,
+        priority: Priority,
+        now: Instant,
+    ) -> Result<Decision, Error> {
+        self.catch_up(now);
+        self.scheduler.request_with(shard, priority, now)
+    }
+
+    /// Whether grant `grant` still only relies on its cooldown (it was not turned into
+    /// an occupation); forgets it as on its way either way.
+    fn arrived(&mut self, grant: &Grant) -> bool {
+        let on_time = self.on_the_way.get(grant.shard) == Some(grant.number);
+        if on_time {
+            self.on_the_way.remove(grant.shard);
+        }
+        on_time
+    }
+
+    /// Hands `grant` to its shard at `now`: from now on the interval of its bucket
+    /// runs from here. In hold mode a grant whose hold timed out is void.
+    pub(super) fn deliver(
+        &mut self,
+        grant: Grant,
+        now: Instant,
+        wakeups: &mut Wakeups,
+    ) -> Result<Delivered, Error> {
+        let now = now.max(grant.at);
+        let config = self.scheduler.config();
+        let (interval, hold_timeout) = (config.get_interval(), config.get_hold_timeout());
+        if let Some(timeout) = hold_timeout {
+            if grant.at.checked_add(timeout).is_some_and(|end| end <= now) {
+                return Err(Error::HoldExpired(grant.shard));
+            }
+        }
+        // Taken at the grant's own instant, the cooldown covers the interval already.
+        // Taken later, its bucket is busy until an interval after the delivery (an
+        // occupation that replaces the one `catch_up` may have made).
+        let on_time = hold_timeout.is_some() || self.arrived(&grant);
+        if !(on_time && now == grant.at) {
+            self.scheduler
+                .occupy(grant.shard, now.checked_add(interval), now);
+            self.settle(now, wakeups);
+        }
+        Ok(Delivered {
+            shard: grant.shard,
+            number: grant.number,
+            at: now,
+            holds: hold_timeout.is_some(),
+        })
+    }
+
+    /// A grant dropped before delivery: its unit stays spent (the safe side), its
+    /// bucket frees now (and not before its cooldown).
+    fn abandon(&mut self, grant: Grant, now: Instant) {
+        if !self.timer_mode() {
+            self.release_at(grant.shard, grant.number, now);
+        } else if !self.arrived(&grant) {
+            // Its occupation ends now.
+            self.scheduler.occupy(grant.shard, Some(now), now);
+        }
+    }
+
+    /// Releases the hold of grant `number` of `shard` if it is the shard's latest;
+    /// whether it held its bucket. The caller settles.
+    pub(super) fn release_at(&mut self, shard: ShardId, number: u64, now: Instant) -> bool {
+        if self.latest_grant.get(shard) != Some(number) {
+            return false;
+        }
+        self.latest_grant.remove(shard);
+        self.scheduler.release(shard, now)
+    }
+
+    /// The number of `shard`'s latest grant, in hold mode.
+    pub(super) fn latest_grant(&self, shard: ShardId) -> Option<u64> {
+        self.latest_grant.get(shard)
+    }
+
+    /// Polls the scheduler at `now` until it waits, handing every grant to its waiter
+    /// (invariant 1).
+    pub(super) fn drive(&mut self, now: Instant, wakeups: &mut Wakeups) {
+        self.catch_up(now);
+        loop {
+            match self.scheduler.poll(now) {
+                Decision::Grant(shard) => {
+                    let grant = self.undelivered(shard, now);
+                    let Some(id) = self.asked_by.remove(shard) else {
+                        // Unreachable (invariant 4); the grant counts as spent.
+                        continue;
+                    };
+                    if let Some(waiter) = self.waiters.get_mut(id) {
+                        waiter.queued -= 1;
+                        waiter.granted.push_back(grant);
+                        if let Some(waker) = waiter.waker.take() {
+                            self.stats.wakeups += 1;
+                            wakeups.wakers.push(waker);
+                        }
+                    }
+                }
+                Decision::Wait(until) => {
+                    self.deadline = Some(until);
+                    return;
+                }
+                Decision::Idle => {
+                    self.deadline = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After an input: drive at `now`, and make sure a driver will take the next
+    /// deadline (invariants 1 and 2).
+    pub(super) fn settle(&mut self, now: Instant, wakeups: &mut Wakeups) {
+        self.drive(now, wakeups);
+        self.ensure_driver(wakeups);
+    }
+
+    /// Invariant 2: wakes a driver parked past the deadline (or with nothing left to
+    /// wait for, so that it ends), or starts one if there is none.
+    pub(super) fn ensure_driver(&mut self, wakeups: &mut Wakeups) {
+        match &mut self.driver {
+            DriverSlot::Running { parked, .. } => {
+                let late = match (self.deadline, parked.as_ref()) {
+                    (Some(deadline), Some(sleep)) => deadline < sleep.until,
+                    (None, Some(_)) => true,
+                    (_, None) => false,
+                };
+                if late {
+                    if let Some(sleep) = parked.take() {
+                        self.stats.driver_wakeups += 1;
+                        wakeups.wakers.push(sleep.waker);
+                    }
+                }
+            }
+            DriverSlot::Stopped if self.deadline.is_some() => {
+                self.drivers += 1;
+                self.stats.drivers_started += 1;
+                self.driver = DriverSlot::Running {
+                    id: self.drivers,
+                    parked: None,
+                };
+                wakeups.start_driver = Some(self.drivers);
+            }
+            DriverSlot::Stopped => {}
+        }
+    }
+
+    /// Whether `id` is the queue's current driver.
+    pub(super) fn is_driver(&self, id: u64) -> bool {
+        matches!(self.driver, DriverSlot::Running { id: current, .. } if current == id)
+    }
+
+    /// Driver `id` sleeps on its timer until `until`.
+    pub(super) fn park_driver(&mut self, id: u64, waker: &Waker, until: Instant) {
+        if let DriverSlot::Running {
+            id: current,
+            parked,
+        } = &mut self.driver
+        {
+            if *current == id {
+                *parked = Some(Parked {
+                    waker: waker.clone(),
+                    until,
+                });
+            }
+        }
+    }
+
+    /// Driver `id` is gone (it ended, or its runtime dropped it). If it was the
+    /// current one and shards still wait, their futures are woken so that the next
+    /// one polled starts a driver on its own runtime.
+    pub(super) fn driver_gone(&mut self, id: u64, wake_waiters: bool, wakeups: &mut Wakeups) {
+        if !self.is_driver(id) {
+            return;
+        }
+        self.driver = DriverSlot::Stopped;
+        if wake_waiters && self.deadline.is_some() {
+            self.waiters.take_waiting_wakers(&mut wakeups.wakers);
+        }
+    }
+
+    pub(super) fn add_waiter(&mut self) -> WaiterId {
+        self.waiters.insert()
+    }
+
+    /// Requests `shard` for waiter `id` at `now`; a grant at once goes to the waiter's
+    /// list like any other. The caller settles.
+    pub(super) fn request_for(
+        &mut self,
+        id: WaiterId,
+        shard: ShardId,
+        priority: Priority,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let decision = self.request(shard, priority, now)?;
+        if let Decision::Grant(_) = decision {
+            let grant = self.undelivered(shard, now);
+            if let Some(waiter) = self.waiters.get_mut(id) {
+                waiter.granted.push_back(grant);
+            }
+        } else {
+            self.enqueued(id, shard);
+        }
+        Ok(())
+    }
+
+    /// Routes queued `shard` to waiter `id`.
+    pub(super) fn enqueued(&mut self, id: WaiterId, shard: ShardId) {
+        if let Some(waiter) = self.waiters.get_mut(id) {
+            waiter.queued += 1;
+        }
+        self.asked_by.insert(shard, id);
+    }
+
+    /// Forgets a waiter that has nothing left: no shard queued, no grant undelivered.
+    pub(super) fn forget_waiter(&mut self, id: WaiterId) {
+        self.waiters.remove(id);
+    }
+
+    /// Whether `shard` waits in the scheduler for some future.
+    pub(super) fn is_waiting(&self, shard: ShardId) -> bool {
+        self.asked_by.contains_key(shard)
+    }
+
+    /// Moves waiting `shard` from the waiter that asked for it to waiter `id`, which
+    /// keeps its place in line; the old waiter is woken to find it gone.
+    pub(super) fn take_over(&mut self, shard: ShardId, id: WaiterId, wakeups: &mut Wakeups) {
+        if let Some(old) = self.asked_by.insert(shard, id) {
+            if let Some(waiter) = self.waiters.get_mut(old) {
+                waiter.queued -= 1;
+                if let Some(waker) = waiter.waker.take() {
+                    self.stats.wakeups += 1;
+                    wakeups.wakers.push(waker);
+                }
+            }
+        }
+        if let Some(waiter) = self.waiters.get_mut(id) {
+            waiter.queued += 1;
+        }
+    }
+
+    /// The poll of waiting future `id`: its next grant, or nothing left to wait for,
+    /// or still waiting (its waker registered, and a driver made sure of: the one
+    /// that ran may have gone with its runtime).
+    pub(super) fn poll_waiter(
+        &mut self,
+        id: WaiterId,
+        waker: &Waker,
+        wakeups: &mut Wakeups,
+    ) -> Found {
+        self.stats.polls += 1;
+        let Some(waiter) = self.waiters.get_mut(id) else {
+            return Found::Nothing;
+        };
+        if let Some(grant) = waiter.granted.pop_front() {
+            return Found::Grant(grant);
+        }
+        if waiter.queued == 0 {
+            return Found::Nothing;
+        }
+        waiter.register(waker);
+        self.ensure_driver(wakeups);
+        Found::Waiting
+    }
+
+    /// Forgets waiter `id` at `now`: its queued `shards` are cancelled, and grants it
+    /// did not take count as granted but free their buckets now.
+    pub(super) fn remove_waiter(
+        &mut self,
+        id: WaiterId,
+        shards: &[ShardId],
+        now: Instant,
+        wakeups: &mut Wakeups,
+    ) {
+        let Some(waiter) = self.waiters.remove(id) else {
+            return;
+        };
+        if waiter.queued > 0 {
+            for &shard in shards {
+                if self.asked_by.get(shard) == Some(id) {
+                    self.asked_by.remove(shard);
+                    self.scheduler.cancel(shard);
+                }
+            }
+        }
+        for grant in waiter.granted {
+            self.abandon(grant, now);
+        }
+        self.settle(now, wakeups);
+    }
+
+    /// Marks `shard` as serving: its next request is a reconnect.
+    #[cfg(feature = "twilight")]
+    pub(super) fn mark_served(&mut self, shard: ShardId) {
+        self.served.insert(shard, 1);
+    }
+
+    /// `Reconnect` for a shard that was serving, else `Start`.
+    #[cfg(feature = "twilight")]
+    pub(super) fn priority_of(&self, shard: ShardId) -> Priority {
+        if self.served.contains_key(shard) {
+            Priority::Reconnect
+        } else {
+            Priority::Start
+        }
+    }
+}
