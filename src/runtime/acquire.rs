@@ -109,7 +109,7 @@ impl<R: Runtime> Future for Acquire<R> {
                 },
             };
             *state = State::Waiting(id);
-            match shared.poll_waiter(id, cx.waker(), wakeups) {
+            match shared.poll_waiter(id, cx.waker(), now, wakeups) {
                 Found::Waiting => Poll::Pending,
                 Found::Grant(grant) => {
                     shared.forget_waiter(id);
@@ -211,7 +211,7 @@ impl<R: Runtime> Stream for Grants<R> {
             if let Some(error) = errors.pop_front() {
                 return Poll::Ready(Some(Err(error)));
             }
-            match shared.poll_waiter(id, cx.waker(), wakeups) {
+            match shared.poll_waiter(id, cx.waker(), now, wakeups) {
                 Found::Waiting => Poll::Pending,
                 Found::Grant(grant) => {
                     let delivered = shared.deliver(grant, now, wakeups);

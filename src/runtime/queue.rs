@@ -205,7 +205,7 @@ impl<R: Runtime> Queue<R> {
     pub fn update(&self, limit: SessionStartLimit) -> Result<(), Error> {
         self.change(false, |shared, wakeups| {
             let now = R::now();
-            shared.scheduler.update(limit, now)?;
+            shared.update(limit, now)?;
             shared.settle(now, wakeups);
             Ok(())
         })

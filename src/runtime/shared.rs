@@ -30,7 +30,15 @@
 //!    the grant's own instant under a paused clock, and then cost the scheduler
 //!    nothing more. In hold mode the hold does the same up to its timeout. A grant
 //!    dropped undelivered frees its bucket at the drop (not before its cooldown).
-//! 4. **`asked_by` mirrors the scheduler's queue**: a shard is in it exactly when it
+//! 4. **Deliveries in one bucket are an interval apart, even across a re-key.** The
+//!    rules above space deliveries in one bucket by themselves, except where an
+//!    update changed `max_concurrency` between a grant and its delivery: two grants
+//!    made in different buckets may share one now. So a grant made before the latest
+//!    such update is delivered only once no other shard of its new bucket was
+//!    delivered within the interval (`recent_deliveries`); until then its future
+//!    waits, and the driver wakes it when that gate passes (`gated`, part of
+//!    `deadline`).
+//! 5. **`asked_by` mirrors the scheduler's queue**: a shard is in it exactly when it
 //!    is queued in the scheduler, mapped to the waiter that asked for it, whose
 //!    `queued` counts it.
 //!
@@ -43,7 +51,7 @@ use std::time::Instant;
 use super::queue::QueueStats;
 use super::waiters::{WaiterId, Waiters};
 use crate::shard_map::ShardIndex;
-use crate::{Decision, Error, Priority, Scheduler, ShardId};
+use crate::{Decision, Error, Priority, Scheduler, SessionStartLimit, ShardId};
 
 /// A grant the scheduler made, on its way to the shard's future.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +62,8 @@ pub(super) struct Grant {
     pub(super) number: u64,
     /// The scheduler's instant of the grant.
     pub(super) at: Instant,
+    /// How many updates had changed `max_concurrency` when it was made.
+    pub(super) rekeys: u64,
 }
 
 /// A grant handed to its shard: what a [`Permit`](super::Permit) carries.
@@ -104,8 +114,17 @@ pub(super) struct Shared {
     pub(super) scheduler: Scheduler,
     asked_by: ShardIndex<WaiterId>,
     waiters: Waiters,
-    /// The scheduler's last answer after a drive: when to drive next (`None`: idle).
+    /// When to drive next (`None`: idle): the scheduler's last answer after a drive,
+    /// or the earliest gate, if sooner.
     deadline: Option<Instant>,
+    /// Updates that changed `max_concurrency` so far.
+    rekeys: u64,
+    /// Deliveries within the last interval: (end of their interval, shard), oldest
+    /// first (invariant 4). `None`: an interval that never ends.
+    recent_deliveries: VecDeque<(Option<Instant>, ShardId)>,
+    /// Waiters holding a grant that may not be delivered before an instant
+    /// (invariant 4), to wake then.
+    gated: Vec<(Instant, WaiterId)>,
     driver: DriverSlot,
     drivers: u64,
     grants: u64,
@@ -132,6 +151,9 @@ impl Shared {
             asked_by: ShardIndex::default(),
             waiters: Waiters::default(),
             deadline: None,
+            rekeys: 0,
+            recent_deliveries: VecDeque::new(),
+            gated: Vec::new(),
             driver: DriverSlot::Stopped,
             drivers: 0,
             grants: 0,
@@ -162,6 +184,7 @@ impl Shared {
             shard,
             number: self.grants,
             at,
+            rekeys: self.rekeys,
         }
     }
 
@@ -243,6 +266,15 @@ impl Shared {
                 .occupy(grant.shard, now.checked_add(interval), now);
             self.settle(now, wakeups);
         }
+        let until = now.checked_add(interval);
+        while let Some(&(end, _)) = self.recent_deliveries.front() {
+            if end.is_some_and(|end| end <= now) {
+                self.recent_deliveries.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.recent_deliveries.push_back((until, grant.shard));
         Ok(Delivered {
             shard: grant.shard,
             number: grant.number,
@@ -277,10 +309,58 @@ impl Shared {
         self.latest_grant.get(shard)
     }
 
+    /// Applies a fresh limit at `now` (the caller settles).
+    pub(super) fn update(&mut self, limit: SessionStartLimit, now: Instant) -> Result<(), Error> {
+        let rekeyed = limit.max_concurrency != self.scheduler.max_concurrency();
+        self.catch_up(now);
+        self.scheduler.update(limit, now)?;
+        if rekeyed {
+            self.rekeys += 1;
+        }
+        Ok(())
+    }
+
+    /// Invariant 4: the instant before which `grant` may not be delivered, if any:
+    /// the end of the interval of another shard's delivery in its bucket.
+    fn gate(&self, grant: &Grant, now: Instant) -> Option<Option<Instant>> {
+        if grant.rekeys == self.rekeys {
+            return None;
+        }
+        let max_concurrency = self.scheduler.max_concurrency();
+        let bucket = grant.shard % max_concurrency;
+        self.recent_deliveries
+            .iter()
+            .filter(|&&(end, shard)| {
+                shard != grant.shard
+                    && shard % max_concurrency == bucket
+                    && end.is_none_or(|end| end > now)
+            })
+            .map(|&(end, _)| end)
+            .max_by(|a, b| match (a, b) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (Some(a), Some(b)) => a.cmp(b),
+            })
+    }
+
     /// Polls the scheduler at `now` until it waits, handing every grant to its waiter
-    /// (invariant 1).
+    /// (invariant 1), and wakes the waiters whose gate has passed (invariant 4).
     pub(super) fn drive(&mut self, now: Instant, wakeups: &mut Wakeups) {
         self.catch_up(now);
+        if !self.gated.is_empty() {
+            let waiters = &mut self.waiters;
+            self.gated.retain(|&(gate, id)| {
+                if gate > now {
+                    return true;
+                }
+                if let Some(waker) = waiters.get_mut(id).and_then(|w| w.waker.take()) {
+                    wakeups.wakers.push(waker);
+                }
+                false
+            });
+        }
+        let gate = self.gated.iter().map(|&(gate, _)| gate).min();
         loop {
             match self.scheduler.poll(now) {
                 Decision::Grant(shard) => {
@@ -299,11 +379,11 @@ impl Shared {
                     }
                 }
                 Decision::Wait(until) => {
-                    self.deadline = Some(until);
+                    self.deadline = Some(gate.map_or(until, |gate| gate.min(until)));
                     return;
                 }
                 Decision::Idle => {
-                    self.deadline = None;
+                    self.deadline = gate;
                     return;
                 }
             }
@@ -417,6 +497,7 @@ impl Shared {
     /// Forgets a waiter that has nothing left: no shard queued, no grant undelivered.
     pub(super) fn forget_waiter(&mut self, id: WaiterId) {
         self.waiters.remove(id);
+        self.gated.retain(|&(_, gated)| gated != id);
     }
 
     /// Whether `shard` waits in the scheduler for some future.
@@ -448,18 +529,34 @@ impl Shared {
         &mut self,
         id: WaiterId,
         waker: &Waker,
+        now: Instant,
         wakeups: &mut Wakeups,
     ) -> Found {
         self.stats.polls += 1;
+        let Some(waiter) = self.waiters.get(id) else {
+            return Found::Nothing;
+        };
+        if let Some(grant) = waiter.granted.front().copied() {
+            match self.gate(&grant, now) {
+                None => {
+                    if let Some(waiter) = self.waiters.get_mut(id) {
+                        waiter.granted.pop_front();
+                    }
+                    return Found::Grant(grant);
+                }
+                // Busy for good (an interval that never ends): only an update helps.
+                Some(None) => {}
+                Some(Some(gate)) => {
+                    self.gated.push((gate, id));
+                    self.deadline = Some(self.deadline.map_or(gate, |d| d.min(gate)));
+                }
+            }
+        } else if waiter.queued == 0 {
+            return Found::Nothing;
+        }
         let Some(waiter) = self.waiters.get_mut(id) else {
             return Found::Nothing;
         };
-        if let Some(grant) = waiter.granted.pop_front() {
-            return Found::Grant(grant);
-        }
-        if waiter.queued == 0 {
-            return Found::Nothing;
-        }
         waiter.register(waker);
         self.ensure_driver(wakeups);
         Found::Waiting
@@ -477,6 +574,7 @@ impl Shared {
         let Some(waiter) = self.waiters.remove(id) else {
             return;
         };
+        self.gated.retain(|&(_, gated)| gated != id);
         if waiter.queued > 0 {
             for &shard in shards {
                 if self.asked_by.get(shard) == Some(id) {
