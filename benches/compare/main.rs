@@ -3,7 +3,8 @@
 //! the runtime adapters' overhead. Prints tables and ratios; writes `benches/scale.svg`.
 //!
 //! `cargo bench --bench compare --all-features` (add `-- --quick` for a shorter run,
-//! `-- --core` for the core scheduler's tables alone)
+//! `-- --core` for the core scheduler's tables alone, `-- --tasks` for the task-per-shard
+//! comparison alone)
 
 mod alloc;
 mod core;
@@ -11,6 +12,7 @@ mod plot;
 mod rules;
 mod runtimes;
 mod side_by_side;
+mod task_per_shard;
 
 use std::time::Duration;
 
@@ -31,6 +33,18 @@ fn main() {
     } else {
         &[1_000, 10_000, 100_000, 1_000_000]
     };
+    let tasks_only = std::env::args().any(|arg| arg == "--tasks");
+    task_per_shard::run(
+        if quick {
+            &[1_000, 10_000]
+        } else {
+            &[1_000, 10_000, 100_000]
+        },
+        if quick { 3 } else { 5 },
+    );
+    if tasks_only {
+        return;
+    }
     let core = core::run(sizes);
     core::memory(if quick { 100_000 } else { 1_000_000 });
     if std::env::args().any(|arg| arg == "--core") {

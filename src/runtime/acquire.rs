@@ -97,13 +97,15 @@ impl<R: Runtime> Future for Acquire<R> {
                         shared.settle(now, wakeups);
                         *state = State::Done;
                         let delivered = shared.deliver(grant, now, wakeups);
-                        return Poll::Ready(delivered.map(|d| Permit::new(queue.clone(), d)));
+                        return Poll::Ready(delivered.map(|d| Permit::new(queue, d)));
                     }
-                    Ok(Decision::Wait(_) | Decision::Idle) => {
+                    Ok(decision) => {
                         let id = shared.add_waiter();
                         shared.enqueued(id, shard);
-                        // Others may be due now; and a driver must take the deadline.
-                        shared.settle(now, wakeups);
+                        match decision {
+                            Decision::Wait(until) => shared.queued(until, now, wakeups),
+                            _ => shared.settle(now, wakeups),
+                        }
                         id
                     }
                 },
@@ -115,7 +117,7 @@ impl<R: Runtime> Future for Acquire<R> {
                     shared.forget_waiter(id);
                     *state = State::Done;
                     let delivered = shared.deliver(grant, now, wakeups);
-                    Poll::Ready(delivered.map(|d| Permit::new(queue.clone(), d)))
+                    Poll::Ready(delivered.map(|d| Permit::new(queue, d)))
                 }
                 Found::Nothing => {
                     shared.forget_waiter(id);
@@ -215,7 +217,7 @@ impl<R: Runtime> Stream for Grants<R> {
                 Found::Waiting => Poll::Pending,
                 Found::Grant(grant) => {
                     let delivered = shared.deliver(grant, now, wakeups);
-                    Poll::Ready(Some(delivered.map(|d| Permit::new(queue.clone(), d))))
+                    Poll::Ready(Some(delivered.map(|d| Permit::new(queue, d))))
                 }
                 Found::Nothing => {
                     shared.forget_waiter(id);

@@ -17,13 +17,18 @@ use crate::ShardId;
 /// fails.
 #[must_use = "in hold mode, dropping the permit frees the bucket at once"]
 pub struct Permit<R: Runtime> {
-    queue: Queue<R>,
+    /// Hold mode: the queue to release the hold in. Timer mode has nothing to do when
+    /// the permit goes, and keeps no reference.
+    queue: Option<Queue<R>>,
     delivered: Delivered,
 }
 
 impl<R: Runtime> Permit<R> {
-    pub(super) fn new(queue: Queue<R>, delivered: Delivered) -> Self {
-        Self { queue, delivered }
+    pub(super) fn new(queue: &Queue<R>, delivered: Delivered) -> Self {
+        Self {
+            queue: delivered.holds.then(|| queue.clone()),
+            delivered,
+        }
     }
 
     /// The shard this permit is for.
@@ -51,9 +56,9 @@ impl<R: Runtime> Permit<R> {
 
 impl<R: Runtime> Drop for Permit<R> {
     fn drop(&mut self) {
-        if self.delivered.holds {
+        if let (true, Some(queue)) = (self.delivered.holds, &self.queue) {
             let Delivered { shard, number, .. } = self.delivered;
-            self.queue.change(false, |shared, wakeups| {
+            queue.change(false, |shared, wakeups| {
                 let now = R::now();
                 if shared.release_at(shard, number, now) {
                     shared.settle(now, wakeups);

@@ -64,6 +64,9 @@ pub(super) struct Grant {
     pub(super) at: Instant,
     /// How many updates had changed `max_concurrency` when it was made.
     pub(super) rekeys: u64,
+    /// Timer mode: still undelivered at the end of its cooldown, it was turned into
+    /// an occupation of its bucket (invariant 3).
+    pub(super) occupies: bool,
 }
 
 /// A grant handed to its shard: what a [`Permit`](super::Permit) carries.
@@ -130,13 +133,10 @@ pub(super) struct Shared {
     grants: u64,
     /// Hold mode: the number of each shard's latest grant.
     latest_grant: ShardIndex<u64>,
-    /// Timer mode: grants on their way to their futures, by the end of their cooldown
-    /// (the order they were made in): (cooldown end, shard, number). An entry whose
-    /// grant was delivered meanwhile is skipped.
-    undelivered: VecDeque<(Instant, ShardId, u64)>,
-    /// Timer mode: the number of the grant on its way to each shard, until it is
-    /// delivered or turned into an occupation (invariant 3).
-    on_the_way: ShardIndex<u64>,
+    /// Timer mode: grants handed to waiters, by the end of their cooldown (the order
+    /// they were made in): (cooldown end, waiter, grant number). An entry whose grant
+    /// has left its waiter meanwhile (delivered, dropped) is skipped.
+    undelivered: VecDeque<(Instant, WaiterId, u64)>,
     /// Shards whose grant reached a running session (twilight: its `()` was sent): a
     /// later request of theirs is a reconnect.
     #[cfg(feature = "twilight")]
@@ -159,7 +159,6 @@ impl Shared {
             grants: 0,
             latest_grant: ShardIndex::default(),
             undelivered: VecDeque::new(),
-            on_the_way: ShardIndex::default(),
             #[cfg(feature = "twilight")]
             served: ShardIndex::default(),
             stats: QueueStats::default(),
@@ -185,36 +184,38 @@ impl Shared {
             number: self.grants,
             at,
             rekeys: self.rekeys,
+            occupies: false,
         }
     }
 
-    /// A grant the scheduler made to a shard that will not be delivered at once:
-    /// in timer mode its bucket stays busy until it is (invariant 3).
-    fn undelivered(&mut self, shard: ShardId, now: Instant) -> Grant {
+    /// Hands a grant the scheduler made at `now` to waiter `id`, which will take it
+    /// later: in timer mode its bucket stays busy until it does (invariant 3).
+    fn hand_to(&mut self, id: WaiterId, shard: ShardId, now: Instant) {
         let grant = self.number(shard, now);
         if self.timer_mode() {
             let interval = self.scheduler.config().get_interval();
             // A cooldown that never ends never needs turning into an occupation.
             if let Some(cooldown_end) = now.checked_add(interval) {
-                self.undelivered
-                    .push_back((cooldown_end, shard, grant.number));
-                self.on_the_way.insert(shard, grant.number);
+                self.undelivered.push_back((cooldown_end, id, grant.number));
             }
         }
-        grant
+        if let Some(waiter) = self.waiters.get_mut(id) {
+            waiter.granted.push_back(grant);
+        }
     }
 
     /// Invariant 3: grants still undelivered at the end of their cooldown occupy
     /// their buckets from then on. Runs before anything that may grant at `now`.
     fn catch_up(&mut self, now: Instant) {
-        while let Some(&(cooldown_end, shard, number)) = self.undelivered.front() {
+        while let Some(&(cooldown_end, id, number)) = self.undelivered.front() {
             if cooldown_end > now {
                 break;
             }
             self.undelivered.pop_front();
-            if self.on_the_way.get(shard) == Some(number) {
-                self.on_the_way.remove(shard);
-                self.scheduler.occupy(shard, None, now);
+            let waiting = self.waiters.get_mut(id);
+            if let Some(grant) = waiting.and_then(|waiter| waiter.granted.find_mut(number)) {
+                grant.occupies = true;
+                self.scheduler.occupy(grant.shard, None, now);
             }
         }
     }
@@ -229,16 +230,6 @@ impl Shared {
     ) -> Result<Decision, Error> {
         self.catch_up(now);
         self.scheduler.request_with(shard, priority, now)
-    }
-
-    /// Whether grant `grant` still only relies on its cooldown (it was not turned into
-    /// an occupation); forgets it as on its way either way.
-    fn arrived(&mut self, grant: &Grant) -> bool {
-        let on_time = self.on_the_way.get(grant.shard) == Some(grant.number);
-        if on_time {
-            self.on_the_way.remove(grant.shard);
-        }
-        on_time
     }
 
     /// Hands `grant` to its shard at `now`: from now on the interval of its bucket
@@ -260,7 +251,7 @@ impl Shared {
         // Taken at the grant's own instant, the cooldown covers the interval already.
         // Taken later, its bucket is busy until an interval after the delivery (an
         // occupation that replaces the one `catch_up` may have made).
-        let on_time = hold_timeout.is_some() || self.arrived(&grant);
+        let on_time = !grant.occupies;
         if !(on_time && now == grant.at) {
             self.scheduler
                 .occupy(grant.shard, now.checked_add(interval), now);
@@ -288,7 +279,7 @@ impl Shared {
     fn abandon(&mut self, grant: Grant, now: Instant) {
         if !self.timer_mode() {
             self.release_at(grant.shard, grant.number, now);
-        } else if !self.arrived(&grant) {
+        } else if grant.occupies {
             // Its occupation ends now.
             self.scheduler.occupy(grant.shard, Some(now), now);
         }
@@ -364,14 +355,13 @@ impl Shared {
         loop {
             match self.scheduler.poll(now) {
                 Decision::Grant(shard) => {
-                    let grant = self.undelivered(shard, now);
                     let Some(id) = self.asked_by.remove(shard) else {
-                        // Unreachable (invariant 4); the grant counts as spent.
+                        // Unreachable (invariant 5); the grant counts as spent.
                         continue;
                     };
+                    self.hand_to(id, shard, now);
                     if let Some(waiter) = self.waiters.get_mut(id) {
                         waiter.queued -= 1;
-                        waiter.granted.push_back(grant);
                         if let Some(waker) = waiter.waker.take() {
                             self.stats.wakeups += 1;
                             wakeups.wakers.push(waker);
@@ -387,6 +377,18 @@ impl Shared {
                     return;
                 }
             }
+        }
+    }
+
+    /// After a request that queued its shard and answered `Wait(until)`: others may be
+    /// due at once (`until` is `now`), else the deadline is `until` (the scheduler's
+    /// answer covers every queued shard), and a driver must take it.
+    pub(super) fn queued(&mut self, until: Instant, now: Instant, wakeups: &mut Wakeups) {
+        if until <= now || !self.gated.is_empty() {
+            self.settle(now, wakeups);
+        } else {
+            self.deadline = Some(until);
+            self.ensure_driver(wakeups);
         }
     }
 
@@ -476,10 +478,7 @@ impl Shared {
     ) -> Result<(), Error> {
         let decision = self.request(shard, priority, now)?;
         if let Decision::Grant(_) = decision {
-            let grant = self.undelivered(shard, now);
-            if let Some(waiter) = self.waiters.get_mut(id) {
-                waiter.granted.push_back(grant);
-            }
+            self.hand_to(id, shard, now);
         } else {
             self.enqueued(id, shard);
         }

@@ -15,7 +15,55 @@ pub(super) struct Waiter {
     /// Its shards still queued in the scheduler.
     pub(super) queued: usize,
     /// Its grants not yet delivered (taken by a poll), oldest first.
-    pub(super) granted: VecDeque<Grant>,
+    pub(super) granted: Granted,
+}
+
+/// A waiter's undelivered grants, oldest first. An `Acquire` has one at most: it is
+/// kept inline, so handing a grant over allocates nothing.
+#[derive(Default)]
+pub(super) struct Granted {
+    first: Option<Grant>,
+    rest: VecDeque<Grant>,
+}
+
+impl Granted {
+    pub(super) fn push_back(&mut self, grant: Grant) {
+        if self.first.is_none() {
+            self.first = Some(grant);
+        } else {
+            self.rest.push_back(grant);
+        }
+    }
+
+    pub(super) fn front(&self) -> Option<&Grant> {
+        self.first.as_ref()
+    }
+
+    /// The grant numbered `number`, if it is still here.
+    pub(super) fn find_mut(&mut self, number: u64) -> Option<&mut Grant> {
+        self.first
+            .iter_mut()
+            .chain(self.rest.iter_mut())
+            .find(|grant| grant.number == number)
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<Grant> {
+        let first = self.first.take();
+        self.first = self.rest.pop_front();
+        first
+    }
+}
+
+impl IntoIterator for Granted {
+    type Item = Grant;
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<Grant>,
+        std::collections::vec_deque::IntoIter<Grant>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
 }
 
 impl Waiter {
@@ -41,7 +89,7 @@ impl Waiters {
         let waiter = Waiter {
             waker: None,
             queued: 0,
-            granted: VecDeque::new(),
+            granted: Granted::default(),
         };
         let index = match self.free.pop() {
             Some(index) => {
