@@ -7,14 +7,20 @@
 //! cargo run --example simulate
 //! cargo run --example simulate -- --shards 4096 --concurrency 16 --total 5000 --remaining 5000
 //! cargo run --example simulate -- --hold 30 --ready-ms 1500
+//! cargo run --example simulate -- --reconnects 16 --reconnect-at 120
 //! ```
+//!
+//! With `--reconnects K`, the first K shards to have been granted lose their sessions
+//! at `--reconnect-at` seconds, in the middle of the start-up, and ask again as
+//! `Priority::Reconnect`; the report says how long they were down, next to what the
+//! same run with every request a `Start` (FIFO alone) would have cost them.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use identify_queue::{Config, Decision, Scheduler, SessionStartLimit, ShardId};
+use identify_queue::{Config, Decision, Priority, Scheduler, SessionStartLimit, ShardId};
 
 const USAGE: &str = "\
 usage: simulate [options]
@@ -26,6 +32,8 @@ usage: simulate [options]
   --interval-ms MS    spacing per bucket (default 5000)
   --hold S            hold mode: buckets wait for READY, at most S seconds
   --ready-ms MS       hold mode: READY arrives MS after IDENTIFY, ±50% (default 1500)
+  --reconnects K      the first K shards granted lose their sessions mid-start-up
+  --reconnect-at S    when they do, in seconds (default: half the start-up)
   --bars N            progress rows (default 20)";
 
 struct Options {
@@ -34,6 +42,8 @@ struct Options {
     interval: Duration,
     hold: Option<Duration>,
     ready: Duration,
+    reconnects: u32,
+    reconnect_at: Option<Duration>,
     bars: u32,
 }
 
@@ -49,6 +59,8 @@ fn parse() -> Result<Options, String> {
         interval: Duration::from_secs(5),
         hold: None,
         ready: Duration::from_millis(1500),
+        reconnects: 0,
+        reconnect_at: None,
         bars: 20,
     };
     let mut args = std::env::args().skip(1);
@@ -74,12 +86,22 @@ fn parse() -> Result<Options, String> {
             "--interval-ms" => options.interval = Duration::from_millis(number(&flag)?),
             "--hold" => options.hold = Some(Duration::from_secs(number(&flag)?)),
             "--ready-ms" => options.ready = Duration::from_millis(number(&flag)?),
+            "--reconnects" => options.reconnects = small("--reconnects")?,
+            "--reconnect-at" => {
+                options.reconnect_at = Some(Duration::from_secs(number(&flag)?));
+            }
             "--bars" => options.bars = small("--bars")?.max(1),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
     if options.limit.remaining == u32::MAX {
         options.limit.remaining = options.limit.total;
+    }
+    if options.reconnects > options.shards {
+        return Err(format!(
+            "--reconnects: {} is more than the {} shards",
+            options.reconnects, options.shards
+        ));
     }
     Ok(options)
 }
@@ -107,8 +129,32 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = simulate(scheduler, &options, start);
-    if report.violations == 0 && report.granted == options.shards {
+    let report = simulate(
+        scheduler.clone(),
+        &options,
+        start,
+        Priority::Reconnect,
+        true,
+    );
+    if options.reconnects > 0 {
+        // The same run with every request a `Start`: what FIFO alone costs them.
+        let fifo = simulate(scheduler, &options, start, Priority::Start, false);
+        println!(
+            "reconnects      {} shards lost their sessions at {}; down until granted again:",
+            options.reconnects,
+            human(report.lost_at.unwrap_or_default())
+        );
+        for (name, report) in [("with priority", &report), ("FIFO alone", &fifo)] {
+            let (average, longest) = report.downtime();
+            println!(
+                "                {name:<14} average {}, longest {}",
+                human(average),
+                human(longest)
+            );
+        }
+    }
+    let expected = options.shards + options.reconnects;
+    if report.violations == 0 && report.granted == expected {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -118,9 +164,40 @@ fn main() -> ExitCode {
 struct Report {
     granted: u32,
     violations: usize,
+    /// When the reconnecting shards lost their sessions, from the start.
+    lost_at: Option<Duration>,
+    /// Each reconnecting shard's time without a session.
+    down: Vec<Duration>,
 }
 
-fn simulate(mut scheduler: Scheduler, options: &Options, start: Instant) -> Report {
+impl Report {
+    /// Average and longest downtime of the reconnecting shards.
+    fn downtime(&self) -> (Duration, Duration) {
+        let total: Duration = self.down.iter().sum();
+        let count = u32::try_from(self.down.len()).unwrap_or(u32::MAX).max(1);
+        (
+            total / count,
+            self.down.iter().copied().max().unwrap_or_default(),
+        )
+    }
+}
+
+/// Runs the start-up; `priority` is how the reconnecting shards ask, `loud` prints the
+/// progress and the report.
+fn simulate(
+    mut scheduler: Scheduler,
+    options: &Options,
+    start: Instant,
+    priority: Priority,
+    loud: bool,
+) -> Report {
+    macro_rules! say {
+        ($($arg:tt)*) => {
+            if loud {
+                println!($($arg)*);
+            }
+        };
+    }
     let limit = options.limit;
     let mode = match options.hold {
         Some(timeout) => format!(
@@ -130,7 +207,7 @@ fn simulate(mut scheduler: Scheduler, options: &Options, start: Instant) -> Repo
         ),
         None => "timer mode".to_owned(),
     };
-    println!(
+    say!(
         "identify-queue simulation: {} shards, max_concurrency {}, budget {} of {} \
          (resets in {}), interval {}, {mode}",
         options.shards,
@@ -140,10 +217,13 @@ fn simulate(mut scheduler: Scheduler, options: &Options, start: Instant) -> Repo
         human(limit.reset_after),
         human(options.interval),
     );
-    println!();
-    println!(
+    say!();
+    say!(
         "  {:>12}  {:<32}  {:>13}  {:>6}",
-        "time", "progress", "granted", "budget"
+        "time",
+        "progress",
+        "granted",
+        "budget"
     );
 
     let mut run = Run {
@@ -154,13 +234,25 @@ fn simulate(mut scheduler: Scheduler, options: &Options, start: Instant) -> Repo
         last_grant: start,
         releases: BinaryHeap::new(),
         next_bar: 1,
+        loud,
+        granted_order: Vec::new(),
+        lost: HashMap::new(),
+        down: Vec::new(),
     };
+    // The reconnecting shards lose their sessions half-way through the start-up.
+    let rounds = options
+        .shards
+        .div_ceil(limit.max_concurrency)
+        .saturating_sub(1);
+    let half_way = options.interval.saturating_mul(rounds) / 2;
+    let mut loss =
+        (options.reconnects > 0).then(|| start + options.reconnect_at.unwrap_or(half_way));
     let mut now = start;
     for shard in 0..options.shards {
         match scheduler.request(shard, now) {
             Ok(Decision::Grant(shard)) => run.granted(shard, now, &scheduler),
             Ok(_) => {}
-            Err(error) => println!("request of shard {shard} refused: {error}"),
+            Err(error) => say!("request of shard {shard} refused: {error}"),
         }
     }
     let mut reported_budget_wait = false;
@@ -173,6 +265,34 @@ fn simulate(mut scheduler: Scheduler, options: &Options, start: Instant) -> Repo
             Decision::Wait(until) => Some(until),
             Decision::Idle => None,
         };
+        // Shards losing their sessions, if that comes before anything else.
+        if let Some(at) = loss {
+            let next_release = run.releases.peek().map(|&Reverse((at, _))| at);
+            if wait.is_none_or(|wait| at <= wait) && next_release.is_none_or(|r| at <= r) {
+                loss = None;
+                now = now.max(at);
+                let lost: Vec<ShardId> = run
+                    .granted_order
+                    .iter()
+                    .copied()
+                    .take(options.reconnects as usize)
+                    .collect();
+                say!(
+                    "  {:>12}  {} serving shards lost their sessions and ask again ({priority:?})",
+                    human(now - start),
+                    lost.len()
+                );
+                for shard in lost {
+                    run.lost.insert(shard, now);
+                    match scheduler.request_with(shard, priority, now) {
+                        Ok(Decision::Grant(shard)) => run.granted(shard, now, &scheduler),
+                        Ok(_) => {}
+                        Err(error) => say!("request of shard {shard} refused: {error}"),
+                    }
+                }
+                continue;
+            }
+        }
         // The next event: a READY (hold mode) or the scheduler's deadline.
         match (run.releases.peek().copied(), wait) {
             (Some(Reverse((at, shard))), wait) if wait.is_none_or(|wait| at <= wait) => {
@@ -187,7 +307,7 @@ fn simulate(mut scheduler: Scheduler, options: &Options, start: Instant) -> Repo
                 }
                 if scheduler.remaining(now) == 0 && !reported_budget_wait {
                     reported_budget_wait = true;
-                    println!(
+                    say!(
                         "  {:>12}  budget spent: {} shards wait for the reset at {}",
                         human(now - start),
                         scheduler.len(),
@@ -202,48 +322,62 @@ fn simulate(mut scheduler: Scheduler, options: &Options, start: Instant) -> Repo
 
     let granted = run.granted;
     let makespan = run.last_grant - start;
-    let rounds = options
-        .shards
-        .div_ceil(limit.max_concurrency)
-        .saturating_sub(1);
+    let grants = options.shards + options.reconnects;
+    let rounds = grants.div_ceil(limit.max_concurrency).saturating_sub(1);
     let minimum = options.interval.saturating_mul(rounds);
-    println!();
+    say!();
     if stalled {
-        println!(
+        say!(
             "stalled: {} shards can never be granted (the budget never resets)",
             scheduler.len()
         );
     }
-    println!("granted         {granted} of {} shards", options.shards);
-    println!("makespan        {}", human(makespan));
-    println!(
+    if options.reconnects > 0 {
+        say!(
+            "granted         {granted} of {} ({} shards, {} of them twice)",
+            options.shards + options.reconnects,
+            options.shards,
+            options.reconnects
+        );
+    } else {
+        say!("granted         {granted} of {} shards", options.shards);
+    }
+    say!("makespan        {}", human(makespan));
+    say!(
         "minimum         {} = (ceil({} / {}) - 1) × {}",
         human(minimum),
-        options.shards,
+        grants,
         limit.max_concurrency,
         human(options.interval)
     );
     if options.hold.is_some() {
-        println!("                (hold mode: a bucket also waits for its shard's READY)");
+        say!("                (hold mode: a bucket also waits for its shard's READY)");
     }
     if options.shards > limit.remaining && !stalled {
-        println!(
+        say!(
             "                the budget had {} starts for {} shards: the rest waited for its reset",
-            limit.remaining, options.shards
+            limit.remaining,
+            options.shards
         );
     }
-    println!(
+    say!(
         "budget left     {} of {}",
         scheduler.remaining(now),
         scheduler.total()
     );
-    println!(
+    say!(
         "rule check      {} grants checked independently, {} violations",
-        run.checker.checked, run.checker.violations
+        run.checker.checked,
+        run.checker.violations
     );
     Report {
         granted,
         violations: run.checker.violations,
+        lost_at: options
+            .reconnects
+            .gt(&0)
+            .then(|| options.reconnect_at.unwrap_or(half_way)),
+        down: run.down,
     }
 }
 
@@ -257,11 +391,22 @@ struct Run<'a> {
     /// Hold mode: READYs to come, soonest first.
     releases: BinaryHeap<Reverse<(Instant, ShardId)>>,
     next_bar: u64,
+    loud: bool,
+    /// Shards in the order they were first granted.
+    granted_order: Vec<ShardId>,
+    /// Shards that lost their session, and when.
+    lost: HashMap<ShardId, Instant>,
+    /// Time without a session, per shard granted again.
+    down: Vec<Duration>,
 }
 
 impl Run<'_> {
     fn granted(&mut self, shard: ShardId, now: Instant, scheduler: &Scheduler) {
         self.granted += 1;
+        match self.lost.remove(&shard) {
+            Some(lost) => self.down.push(now - lost),
+            None => self.granted_order.push(shard),
+        }
         self.last_grant = now;
         self.checker.grant(shard, now);
         if self.options.hold.is_some() {
@@ -270,9 +415,10 @@ impl Run<'_> {
             let latency = self.options.ready / 2 + self.options.ready * spread / 1000;
             self.releases.push(Reverse((now + latency, shard)));
         }
-        let (done, total) = (u64::from(self.granted), u64::from(self.options.shards));
+        let total = self.options.shards + self.options.reconnects;
+        let (done, total) = (u64::from(self.granted), u64::from(total));
         let bars = u64::from(self.options.bars);
-        if done * bars >= self.next_bar * total || done == total {
+        if self.loud && (done * bars >= self.next_bar * total || done == total) {
             self.next_bar = done * bars / total + 1;
             println!(
                 "  {:>12}  {}  {:>6}/{:<6}  {:>6}",

@@ -389,3 +389,42 @@ async fn the_queue_keeps_twilights_contract() {
     assert_eq!(start.elapsed(), Duration::from_secs(5));
     assert_eq!(queue.remaining(), 998);
 }
+
+/// The twilight contract itself, on a paused clock: a shard that enqueues again after
+/// its `()` was sent lost its session, and goes before the start-up of its bucket; one
+/// that gave up while waiting and asks again is still starting.
+#[tokio::test(start_paused = true)]
+async fn a_shard_served_before_enqueues_again_as_a_reconnect() {
+    use twilight_gateway_queue::Queue as _;
+    let start = tokio::time::Instant::now();
+    let queue = Queue::with_limit(
+        SessionStartLimit {
+            max_concurrency: 1,
+            ..limit(1000)
+        },
+        Config::default(),
+    )
+    .unwrap();
+    // Shard 0 is served at once; 1, 2, 3 start up behind it, give up while waiting
+    // (their receivers dropped) and ask again: still starting, not reconnecting.
+    queue.enqueue(0).await.unwrap();
+    let gave_up = [1, 2, 3].map(|shard| queue.enqueue(shard));
+    tokio::task::yield_now().await;
+    drop(gave_up);
+    tokio::task::yield_now().await;
+    let (one, two, three) = (queue.enqueue(1), queue.enqueue(2), queue.enqueue(3));
+    tokio::task::yield_now().await;
+    // At 1 s shard 0 loses its session and enqueues again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let zero = queue.enqueue(0);
+    let at = |receiver: tokio::sync::oneshot::Receiver<()>| async move {
+        receiver.await.unwrap();
+        start.elapsed()
+    };
+    let (zero, one, two, three) = tokio::join!(at(zero), at(one), at(two), at(three));
+    let five = Duration::from_secs(5);
+    assert_eq!(
+        (zero, one, two, three),
+        (five, 2 * five, 3 * five, 4 * five)
+    );
+}
