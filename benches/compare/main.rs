@@ -33,21 +33,21 @@ fn main() {
     } else {
         &[1_000, 10_000, 100_000, 1_000_000]
     };
-    let tasks_only = std::env::args().any(|arg| arg == "--tasks");
-    task_per_shard::run(
-        if quick {
+    let only = |flag: &str| std::env::args().any(|arg| arg == flag);
+    if !only("--core") {
+        let sizes: &[u32] = if quick {
             &[1_000, 10_000]
         } else {
             &[1_000, 10_000, 100_000]
-        },
-        if quick { 3 } else { 5 },
-    );
-    if tasks_only {
-        return;
+        };
+        task_per_shard::run(sizes, if quick { 3 } else { 5 });
+        if only("--tasks") {
+            return;
+        }
     }
     let core = core::run(sizes);
     core::memory(if quick { 100_000 } else { 1_000_000 });
-    if std::env::args().any(|arg| arg == "--core") {
+    if only("--core") {
         return;
     }
     let compared = side_by_side::run(if quick {
