@@ -65,31 +65,42 @@
 //! Behind cargo features, none on by default, a queue that all shards share:
 //! `queue.acquire(shard).await` resolves with a permit when the shard may IDENTIFY.
 //!
-//! | feature | module | clock and timer |
+//! | feature | module | clock, timer, driver |
 //! |---|---|---|
-//! | `tokio` | `tokio` | tokio's (pausable) clock, one `tokio::time::Sleep` |
-//! | `smol` | `smol` | `std` clock, one `async_io::Timer` |
+//! | `tokio` | `tokio` | tokio's (pausable) clock, one `tokio::time::Sleep`, a tokio task |
+//! | `smol` | `smol` | `std` clock, one `async_io::Timer`, smol's global executor |
 //! | `async-std` | `async_std` | a shim: the `smol` module under async-std's name |
 //! | `twilight` | `twilight` | implies `tokio`: the tokio queue as a twilight-gateway `Queue` |
 //!
 //! The runtime modules are the generic `runtime::Queue` over a small
-//! `runtime::Runtime` trait; `twilight` adds a trait impl to the tokio one.
+//! `runtime::Runtime` trait (a clock, a timer, a spawner for the queue's own driver
+//! task); `twilight` adds a trait impl to the tokio one. A shard that lost its session
+//! asks with [`Priority::Reconnect`] and goes before the start-up of its bucket.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "async-std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async-std")))]
 #[path = "runtime/async_std.rs"]
 pub mod async_std;
 mod buckets;
 #[cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "tokio", feature = "smol", feature = "async-std")))
+)]
 pub mod runtime;
 #[cfg(any(feature = "smol", feature = "async-std"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "smol", feature = "async-std"))))]
 #[path = "runtime/smol.rs"]
 pub mod smol;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[path = "runtime/tokio.rs"]
 pub mod tokio;
 #[cfg(feature = "twilight")]
+#[cfg_attr(docsrs, doc(cfg(feature = "twilight")))]
 #[path = "runtime/twilight.rs"]
 pub mod twilight;
 
