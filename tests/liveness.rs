@@ -46,7 +46,14 @@ fn spawn_shard(queue: &Queue, shard: u32, start: Instant) -> tokio::task::JoinHa
     })
 }
 
-/// Polls `future` once, in the current task; whether it was still pending.
+/// `shard`'s request, made (polled once, still waiting) and then left unpolled.
+async fn asked(queue: &Queue, shard: u32) -> Pin<Box<identify_queue::tokio::Acquire>> {
+    let mut waiting = Box::pin(queue.acquire(shard));
+    assert!(poll_once(&mut waiting).await.is_pending(), "{shard} waits");
+    waiting
+}
+
+/// Polls `future` once, in the current task.
 async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
     poll_fn(|cx| Poll::Ready(Pin::new(&mut *future).poll(cx))).await
 }
@@ -145,8 +152,7 @@ async fn a_future_moved_between_tasks_is_woken_where_it_is_now() {
     tokio::spawn({
         let queue = queue.clone();
         async move {
-            let mut one = Box::pin(queue.acquire(1));
-            assert!(poll_once(&mut one).await.is_pending());
+            let one = asked(&queue, 1).await;
             sender.send(one).ok();
         }
     })
@@ -199,8 +205,7 @@ async fn spacing_counts_from_delivery_and_granted_at_is_the_delivery() {
     let start = Instant::now();
     let queue = queue(1, Config::default());
     let _zero = queue.acquire(0).await.unwrap();
-    let mut one = Box::pin(queue.acquire(1));
-    assert!(poll_once(&mut one).await.is_pending());
+    let mut one = asked(&queue, 1).await;
     let two = spawn_shard(&queue, 2, start);
     // Shard 1 is granted at 5 s, but its task only polls at 7 s.
     sleep(Duration::from_secs(7)).await;
@@ -217,8 +222,7 @@ async fn a_future_dropped_after_its_grant_frees_its_bucket_at_the_drop() {
     let start = Instant::now();
     let queue = queue(1, Config::default());
     let _zero = queue.acquire(0).await.unwrap();
-    let mut one = Box::pin(queue.acquire(1));
-    assert!(poll_once(&mut one).await.is_pending());
+    let one = asked(&queue, 1).await;
     let two = spawn_shard(&queue, 2, start);
     // Granted at 5 s, dropped at 12 s without being taken: its unit is spent, and its
     // bucket frees at the drop.
@@ -233,8 +237,7 @@ async fn a_future_dropped_within_its_cooldown_frees_nothing_early() {
     let start = Instant::now();
     let queue = queue(1, Config::default());
     let _zero = queue.acquire(0).await.unwrap();
-    let mut one = Box::pin(queue.acquire(1));
-    assert!(poll_once(&mut one).await.is_pending());
+    let one = asked(&queue, 1).await;
     let two = spawn_shard(&queue, 2, start);
     // Granted at 5 s, dropped at 6 s: the interval from the grant still holds.
     sleep(Duration::from_secs(6)).await;
@@ -248,8 +251,7 @@ async fn hold_mode_voids_a_permit_not_taken_before_its_hold_timeout() {
     let config = Config::default().hold_until_release(Duration::from_secs(10));
     let queue = queue(1, config);
     queue.acquire(0).await.unwrap().release();
-    let mut one = Box::pin(queue.acquire(1));
-    assert!(poll_once(&mut one).await.is_pending());
+    let mut one = asked(&queue, 1).await;
     let two = spawn_shard(&queue, 2, start);
     // Granted at 5 s; its hold ends at 15 s whether or not it is taken.
     sleep(Duration::from_secs(16)).await;
@@ -271,8 +273,7 @@ async fn hold_mode_counts_the_interval_from_a_late_delivery() {
     let config = Config::default().hold_until_release(Duration::from_secs(10));
     let queue = queue(1, config);
     queue.acquire(0).await.unwrap().release();
-    let mut one = Box::pin(queue.acquire(1));
-    assert!(poll_once(&mut one).await.is_pending());
+    let mut one = asked(&queue, 1).await;
     let two = spawn_shard(&queue, 2, start);
     // Granted at 5 s, taken at 14 s just before its timeout, released at once.
     sleep(Duration::from_secs(14)).await;
@@ -290,8 +291,7 @@ async fn an_update_rekeys_an_undelivered_grant_like_a_hold() {
     let queue = queue(2, Config::default());
     let _zero = queue.acquire(0).await.unwrap();
     let _one = queue.acquire(1).await.unwrap();
-    let mut three = Box::pin(queue.acquire(3));
-    assert!(poll_once(&mut three).await.is_pending());
+    let mut three = asked(&queue, 3).await;
     // Shard 3 is granted at 5 s and not taken; at 6 s max_concurrency becomes 1, so
     // shard 4 shares its bucket and waits for it.
     sleep(Duration::from_secs(6)).await;
@@ -367,8 +367,7 @@ fn a_future_outlives_the_runtime_its_driver_ran_on() {
     let one = first.block_on(async {
         let _zero = queue.acquire(0).await.unwrap();
         // Shard 1 waits: this starts the driver on the first runtime.
-        let mut one = Box::pin(queue.acquire(1));
-        assert!(poll_once(&mut one).await.is_pending());
+        let one = asked(&queue, 1).await;
         Some(one)
     });
     let mut one = one.expect("a waiting future");
@@ -389,8 +388,7 @@ fn a_future_moved_to_a_plain_thread_is_granted_there() {
     let main = runtime();
     let (zero, mut one) = main.block_on(async {
         let zero = queue.acquire(0).await.unwrap();
-        let mut one = Box::pin(queue.acquire(1));
-        assert!(poll_once(&mut one).await.is_pending());
+        let one = asked(&queue, 1).await;
         (zero, one)
     });
     // The runtime keeps running the driver on another thread; the future moves to a
