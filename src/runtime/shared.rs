@@ -303,7 +303,6 @@ impl Shared {
     /// Applies a fresh limit at `now` (the caller settles).
     pub(super) fn update(&mut self, limit: SessionStartLimit, now: Instant) -> Result<(), Error> {
         let rekeyed = limit.max_concurrency != self.scheduler.max_concurrency();
-        self.catch_up(now);
         self.scheduler.update(limit, now)?;
         if rekeyed {
             self.rekeys += 1;
