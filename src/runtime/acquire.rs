@@ -114,13 +114,13 @@ impl<R: Runtime> Future for Acquire<R> {
             match shared.poll_waiter(id, cx.waker(), now, wakeups) {
                 Found::Waiting => Poll::Pending,
                 Found::Grant(grant) => {
-                    shared.forget_waiter(id);
+                    shared.forget_waiter(id, now, wakeups);
                     *state = State::Done;
                     let delivered = shared.deliver(grant, now, wakeups);
                     Poll::Ready(delivered.map(|d| Permit::new(queue, d)))
                 }
                 Found::Nothing => {
-                    shared.forget_waiter(id);
+                    shared.forget_waiter(id, now, wakeups);
                     *state = State::Done;
                     Poll::Ready(Err(Error::Superseded(shard)))
                 }
@@ -220,7 +220,7 @@ impl<R: Runtime> Stream for Grants<R> {
                     Poll::Ready(Some(delivered.map(|d| Permit::new(queue, d))))
                 }
                 Found::Nothing => {
-                    shared.forget_waiter(id);
+                    shared.forget_waiter(id, now, wakeups);
                     *state = State::Done;
                     Poll::Ready(None)
                 }

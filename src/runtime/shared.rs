@@ -493,9 +493,14 @@ impl Shared {
     }
 
     /// Forgets a waiter that has nothing left: no shard queued, no grant undelivered.
-    pub(super) fn forget_waiter(&mut self, id: WaiterId) {
+    pub(super) fn forget_waiter(&mut self, id: WaiterId, now: Instant, wakeups: &mut Wakeups) {
         self.waiters.remove(id);
+        let gates = self.gated.len();
         self.gated.retain(|&(_, gated)| gated != id);
+        if self.gated.len() != gates {
+            // Its gate was part of the deadline: the driver may have less to wait for.
+            self.settle(now, wakeups);
+        }
     }
 
     /// Whether `shard` waits in the scheduler for some future.
@@ -545,6 +550,8 @@ impl Shared {
                 // Busy for good (an interval that never ends): only an update helps.
                 Some(None) => {}
                 Some(Some(gate)) => {
+                    // Its gate may have moved (another update): only the latest counts.
+                    self.gated.retain(|&(_, gated)| gated != id);
                     self.gated.push((gate, id));
                     self.deadline = Some(self.deadline.map_or(gate, |d| d.min(gate)));
                 }
