@@ -289,6 +289,18 @@ impl Scheduler {
         self.reindex(id);
     }
 
+    /// Hold mode: when `shard`'s hold of its bucket ends if it is not released,
+    /// `Some(None)` for never; `None` if it holds nothing at `now`.
+    pub fn hold_end(&self, shard: ShardId, now: Instant) -> Option<Option<Instant>> {
+        let at = self.clock.max(now);
+        let bucket = self.buckets.get(self.bucket_of(shard))?;
+        let index = bucket.live_hold(shard, at)?;
+        Some(match bucket.holders()[index].until {
+            Moment::At(end) => Some(end),
+            Moment::Never => None,
+        })
+    }
+
     /// Fresh `session_start_limit` (e.g. after re-reading /gateway/bot).
     ///
     /// The budget becomes `limit.remaining`, resetting at `now + reset_after` (at once

@@ -68,8 +68,9 @@ struct Task {
     future: Polled<Acquire>,
     state: State,
     /// Granted, but another shard of its bucket (re-keyed by an update) was delivered
-    /// within the interval: not deliverable, to be woken, before this instant.
-    gate: Option<Instant>,
+    /// within the interval, or holds the bucket after its delivery: not deliverable,
+    /// to be woken, before this instant (`Some(None)`: before a release).
+    gate: Option<Option<Instant>>,
 }
 
 struct World {
@@ -81,7 +82,10 @@ struct World {
     wait: Expect,
     tasks: Vec<Task>,
     next_id: usize,
-    permits: Vec<(usize, Permit)>,
+    /// Delivered permits: (task, permit, the instant it was granted at).
+    permits: Vec<(usize, Permit, Instant)>,
+    /// A hold was released in this step: gated futures are woken to look again.
+    released: bool,
     /// Hold mode: the task whose grant is each shard's latest.
     latest: HashMap<u32, usize>,
     /// Deliveries: (instant, shard, max_concurrency then).
@@ -109,6 +113,7 @@ impl World {
             tasks: Vec::new(),
             next_id: 0,
             permits: Vec::new(),
+            released: false,
             latest: HashMap::new(),
             deliveries: Vec::new(),
             max_concurrency: setup.limit.max_concurrency,
@@ -134,12 +139,12 @@ impl World {
                 self.drop_task(index);
             }
             Op::DropPermit(index) if !self.permits.is_empty() => {
-                let (id, permit) = self.permits.remove(index % self.permits.len());
+                let (id, permit, _) = self.permits.remove(index % self.permits.len());
                 let shard = permit.shard();
                 drop(permit);
                 if self.setup.hold_timeout.is_some() && self.latest.get(&shard) == Some(&id) {
                     self.latest.remove(&shard);
-                    self.model.release(shard, self.now);
+                    self.released |= self.model.release(shard, self.now);
                 }
                 self.drain();
             }
@@ -175,7 +180,7 @@ impl World {
             (Poll::Ready(Ok(permit)), Ok(Expect::Grant(granted))) => {
                 assert_eq!(granted, shard, "{}", self.context());
                 self.latest.insert(shard, id);
-                self.delivered(id, permit);
+                self.delivered(id, permit, self.now);
             }
             (Poll::Pending, Ok(Expect::Wait(_) | Expect::Idle)) => {
                 self.tasks.push(Task {
@@ -195,11 +200,11 @@ impl World {
         self.drain();
     }
 
-    fn delivered(&mut self, id: usize, permit: Permit) {
+    fn delivered(&mut self, id: usize, permit: Permit, granted: Instant) {
         assert_eq!(permit.granted_at(), self.now, "{}", self.context());
         self.deliveries
             .push((self.now, permit.shard(), self.max_concurrency));
-        self.permits.push((id, permit));
+        self.permits.push((id, permit, granted));
     }
 
     fn poll(&mut self, index: usize) {
@@ -229,7 +234,7 @@ impl World {
                         if self.setup.hold_timeout.is_none() || now > granted {
                             self.model.occupy(shard, now.checked_add(interval), now);
                         }
-                        self.delivered(id, permit);
+                        self.delivered(id, permit, granted);
                     }
                     other => panic!(
                         "poll of {shard} granted at {granted:?}: {:?}\n{}",
@@ -248,17 +253,35 @@ impl World {
     }
 
     /// SPEC 5: a permit whose bucket (under the concurrency in force) had another
-    /// shard's delivery within the interval is delivered once that interval ends.
-    fn gate(&self, shard: u32) -> Option<Instant> {
+    /// shard's delivery within the interval, or is held by another shard's delivered
+    /// permit, is delivered once that ends (`Some(None)`: not before a release).
+    fn gate(&self, shard: u32) -> Option<Option<Instant>> {
         let max_concurrency = self.max_concurrency;
-        self.deliveries
+        let other = |s: u32| s != shard && s % max_concurrency == shard % max_concurrency;
+        let (now, interval) = (self.now, self.setup.interval);
+        let intervals = self
+            .deliveries
             .iter()
-            .filter(|&&(_, other, _)| {
-                other != shard && other % max_concurrency == shard % max_concurrency
+            .filter(|&&(_, s, _)| other(s))
+            .map(|&(at, _, _)| at.checked_add(interval))
+            .filter(|end| end.is_none_or(|end| end > now));
+        let holds = self
+            .permits
+            .iter()
+            .filter(|(id, permit, _)| {
+                self.setup.hold_timeout.is_some()
+                    && other(permit.shard())
+                    && self.latest.get(&permit.shard()) == Some(id)
             })
-            .filter_map(|&(at, _, _)| at.checked_add(self.setup.interval))
-            .filter(|&end| end > self.now)
-            .max()
+            .map(|&(_, _, granted)| {
+                self.setup
+                    .hold_timeout
+                    .and_then(|timeout| granted.checked_add(timeout))
+            })
+            .filter(|end| end.is_none_or(|end| end > now));
+        intervals
+            .chain(holds)
+            .max_by_key(|end| end.map_or((1, None), |end| (0, Some(end))))
     }
 
     fn poll_woken(&mut self) {
@@ -287,7 +310,7 @@ impl World {
             State::Granted(_) => {
                 if self.latest.get(&shard) == Some(&id) {
                     self.latest.remove(&shard);
-                    self.model.release(shard, self.now);
+                    self.released |= self.model.release(shard, self.now);
                 }
             }
         }
@@ -321,9 +344,14 @@ impl World {
             }
         }
         let context = self.context();
+        let released = std::mem::take(&mut self.released);
         for task in &mut self.tasks {
             let woken = task.future.is_woken();
-            let gate_passed = task.gate.is_some_and(|gate| gate <= now);
+            let gate_passed = match task.gate {
+                Some(_) if released => true,
+                Some(Some(gate)) => gate <= now,
+                _ => false,
+            };
             if gate_passed {
                 task.gate = None;
             }
@@ -341,7 +369,7 @@ impl World {
     fn advance(&mut self, by: Duration) {
         let target = self.now.checked_add(by).unwrap_or(self.now);
         loop {
-            let gates = self.tasks.iter().filter_map(|task| task.gate);
+            let gates = self.tasks.iter().filter_map(|task| task.gate.flatten());
             let next = match self.wait {
                 Expect::Wait(Some(at)) if at > self.now && at < target => at,
                 _ => target,
@@ -381,8 +409,7 @@ impl World {
     /// Polls what is woken and advances to each deadline until every future resolved
     /// or the model says nothing can ever be granted.
     fn finish(&mut self) {
-        while let Some((id, permit)) = self.permits.pop() {
-            self.permits.push((id, permit));
+        while !self.permits.is_empty() {
             self.apply(Op::DropPermit(self.permits.len() - 1));
         }
         for _ in 0..1_000 {
@@ -398,7 +425,11 @@ impl World {
             if self.tasks.is_empty() {
                 break;
             }
-            let gate = self.tasks.iter().filter_map(|task| task.gate).min();
+            let gate = self
+                .tasks
+                .iter()
+                .filter_map(|task| task.gate.flatten())
+                .min();
             match (self.wait, gate) {
                 (_, Some(gate)) if gate > self.now => self.advance(gate - self.now),
                 (Expect::Wait(Some(at)), _) if at > self.now => self.advance(at - self.now),

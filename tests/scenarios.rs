@@ -636,3 +636,26 @@ fn the_core_types_can_be_shared_across_threads() {
     shareable::<Decision>();
     shareable::<SessionStartLimit>();
 }
+
+#[test]
+fn hold_end_says_until_when_a_shard_holds_its_bucket() {
+    let start = Instant::now();
+    let config = Config::default().hold_until_release(Duration::from_secs(30));
+    let mut scheduler = Scheduler::with_config(limit(2, 1000), config, start).unwrap();
+    assert_eq!(scheduler.hold_end(0, start), None, "nothing granted yet");
+    assert_eq!(scheduler.request(0, start), Ok(Decision::Grant(0)));
+    let end = start + Duration::from_secs(30);
+    assert_eq!(scheduler.hold_end(0, start + FIVE), Some(Some(end)));
+    assert_eq!(
+        scheduler.hold_end(2, start),
+        None,
+        "shard 2 shares the bucket, holds nothing"
+    );
+    assert_eq!(scheduler.hold_end(0, end), None, "timed out");
+    assert!(scheduler.release(0, start + SECOND));
+    assert_eq!(scheduler.hold_end(0, start + SECOND), None, "released");
+    let forever = Config::default().hold_until_release(Duration::MAX);
+    let mut scheduler = Scheduler::with_config(limit(2, 1000), forever, start).unwrap();
+    assert_eq!(scheduler.request(1, start), Ok(Decision::Grant(1)));
+    assert_eq!(scheduler.hold_end(1, start + DAY), Some(None));
+}

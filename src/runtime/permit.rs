@@ -60,7 +60,7 @@ impl<R: Runtime> Drop for Permit<R> {
             let Delivered { shard, number, .. } = self.delivered;
             queue.change(false, |shared, wakeups| {
                 let now = R::now();
-                if shared.release_at(shard, number, now) {
+                if shared.release_at(shard, number, now, wakeups) {
                     shared.settle(now, wakeups);
                 }
             });

@@ -177,7 +177,7 @@ impl<R: Runtime> Queue<R> {
                 return false;
             };
             let now = R::now();
-            let released = shared.release_at(shard, number, now);
+            let released = shared.release_at(shard, number, now, wakeups);
             if released {
                 shared.settle(now, wakeups);
             }

@@ -35,9 +35,9 @@
 //!    update changed `max_concurrency` between a grant and its delivery: two grants
 //!    made in different buckets may share one now. So a grant made before the latest
 //!    such update is delivered only once no other shard of its new bucket was
-//!    delivered within the interval (`recent_deliveries`); until then its future
-//!    waits, and the driver wakes it when that gate passes (`gated`, part of
-//!    `deadline`).
+//!    delivered within the interval (`recent_deliveries`) or, in hold mode, holds it
+//!    after a delivery (`delivered_holds`); until then its future waits, woken by the
+//!    driver when that gate passes (`gated`, part of `deadline`) or by a release.
 //! 5. **`asked_by` mirrors the scheduler's queue**: a shard is in it exactly when it
 //!    is queued in the scheduler, mapped to the waiter that asked for it, whose
 //!    `queued` counts it.
@@ -126,8 +126,10 @@ pub(super) struct Shared {
     /// first (invariant 4). `None`: an interval that never ends.
     recent_deliveries: VecDeque<(Option<Instant>, ShardId)>,
     /// Waiters holding a grant that may not be delivered before an instant
-    /// (invariant 4), to wake then.
-    gated: Vec<(Instant, WaiterId)>,
+    /// (invariant 4), to wake then; `None`: not before a release.
+    gated: Vec<(Option<Instant>, WaiterId)>,
+    /// Hold mode: delivered grants whose holds may still run: (shard, grant number).
+    delivered_holds: Vec<(ShardId, u64)>,
     driver: DriverSlot,
     drivers: u64,
     grants: u64,
@@ -154,6 +156,7 @@ impl Shared {
             rekeys: 0,
             recent_deliveries: VecDeque::new(),
             gated: Vec::new(),
+            delivered_holds: Vec::new(),
             driver: DriverSlot::Stopped,
             drivers: 0,
             grants: 0,
@@ -266,6 +269,13 @@ impl Shared {
             }
         }
         self.recent_deliveries.push_back((until, grant.shard));
+        if hold_timeout.is_some() {
+            let (latest, scheduler) = (&self.latest_grant, &self.scheduler);
+            self.delivered_holds.retain(|&(shard, number)| {
+                latest.get(shard) == Some(number) && scheduler.hold_end(shard, now).is_some()
+            });
+            self.delivered_holds.push((grant.shard, grant.number));
+        }
         Ok(Delivered {
             shard: grant.shard,
             number: grant.number,
@@ -276,9 +286,9 @@ impl Shared {
 
     /// A grant dropped before delivery: its unit stays spent (the safe side), its
     /// bucket frees now (and not before its cooldown).
-    fn abandon(&mut self, grant: Grant, now: Instant) {
+    fn abandon(&mut self, grant: Grant, now: Instant, wakeups: &mut Wakeups) {
         if !self.timer_mode() {
-            self.release_at(grant.shard, grant.number, now);
+            self.release_at(grant.shard, grant.number, now, wakeups);
         } else if grant.occupies {
             // Its occupation ends now.
             self.scheduler.occupy(grant.shard, Some(now), now);
@@ -286,13 +296,28 @@ impl Shared {
     }
 
     /// Releases the hold of grant `number` of `shard` if it is the shard's latest;
-    /// whether it held its bucket. The caller settles.
-    pub(super) fn release_at(&mut self, shard: ShardId, number: u64, now: Instant) -> bool {
+    /// whether it held its bucket. The caller settles. A release may open the gate of
+    /// a waiter (invariant 4): every gated waiter is woken to look again.
+    pub(super) fn release_at(
+        &mut self,
+        shard: ShardId,
+        number: u64,
+        now: Instant,
+        wakeups: &mut Wakeups,
+    ) -> bool {
         if self.latest_grant.get(shard) != Some(number) {
             return false;
         }
         self.latest_grant.remove(shard);
-        self.scheduler.release(shard, now)
+        let released = self.scheduler.release(shard, now);
+        if released {
+            for (_, id) in self.gated.drain(..) {
+                if let Some(waker) = self.waiters.get_mut(id).and_then(|w| w.waker.take()) {
+                    wakeups.wakers.push(waker);
+                }
+            }
+        }
+        released
     }
 
     /// The number of `shard`'s latest grant, in hold mode.
@@ -310,28 +335,32 @@ impl Shared {
         Ok(())
     }
 
-    /// Invariant 4: the instant before which `grant` may not be delivered, if any:
-    /// the end of the interval of another shard's delivery in its bucket.
+    /// Invariant 4: the instant before which `grant` may not be delivered, if any
+    /// (`Some(None)`: not before a release, or never): the end of the interval of
+    /// another shard's delivery in its bucket, or of such a shard's hold.
     fn gate(&self, grant: &Grant, now: Instant) -> Option<Option<Instant>> {
         if grant.rekeys == self.rekeys {
             return None;
         }
         let max_concurrency = self.scheduler.max_concurrency();
         let bucket = grant.shard % max_concurrency;
-        self.recent_deliveries
+        let other = |shard: ShardId| shard != grant.shard && shard % max_concurrency == bucket;
+        let intervals = self
+            .recent_deliveries
             .iter()
-            .filter(|&&(end, shard)| {
-                shard != grant.shard
-                    && shard % max_concurrency == bucket
-                    && end.is_none_or(|end| end > now)
+            .filter(|&&(end, shard)| other(shard) && end.is_none_or(|end| end > now))
+            .map(|&(end, _)| end);
+        let holds = self
+            .delivered_holds
+            .iter()
+            .filter(|&&(shard, number)| {
+                other(shard) && self.latest_grant.get(shard) == Some(number)
             })
-            .map(|&(end, _)| end)
-            .max_by(|a, b| match (a, b) {
-                (None, None) => std::cmp::Ordering::Equal,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (Some(a), Some(b)) => a.cmp(b),
-            })
+            .filter_map(|&(shard, _)| self.scheduler.hold_end(shard, now));
+        // The latest end, `None` (never) above every instant.
+        intervals
+            .chain(holds)
+            .max_by_key(|end| end.map_or((1, None), |end| (0, Some(end))))
     }
 
     /// Polls the scheduler at `now` until it waits, handing every grant to its waiter
@@ -341,7 +370,7 @@ impl Shared {
         if !self.gated.is_empty() {
             let waiters = &mut self.waiters;
             self.gated.retain(|&(gate, id)| {
-                if gate > now {
+                if gate.is_none_or(|gate| gate > now) {
                     return true;
                 }
                 if let Some(waker) = waiters.get_mut(id).and_then(|w| w.waker.take()) {
@@ -350,7 +379,7 @@ impl Shared {
                 false
             });
         }
-        let gate = self.gated.iter().map(|&(gate, _)| gate).min();
+        let gate = self.gated.iter().filter_map(|&(gate, _)| gate).min();
         loop {
             match self.scheduler.poll(now) {
                 Decision::Grant(shard) => {
@@ -547,13 +576,13 @@ impl Shared {
                     }
                     return Found::Grant(grant);
                 }
-                // Busy for good (an interval that never ends): only an update helps.
-                Some(None) => {}
-                Some(Some(gate)) => {
+                Some(gate) => {
                     // Its gate may have moved (another update): only the latest counts.
                     self.gated.retain(|&(_, gated)| gated != id);
                     self.gated.push((gate, id));
-                    self.deadline = Some(self.deadline.map_or(gate, |d| d.min(gate)));
+                    if let Some(gate) = gate {
+                        self.deadline = Some(self.deadline.map_or(gate, |d| d.min(gate)));
+                    }
                 }
             }
         } else if waiter.queued == 0 {
@@ -589,7 +618,7 @@ impl Shared {
             }
         }
         for grant in waiter.granted {
-            self.abandon(grant, now);
+            self.abandon(grant, now, wakeups);
         }
         self.settle(now, wakeups);
     }
