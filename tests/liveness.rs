@@ -217,32 +217,32 @@ async fn spacing_counts_from_delivery_and_granted_at_is_the_delivery() {
     assert_eq!(queue.remaining(), 1000 - 3);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_future_dropped_after_its_grant_frees_its_bucket_at_the_drop() {
+/// Shard 1 is granted at 5 s and never taken; its future is dropped at `dropped`.
+/// When is shard 2, behind it in the bucket, granted? (Its unit is spent either way.)
+async fn next_grant_after_a_drop_at(dropped: Duration) -> Duration {
     let start = Instant::now();
     let queue = queue(1, Config::default());
     let _zero = queue.acquire(0).await.unwrap();
     let one = asked(&queue, 1).await;
     let two = spawn_shard(&queue, 2, start);
-    // Granted at 5 s, dropped at 12 s without being taken: its unit is spent, and its
-    // bucket frees at the drop.
-    sleep(Duration::from_secs(12)).await;
+    sleep(dropped).await;
     drop(one);
-    assert_eq!(two.await.unwrap(), Duration::from_secs(12));
+    let two = two.await.unwrap();
     assert_eq!(queue.remaining(), 1000 - 3);
+    two
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_future_dropped_after_its_grant_frees_its_bucket_at_the_drop() {
+    let dropped = Duration::from_secs(12);
+    assert_eq!(next_grant_after_a_drop_at(dropped).await, dropped);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_future_dropped_within_its_cooldown_frees_nothing_early() {
-    let start = Instant::now();
-    let queue = queue(1, Config::default());
-    let _zero = queue.acquire(0).await.unwrap();
-    let one = asked(&queue, 1).await;
-    let two = spawn_shard(&queue, 2, start);
-    // Granted at 5 s, dropped at 6 s: the interval from the grant still holds.
-    sleep(Duration::from_secs(6)).await;
-    drop(one);
-    assert_eq!(two.await.unwrap(), 2 * FIVE);
+    // Dropped at 6 s: the interval from the grant at 5 s still holds.
+    let dropped = Duration::from_secs(6);
+    assert_eq!(next_grant_after_a_drop_at(dropped).await, 2 * FIVE);
 }
 
 #[tokio::test(start_paused = true)]
