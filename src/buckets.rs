@@ -21,6 +21,11 @@ pub(crate) fn order(rank: usize, seq: Seq) -> Order {
     ((rank as u64) << 32) | Order::from(seq)
 }
 
+/// The priority rank of a request of order `order`: the inverse of [`order`].
+pub(crate) fn rank_of(order: Order) -> usize {
+    (order >> 32) as usize
+}
+
 /// A queued request, 8 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {

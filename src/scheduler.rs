@@ -5,7 +5,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::bucket_table::BucketTable;
-use crate::buckets::{Bucket, BucketId, Entry, Hold, Order, Standing};
+use crate::buckets::{Bucket, BucketId, Entry, Hold, Order, Standing, rank_of};
 use crate::budget::{Budget, DAY};
 use crate::limit::{Config, Error, SessionStartLimit, ShardId};
 use crate::priority::Priority;
@@ -650,11 +650,6 @@ impl Scheduler {
             }
         });
     }
-}
-
-/// The priority rank of a request of order `order`.
-fn rank_of(order: Order) -> usize {
-    (order >> 32) as usize
 }
 
 #[cfg(test)]

@@ -524,12 +524,17 @@ impl Shared {
     /// Forgets a waiter that has nothing left: no shard queued, no grant undelivered.
     pub(super) fn forget_waiter(&mut self, id: WaiterId, now: Instant, wakeups: &mut Wakeups) {
         self.waiters.remove(id);
-        let gates = self.gated.len();
-        self.gated.retain(|&(_, gated)| gated != id);
-        if self.gated.len() != gates {
+        if self.ungate(id) {
             // Its gate was part of the deadline: the driver may have less to wait for.
             self.settle(now, wakeups);
         }
+    }
+
+    /// Forgets waiter `id`'s gate; whether it had one.
+    fn ungate(&mut self, id: WaiterId) -> bool {
+        let gates = self.gated.len();
+        self.gated.retain(|&(_, gated)| gated != id);
+        self.gated.len() != gates
     }
 
     /// Whether `shard` waits in the scheduler for some future.
@@ -540,7 +545,7 @@ impl Shared {
     /// Moves waiting `shard` from the waiter that asked for it to waiter `id`, which
     /// keeps its place in line; the old waiter is woken to find it gone.
     pub(super) fn take_over(&mut self, shard: ShardId, id: WaiterId, wakeups: &mut Wakeups) {
-        if let Some(old) = self.asked_by.insert(shard, id) {
+        if let Some(old) = self.asked_by.get(shard) {
             if let Some(waiter) = self.waiters.get_mut(old) {
                 waiter.queued -= 1;
                 if let Some(waker) = waiter.waker.take() {
@@ -549,9 +554,7 @@ impl Shared {
                 }
             }
         }
-        if let Some(waiter) = self.waiters.get_mut(id) {
-            waiter.queued += 1;
-        }
+        self.enqueued(id, shard);
     }
 
     /// The poll of waiting future `id`: its next grant, or nothing left to wait for,
@@ -578,7 +581,7 @@ impl Shared {
                 }
                 Some(gate) => {
                     // Its gate may have moved (another update): only the latest counts.
-                    self.gated.retain(|&(_, gated)| gated != id);
+                    self.ungate(id);
                     self.gated.push((gate, id));
                     if let Some(gate) = gate {
                         self.deadline = Some(self.deadline.map_or(gate, |d| d.min(gate)));
@@ -608,7 +611,7 @@ impl Shared {
         let Some(waiter) = self.waiters.remove(id) else {
             return;
         };
-        self.gated.retain(|&(_, gated)| gated != id);
+        self.ungate(id);
         if waiter.queued > 0 {
             for &shard in shards {
                 if self.asked_by.get(shard) == Some(id) {
