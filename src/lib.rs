@@ -85,6 +85,9 @@
 #[path = "runtime/async_std.rs"]
 pub mod async_std;
 mod buckets;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 #[cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
 #[cfg_attr(
     docsrs,

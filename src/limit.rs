@@ -130,6 +130,38 @@ pub enum Error {
     /// before the hold timeout (counted from the grant), so the permit is void. Its
     /// unit is spent; ask again.
     HoldExpired(ShardId),
+    /// Cluster mode: the namespace is empty or would break Redis's key layout.
+    InvalidNamespace {
+        /// The namespace given.
+        namespace: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Cluster mode: the Redis URL cannot be read.
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Cluster mode: a bad option.
+    InvalidOption {
+        /// The option's name.
+        option: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Cluster mode: Redis could not be reached, or refused the call.
+    Unreachable {
+        /// The URL of the server (or the Sentinels) tried.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Cluster mode: the shard was granted, but the grant was lost before its permit
+    /// was taken (the future was not polled while Redis failed over, or could not be
+    /// reached to keep its bucket busy). Its unit is spent; ask again.
+    GrantLost(ShardId),
 }
 
 impl fmt::Display for Error {
@@ -167,6 +199,22 @@ impl fmt::Display for Error {
                 "shard {shard} was granted, but its permit was not taken before the hold \
                  timeout: its session start is spent, request it again (poll the future \
                  sooner, or raise the hold timeout)"
+            ),
+            Self::InvalidNamespace { namespace, reason } => {
+                write!(f, "invalid namespace {namespace:?}: {reason}")
+            }
+            Self::InvalidUrl { url, reason } => write!(f, "invalid Redis URL {url:?}: {reason}"),
+            Self::InvalidOption { option, reason } => {
+                write!(f, "invalid cluster option `{option}`: {reason}")
+            }
+            Self::Unreachable { url, reason } => {
+                write!(f, "cannot use Redis at {url}: {reason}")
+            }
+            Self::GrantLost(shard) => write!(
+                f,
+                "shard {shard} was granted, but the grant was lost before its permit was \
+                 taken (Redis failed over or could not be reached): its session start is \
+                 spent, request it again"
             ),
         }
     }

@@ -1,0 +1,403 @@
+//! The driver: one tokio task per queue that owns the connection to Redis. It asks for
+//! the head of each bucket when that bucket may be free, keeps late permits' buckets
+//! busy, sends releases, and gets Discord's word when the shared state needs it.
+//!
+//! # Implementation details
+//!
+//! 1. **Redis decides, the process orders.** Only a script's `Grant` answer makes a
+//!    grant; the local queues only choose which shard of this process asks next
+//!    (priority, then request order), one call per bucket head at a time.
+//! 2. **No polling loop.** A bucket is asked again at the instant Redis named (a
+//!    relative wait added to this process's clock after the answer arrived, so it errs
+//!    late), or earlier when a notification says its turn came; the timer is only the
+//!    fallback for a lost notification. Waiting costs no commands.
+//! 3. **A lost answer is asked again with the same nonce**, for the same shard: Redis
+//!    returns the grant it made, never a second one.
+//! 4. **Fail closed.** Without a connection nothing is granted; the waiting requests
+//!    wait, and every bucket asks again once connected.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_core::Stream;
+use redis::aio::MultiplexedConnection;
+use tokio::time::{Instant, sleep_until};
+
+use super::link::Link;
+use super::local::{Granted, Outgoing, Phase};
+use super::queue::Inner;
+use super::scripts::{Answer, NeedLimit, answer};
+use super::status::Health;
+use crate::ShardId;
+
+/// Longest backoff between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long the process that fetches Discord's word may take before another tries.
+const SYNC_LEASE: Duration = Duration::from_secs(30);
+/// A process waiting for another one's fetch of Discord's word looks again this often.
+const SYNC_FALLBACK: Duration = Duration::from_secs(1);
+
+/// Runs until every handle of the queue is gone and nothing is left to send.
+pub(super) async fn run(queue: Weak<Inner>) {
+    let mut link: Option<Link> = None;
+    let mut backoff = Duration::from_millis(25);
+    loop {
+        let Some(inner) = queue.upgrade() else { return };
+        if inner.finished() {
+            return;
+        }
+        let Some(current) = link.as_mut() else {
+            match Link::open(&inner.target, &inner.channel, inner.response_timeout()).await {
+                Ok(opened) => {
+                    *inner.connection.lock().unwrap() = Some(opened.connection.clone());
+                    link = Some(opened);
+                    backoff = Duration::from_millis(25);
+                    let mut local = inner.lock();
+                    local.stats.connections += 1;
+                    local.health = Health::Ready;
+                    local.retry_all(Instant::now());
+                }
+                Err(reason) => {
+                    inner.lock().health = Health::Unreachable { reason };
+                    let wake = inner.wake.clone();
+                    drop(inner);
+                    tokio::select! {
+                        () = sleep_until(Instant::now() + backoff) => {}
+                        () = wake.notified() => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            continue;
+        };
+        let next = match step(&inner, &mut current.connection).await {
+            Ok(next) => next,
+            Err(reason) => {
+                *inner.connection.lock().unwrap() = None;
+                inner.lock().health = Health::Unreachable { reason };
+                link = None;
+                continue;
+            }
+        };
+        let wake = inner.wake.clone();
+        drop(inner);
+        let event = tokio::select! {
+            () = sleep_until(next) => None,
+            () = wake.notified() => None,
+            event = next_event(&mut current.events) => Some(event),
+        };
+        if let Some(event) = event {
+            let Some(inner) = queue.upgrade() else { return };
+            match event {
+                Some(payload) => inner.notice(&payload),
+                // The subscription ended: the connection is gone.
+                None => {
+                    *inner.connection.lock().unwrap() = None;
+                    link = None;
+                }
+            }
+        }
+    }
+}
+
+async fn next_event(events: &mut redis::aio::PubSubStream) -> Option<String> {
+    let message = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *events).poll_next(cx)).await?;
+    Some(message.get_payload::<String>().unwrap_or_default())
+}
+
+/// One round: outgoing work, touches, Discord's word if needed, then the heads whose
+/// time came. Returns when to run again at the latest.
+async fn step(
+    inner: &Arc<Inner>,
+    connection: &mut MultiplexedConnection,
+) -> Result<Instant, String> {
+    send_outbox(inner, connection).await?;
+    touch_late_grants(inner, connection).await?;
+    let (need, fetch_after) = {
+        let local = inner.lock();
+        (local.need, local.fetch_after)
+    };
+    if let Some(need) = need {
+        if fetch_after.is_some_and(|t| Instant::now() < t)
+            || !fetch_limit(inner, connection, need).await?
+        {
+            let mut local = inner.lock();
+            local.fetch_after = Some(Instant::now() + SYNC_FALLBACK);
+            drop(local);
+            return Ok(inner.next_deadline());
+        }
+    }
+    ask_heads(inner, connection).await?;
+    Ok(inner.next_deadline())
+}
+
+async fn send_outbox(
+    inner: &Arc<Inner>,
+    connection: &mut MultiplexedConnection,
+) -> Result<(), String> {
+    loop {
+        let Some(item) = inner.lock().outbox.pop_front() else {
+            return Ok(());
+        };
+        let result = match &item {
+            Outgoing::Release { until, .. } if Instant::now() >= *until => continue,
+            Outgoing::Release { shard, token, .. } => inner
+                .scripts
+                .release
+                .key(&inner.prefix)
+                .arg(shard)
+                .arg(token.epoch)
+                .arg(token.seq)
+                .invoke_async::<i64>(connection)
+                .await
+                .map(drop),
+            Outgoing::Leave { bucket } => {
+                let bucket = *bucket;
+                // Waiters may have come back meanwhile: then stay.
+                let stay = inner
+                    .lock()
+                    .buckets
+                    .get(&bucket)
+                    .is_some_and(|b| !b.queue.is_empty());
+                if stay {
+                    continue;
+                }
+                inner
+                    .scripts
+                    .leave
+                    .key(&inner.prefix)
+                    .arg(&inner.client)
+                    .arg(bucket)
+                    .invoke_async::<i64>(connection)
+                    .await
+                    .map(drop)
+            }
+        };
+        inner.lock().stats.commands += 1;
+        if let Err(e) = result {
+            inner.lock().outbox.push_front(item);
+            return Err(e.to_string());
+        }
+    }
+}
+
+/// Spacing counts from delivery: a grant not taken soon keeps its bucket busy until
+/// it is; one whose bucket could not be kept busy in time is void.
+async fn touch_late_grants(
+    inner: &Arc<Inner>,
+    connection: &mut MultiplexedConnection,
+) -> Result<(), String> {
+    let now = Instant::now();
+    let due: Vec<(ShardId, super::scripts::Token)> = {
+        let mut local = inner.lock();
+        let mut due = Vec::new();
+        let mut lost = Vec::new();
+        for (&shard, waiter) in &local.waiters {
+            if let Phase::Granted(granted) = &waiter.phase {
+                if now >= granted.lost_at {
+                    lost.push(shard);
+                } else if granted.touch_asked || now >= granted.touch_at {
+                    due.push((shard, granted.token));
+                }
+            }
+        }
+        for shard in lost {
+            lose(&mut local, shard);
+        }
+        due
+    };
+    for (shard, token) in due {
+        let sent = Instant::now();
+        let kept: i64 = inner
+            .scripts
+            .touch
+            .key(&inner.prefix)
+            .arg(shard)
+            .arg(token.epoch)
+            .arg(token.seq)
+            .invoke_async(connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut local = inner.lock();
+        local.stats.commands += 1;
+        local.stats.touches += 1;
+        let Some(waiter) = local.waiters.get_mut(&shard) else {
+            continue;
+        };
+        if !matches!(&waiter.phase, Phase::Granted(g) if g.token == token) {
+            continue;
+        }
+        if kept == 1 {
+            waiter.phase = Phase::Granted(Granted::new(token, sent, inner.interval));
+        } else {
+            lose(&mut local, shard);
+            continue;
+        }
+        local.wake(shard);
+    }
+    Ok(())
+}
+
+fn lose(local: &mut super::local::Local, shard: ShardId) {
+    if let Some(waiter) = local.waiters.get_mut(&shard) {
+        waiter.phase = Phase::Failed(crate::Error::GrantLost(shard));
+    }
+    local.wake(shard);
+}
+
+/// The shared state needs Discord's word. With a limit source, one process fetches
+/// it (a lease in Redis decides which) and applies it; the others wait for its
+/// notification. Returns whether grants may go on.
+async fn fetch_limit(
+    inner: &Arc<Inner>,
+    connection: &mut MultiplexedConnection,
+    need: NeedLimit,
+) -> Result<bool, String> {
+    let Some(source) = inner.options.limit_source.clone() else {
+        inner.lock().health = Health::NeedsLimit(need);
+        return Ok(false);
+    };
+    inner.lock().health = Health::FetchingLimit(need);
+    let lease_key = format!("{}syncing", inner.prefix);
+    let won: Option<String> = redis::cmd("SET")
+        .arg(&lease_key)
+        .arg(&inner.client)
+        .arg("NX")
+        .arg("PX")
+        .arg(SYNC_LEASE.as_millis() as u64)
+        .query_async(connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    inner.lock().stats.commands += 1;
+    if won.is_none() {
+        // Another process fetches it: its sync notification wakes us, or the
+        // fallback timer asks again.
+        return Ok(false);
+    }
+    let limit = match tokio::time::timeout(SYNC_LEASE, source()).await {
+        Ok(Ok(limit)) => limit,
+        Ok(Err(reason)) => {
+            inner.lock().health = Health::Unreachable {
+                reason: format!("the limit source failed: {reason}"),
+            };
+            return Ok(false);
+        }
+        Err(_) => return Ok(false),
+    };
+    if let Err(e) = limit.validate() {
+        inner.lock().health = Health::Unreachable {
+            reason: format!("the limit source returned a bad limit: {e}"),
+        };
+        return Ok(false);
+    }
+    inner
+        .sync(connection, limit)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _: Result<i64, _> = redis::cmd("DEL")
+        .arg(&lease_key)
+        .query_async(connection)
+        .await;
+    inner.lock().stats.commands += 1;
+    Ok(true)
+}
+
+/// Asks for the head of every bucket whose time came, oldest head first (the budget
+/// goes to the oldest of this process).
+async fn ask_heads(
+    inner: &Arc<Inner>,
+    connection: &mut MultiplexedConnection,
+) -> Result<(), String> {
+    let now = Instant::now();
+    let mut due: Vec<((u8, u64, ShardId), u32)> = {
+        let local = inner.lock();
+        if local
+            .no_budget
+            .is_some_and(|until| until.is_none_or(|t| now < t))
+        {
+            return Ok(());
+        }
+        local
+            .buckets
+            .iter()
+            .filter(|(_, b)| b.next_try.is_some_and(|t| t <= now))
+            .filter_map(|(&index, b)| b.queue.first().map(|&head| (head, index)))
+            .collect()
+    };
+    due.sort_unstable();
+    for ((rank, _, shard), index) in due {
+        let (nonce, next_rank) = {
+            let mut local = inner.lock();
+            local.no_budget = None;
+            let Some(bucket) = local.buckets.get_mut(&index) else {
+                continue;
+            };
+            // The head may have changed (cancelled, or a reconnect arrived).
+            if bucket.queue.first().map(|k| k.2) != Some(shard) {
+                continue;
+            }
+            let next_rank = bucket.queue.iter().nth(1).map_or(-1, |k| i64::from(k.0));
+            let nonce = match &bucket.pending {
+                Some((pending, nonce)) if *pending == shard => nonce.clone(),
+                _ => {
+                    let nonce = inner.nonce();
+                    bucket.pending = Some((shard, nonce.clone()));
+                    nonce
+                }
+            };
+            (nonce, next_rank)
+        };
+        let sent = Instant::now();
+        let reply: Vec<i64> = inner
+            .scripts
+            .acquire
+            .key(&inner.prefix)
+            .arg(&inner.client)
+            .arg(shard)
+            .arg(&nonce)
+            .arg(rank)
+            .arg(next_rank)
+            .invoke_async(connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        inner.lock().stats.commands += 1;
+        let Some(answer) = answer(&reply) else {
+            return Err(format!(
+                "unexpected reply from the acquire script: {reply:?}"
+            ));
+        };
+        if let Answer::Grant { .. } = answer {
+            if inner.options.replicas > 0 && !acknowledged(inner, connection).await? {
+                // Not on enough replicas: a failover could forget it. Never acted on;
+                // its unit counts as spent. Ask again when the bucket frees.
+                let mut local = inner.lock();
+                local.stats.unacknowledged += 1;
+                if let Some(bucket) = local.buckets.get_mut(&index) {
+                    bucket.pending = None;
+                    bucket.next_try = Some(Instant::now() + inner.interval);
+                }
+                continue;
+            }
+        }
+        let stop = inner.apply(index, shard, answer, sent);
+        if stop {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `WAIT` for the configured replicas: did they all get this connection's writes?
+async fn acknowledged(
+    inner: &Arc<Inner>,
+    connection: &mut MultiplexedConnection,
+) -> Result<bool, String> {
+    let acks: i64 = redis::cmd("WAIT")
+        .arg(inner.options.replicas)
+        .arg(inner.options.replica_timeout.as_millis() as u64)
+        .query_async(connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    inner.lock().stats.commands += 1;
+    Ok(acks >= i64::from(inner.options.replicas))
+}

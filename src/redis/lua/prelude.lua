@@ -1,0 +1,84 @@
+-- Shared by every script of identify-queue's cluster mode (src/redis/scripts.rs puts
+-- it first). KEYS[1] is the namespace prefix `iq:{<namespace>}:`: every key below
+-- starts with it, so its hash tag keeps them in one slot. Times are milliseconds of
+-- this server's clock (`TIME`): the one clock of the cluster; replies carry durations.
+--
+-- Keys:
+--   state  HASH   the shared budget and settings (fields in `NUMBERS`, plus `runid`)
+--   bkt    HASH   per bucket b: f:b free-at, g:b last grant's token, h:b holder token
+--                 and l:b its lease end (hold mode)
+--   log    ZSET   grants of the last 25 h (score: grant time): recent grants for sync
+--   c:b    ZSET   processes waiting for bucket b, lowest score first: rank * 2^40 + seq
+--   cl:b   HASH   their leases: when the head must have come back
+--   r:n    STRING the reply of a grant with nonce n (a retried call never spends twice)
+--   ev     channel  wake-ups only, never needed for safety
+local P = KEYS[1]
+local STATE, BKT, LOG, EV = P .. 'state', P .. 'bkt', P .. 'log', P .. 'ev'
+local RANK = 1099511627776 -- 2^40: a contender's rank above its sequence number
+local FAR = 1125899906842624 -- 2^50 ms: "not judged" leases, "never" waits
+local NUMBERS = { 'mc', 'iv', 'hold', 'total', 'rem', 'reset_at', 'win', 'need', 'quiet',
+  'hwm', 'epoch', 'seq', 'cseq', 'rsv', 'slack' }
+
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function server_id()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+end
+
+local function load_state()
+  local raw = redis.call('HGETALL', STATE)
+  if #raw == 0 then return nil end
+  local st = {}
+  for i = 1, #raw, 2 do st[raw[i]] = raw[i + 1] end
+  for _, field in ipairs(NUMBERS) do st[field] = tonumber(st[field]) or 0 end
+  return st
+end
+
+-- The state as of now, or nil when it is missing (Redis restarted empty, or never
+-- synced). A new server process (a restart, a failover) may have lost writes: a new
+-- epoch, nothing granted until Discord's word (need = 2), no bucket free for an
+-- interval (a lost grant may have been the latest). A window that ended refills.
+local function open(writes)
+  local now = clock()
+  local st = load_state()
+  if not st then return nil, now end
+  if now < st.hwm then now = st.hwm elseif writes then redis.call('HSET', STATE, 'hwm', now) end
+  if writes and server_id() ~= st.runid then
+    st.epoch = st.epoch + 1
+    st.need = 2
+    st.quiet = math.max(st.quiet, now + st.iv)
+    redis.call('HSET', STATE, 'runid', server_id(), 'epoch', st.epoch, 'need', 2, 'quiet', st.quiet)
+    redis.call('PUBLISH', EV, 'e ' .. st.epoch)
+  end
+  if st.reset_at >= 0 and now >= st.reset_at then
+    -- Discord's announced reset: the budget refills to `total`; the next window opens
+    -- with the next grant.
+    st.rem = st.total
+    st.reset_at = -1
+    if writes then redis.call('HSET', STATE, 'rem', st.rem, 'reset_at', -1) end
+  end
+  return st, now
+end
+
+-- When bucket b frees: its spacing, the quiet period, and a live hold.
+local function busy_until(st, b)
+  local busy = math.max(st.quiet, tonumber(redis.call('HGET', BKT, 'f:' .. b)) or 0)
+  if redis.call('HEXISTS', BKT, 'h:' .. b) == 1 then
+    busy = math.max(busy, tonumber(redis.call('HGET', BKT, 'l:' .. b)) or 0)
+  end
+  return busy
+end
+
+-- The first contender of bucket b becomes its head: it must come back (ask again)
+-- within `slack` of the bucket freeing, or the others pass it by. Tells it when.
+local function promote(st, now, b)
+  local head = redis.call('ZRANGE', P .. 'c:' .. b, 0, 0)[1]
+  if head then
+    local busy = busy_until(st, b)
+    redis.call('HSET', P .. 'cl:' .. b, head, math.max(busy, now) + st.slack)
+    redis.call('PUBLISH', EV, 'n ' .. b .. ' ' .. head .. ' ' .. math.max(busy - now, 0))
+  end
+end

@@ -1,0 +1,53 @@
+-- Discord's word: a fresh session_start_limit. It sets the budget, less the grants of
+-- the last `grace` ms (Discord may not have counted them yet: they are subtracted
+-- twice rather than counted as available twice). Creates the state when missing.
+-- ARGV: total, remaining, reset_after (-1: never), max_concurrency, interval, hold,
+-- grace, window, reserve, slack. Reply: {remaining, reset_in (-1: none), epoch, mc}.
+local total, remaining, reset_after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local mc, iv, hold, grace = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local win, rsv, slack = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local now = clock()
+local st = load_state()
+local epoch, quiet
+if not st then
+  -- Missing: its grants are unknown, the latest may have been a moment ago.
+  epoch = now
+  quiet = now + iv
+else
+  now = math.max(now, st.hwm)
+  epoch = st.epoch
+  quiet = math.max(st.quiet, now)
+  if st.need ~= 0 or st.runid ~= server_id() then
+    if st.runid ~= server_id() then epoch = epoch + 1 end
+    quiet = math.max(quiet, now + iv)
+  end
+  if st.mc ~= mc then
+    -- Re-keyed buckets: none is free before every recent grant and live hold has
+    -- aged, whichever new bucket it maps to.
+    local raw = redis.call('HGETALL', BKT)
+    for i = 1, #raw, 2 do
+      local kind = string.sub(raw[i], 1, 1)
+      if kind == 'f' then quiet = math.max(quiet, tonumber(raw[i + 1]) or 0) end
+      if kind == 'l' then quiet = math.max(quiet, tonumber(raw[i + 1]) or 0) end
+    end
+    redis.call('DEL', BKT)
+    for b = 0, st.mc - 1 do redis.call('DEL', P .. 'c:' .. b, P .. 'cl:' .. b) end
+  end
+end
+local recent = redis.call('ZCOUNT', LOG, now - grace, '+inf')
+local rem, reset_at
+if reset_after < 0 then
+  rem, reset_at = math.max(remaining - recent, 0), now + FAR
+elseif reset_after == 0 then
+  rem, reset_at = math.max(total - recent, 0), -1
+else
+  rem, reset_at = math.max(remaining - recent, 0), now + reset_after
+end
+redis.call('HSET', STATE, 'mc', mc, 'iv', iv, 'hold', hold, 'total', total, 'rem', rem,
+  'reset_at', reset_at, 'win', win, 'need', 0, 'quiet', quiet, 'hwm', now,
+  'runid', server_id(), 'epoch', epoch, 'rsv', rsv, 'slack', slack)
+if not st then redis.call('HSET', STATE, 'seq', 0, 'cseq', 0) end
+redis.call('PUBLISH', EV, 's')
+local reset_in = -1
+if reset_at >= 0 then reset_in = reset_at - now end
+return { rem, reset_in, epoch, mc }

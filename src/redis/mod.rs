@@ -1,0 +1,76 @@
+//! Cluster mode: one budget and one set of buckets for every process of a bot, on
+//! Redis (7.0 or later: one server, or a master with replicas under Sentinel).
+//!
+//! Discord's buckets and daily budget belong to the bot, however many processes and
+//! machines run its shards. Each process connects a [`Queue`] with the same
+//! `namespace`; Redis holds what they share, each process keeps its own waiting shards
+//! in order and asks Redis for one bucket head at a time.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use identify_queue::{Config, SessionStartLimit};
+//! use identify_queue::redis::Queue;
+//!
+//! # async fn run() -> Result<(), identify_queue::Error> {
+//! // From GET /gateway/bot, read just now:
+//! let limit = SessionStartLimit {
+//!     total: 1000,
+//!     remaining: 998,
+//!     reset_after: Duration::from_millis(14_336_000),
+//!     max_concurrency: 16,
+//! };
+//! let queue = Queue::connect("redis://127.0.0.1:6379/0", "my-bot", limit, Config::default()).await?;
+//! let permit = queue.acquire(42).await?; // shard 42 may IDENTIFY now
+//! # drop(permit);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With Sentinel: `redis+sentinel://host:26379,host:26380/master-name` (and
+//! [`Options::replicas`]); the master is looked up again after any failure.
+//!
+//! # What it promises, over all processes together
+//!
+//! - **Safety.** Per bucket, grants at least `interval` (+ [`Options::margin`]) apart,
+//!   and in hold mode after the previous holder's release or hold timeout; never more
+//!   grants than the budget. A permit reaches its shard only after its grant is
+//!   recorded in Redis (and acknowledged by [`Options::replicas`] replicas): a grant
+//!   not acknowledged is not acted on and its unit counts as spent. Spacing counts
+//!   from delivery: a permit taken later than a few milliseconds after its grant first
+//!   keeps its bucket busy for another interval (a *touch*).
+//! - **One clock**, Redis's (`TIME` in the scripts); processes receive durations.
+//! - **The budget comes from Discord's word only**: `connect`'s and `update`'s limit,
+//!   the [`Options::limit_source`], or the reset instant Discord announced (it refills
+//!   to `total`). A word sets the budget less the grants of the last
+//!   [`Options::grace`] (Discord may not have counted them yet). When Redis lost the
+//!   state or may have lost writes (restarted, failed over: a new *epoch*), no process
+//!   grants until Discord's word comes again, and no bucket frees for an interval.
+//! - **A process that dies** loses nothing for the others: its waiting requests vanish
+//!   with it (the others pass its turn after [`Options::head_grace`]), its holds end at
+//!   their timeout, its spent units stay spent.
+//! - **No polling.** A process asks for a bucket when Redis said it frees, or when a
+//!   notification says its turn came; the timer is a fallback for lost notifications.
+//!   Each bucket serves its waiting processes in turn (a process with a reconnect
+//!   first), so no process starves; within a process, priority then FIFO.
+//! - **Fail closed.** Redis unreachable or without state: no grants; waiting
+//!   `acquire`s keep waiting and are served after recovery; [`Queue::health`] says what
+//!   they wait for. A call retried after a lost answer never spends twice.
+//!
+//! Monitoring: [`Queue::snapshot`] (budget, reset, each bucket's next free instant,
+//! the epoch), [`Queue::health`], [`Queue::stats`].
+
+mod driver;
+mod link;
+mod local;
+mod options;
+mod permit;
+mod queue;
+mod scripts;
+mod status;
+#[cfg(feature = "twilight")]
+mod twilight;
+
+pub use options::{LimitFuture, Options};
+pub use permit::{Acquire, Grants, Permit};
+pub use queue::Queue;
+pub use status::{ClusterStats, Health, NeedLimit, Snapshot};

@@ -1,0 +1,254 @@
+//! `Acquire` (one shard's request), `Grants` (many), and `Permit` (leave to IDENTIFY).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use tokio::time::Instant;
+
+use super::local::Phase;
+use super::queue::Inner;
+use super::scripts::Token;
+use crate::{Error, ShardId};
+
+/// The future of [`Queue::acquire`](super::Queue::acquire): resolves with the permit
+/// once Redis granted the shard.
+///
+/// # Cancel safety
+///
+/// Dropping it while it waits cancels the request (nothing spent, nobody delayed);
+/// dropped after the grant came back, the unit is spent and a hold is released.
+#[must_use = "the request waits only while its future lives"]
+pub struct Acquire {
+    inner: Arc<Inner>,
+    shard: ShardId,
+    /// Resolved at creation (the shard was already queued): nothing of ours to cancel.
+    failed: Option<Error>,
+    done: bool,
+}
+
+impl Acquire {
+    pub(super) fn new(inner: Arc<Inner>, shard: ShardId) -> Self {
+        Self {
+            inner,
+            shard,
+            failed: None,
+            done: false,
+        }
+    }
+
+    pub(super) fn failed(inner: Arc<Inner>, shard: ShardId, error: Error) -> Self {
+        Self {
+            inner,
+            shard,
+            failed: Some(error),
+            done: false,
+        }
+    }
+
+    /// The shard this request is for.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+}
+
+impl Future for Acquire {
+    type Output = Result<Permit, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if this.done {
+            // Polled after it resolved: a fused "nothing more" rather than a panic.
+            return Poll::Pending;
+        }
+        if let Some(error) = this.failed.take() {
+            this.done = true;
+            return Poll::Ready(Err(error));
+        }
+        let now = Instant::now();
+        let mut local = this.inner.lock();
+        let Some(waiter) = local.waiters.get_mut(&this.shard) else {
+            this.done = true;
+            return Poll::Ready(Err(Error::GrantLost(this.shard)));
+        };
+        match &mut waiter.phase {
+            Phase::Waiting => {}
+            Phase::Granted(granted) if now <= granted.fresh_until => {
+                let token = granted.token;
+                local.waiters.remove(&this.shard);
+                drop(local);
+                this.done = true;
+                return Poll::Ready(Ok(Permit::new(&this.inner, this.shard, token, now)));
+            }
+            Phase::Granted(granted) => {
+                // Taken late: the driver first keeps the bucket busy for an interval
+                // from now (spacing counts from delivery), then wakes us.
+                if !granted.touch_asked {
+                    granted.touch_asked = true;
+                    this.inner.wake.notify_one();
+                }
+            }
+            Phase::Failed(_) => {
+                this.done = true;
+                let error = match local.waiters.remove(&this.shard).map(|w| w.phase) {
+                    Some(Phase::Failed(error)) => error,
+                    _ => Error::GrantLost(this.shard),
+                };
+                return Poll::Ready(Err(error));
+            }
+        }
+        if !waiter
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            waiter.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Acquire {
+    fn drop(&mut self) {
+        if self.done || self.failed.is_some() {
+            return;
+        }
+        let hold = self.inner.hold();
+        let mut local = self.inner.lock();
+        local.abandon(self.shard, hold, Instant::now());
+        let wake = !local.outbox.is_empty();
+        drop(local);
+        if wake {
+            self.inner.wake.notify_one();
+        }
+    }
+}
+
+impl fmt::Debug for Acquire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("shard", &self.shard)
+            .finish()
+    }
+}
+
+/// The stream of [`Queue::acquire_all`](super::Queue::acquire_all): permits in the
+/// order they are granted.
+///
+/// # Cancel safety
+///
+/// Dropping it cancels the requests still waiting.
+#[must_use = "the requests wait only while the stream lives"]
+pub struct Grants {
+    pending: Vec<Acquire>,
+}
+
+impl Grants {
+    pub(super) fn new(pending: Vec<Acquire>) -> Self {
+        Self { pending }
+    }
+}
+
+impl Stream for Grants {
+    type Item = Result<Permit, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let pending = &mut self.pending;
+        if pending.is_empty() {
+            return Poll::Ready(None);
+        }
+        for index in 0..pending.len() {
+            if let Poll::Ready(result) = Pin::new(&mut pending[index]).poll(cx) {
+                // Resolved: its drop has nothing to cancel.
+                drop(pending.remove(index));
+                return Poll::Ready(Some(result));
+            }
+        }
+        Poll::Pending
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.pending.len(), Some(self.pending.len()))
+    }
+}
+
+impl fmt::Debug for Grants {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Grants")
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+/// Leave to IDENTIFY, granted by Redis for the whole cluster.
+///
+/// In hold mode the bucket stays held until [`release`](Permit::release) or drop (or
+/// the hold timeout, counted from the grant in Redis).
+#[must_use = "in hold mode, dropping the permit frees the bucket at once"]
+pub struct Permit {
+    /// Hold mode: where to send the release.
+    inner: Option<Arc<Inner>>,
+    shard: ShardId,
+    token: Token,
+    granted_at: Instant,
+}
+
+impl Permit {
+    fn new(inner: &Arc<Inner>, shard: ShardId, token: Token, granted_at: Instant) -> Self {
+        Self {
+            inner: inner.hold().is_some().then(|| inner.clone()),
+            shard,
+            token,
+            granted_at,
+        }
+    }
+
+    /// The shard this permit is for.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// When the permit was delivered (tokio's clock): the poll that returned it.
+    pub fn granted_at(&self) -> Instant {
+        self.granted_at
+    }
+
+    /// The grant's identity in Redis: the epoch and the grant's number in it.
+    pub fn token(&self) -> (i64, i64) {
+        (self.token.epoch, self.token.seq)
+    }
+
+    /// The shard got READY (or failed): in hold mode, free its bucket for every
+    /// process. Same as drop. Synchronous: the queue's driver sends it.
+    pub fn release(self) {}
+
+    /// Lets the permit go without freeing the bucket: the hold ends with
+    /// [`Queue::release`](super::Queue::release) for this shard, or at the hold
+    /// timeout.
+    pub fn keep(mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.lock().kept.insert(self.shard, self.token);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.release(self.shard, self.token);
+        }
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("shard", &self.shard)
+            .field("token", &self.token())
+            .field("granted_at", &self.granted_at)
+            .finish()
+    }
+}

@@ -1,0 +1,604 @@
+//! `Queue`: the cluster queue's handle, and what its driver and futures share.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::driver;
+use super::link::{Link, Target};
+use super::local::{Granted, Local, Phase};
+use super::options::Options;
+use super::permit::{Acquire, Grants};
+use super::scripts::{Answer, Scripts};
+use super::status::{ClusterStats, Health, Snapshot};
+use crate::{Config, Error, Priority, SessionStartLimit, ShardId};
+
+/// The length of Discord's budget window.
+const WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+/// `reset_after` beyond this means "never" (the scripts' far future).
+const NEVER_MS: u128 = 1 << 50;
+
+/// A queue whose budget and buckets are shared, through Redis, by every process of a
+/// bot that connects with the same namespace. Clone it freely: clones share one
+/// driver task and one connection.
+///
+/// Requires feature `redis`; runs on tokio.
+#[derive(Clone)]
+pub struct Queue {
+    pub(super) inner: Arc<Inner>,
+    /// Dropped with the last handle: the driver ends once nothing waits.
+    _handle: Arc<Handle>,
+}
+
+struct Handle(Arc<Inner>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.wake.notify_one();
+    }
+}
+
+pub(super) struct Inner {
+    local: Mutex<Local>,
+    pub(super) wake: Arc<Notify>,
+    pub(super) target: Target,
+    url: String,
+    /// `iq:{<namespace>}:`: every key of the namespace.
+    pub(super) prefix: String,
+    pub(super) channel: String,
+    /// This queue's name among the contenders: unique per connect.
+    pub(super) client: String,
+    nonces: std::sync::atomic::AtomicU64,
+    pub(super) config: Config,
+    pub(super) options: Options,
+    /// `config.interval` plus the margin: the spacing Redis keeps.
+    pub(super) interval: Duration,
+    pub(super) scripts: Scripts,
+    /// The driver's connection, for the calls a user makes (`update`, `snapshot`).
+    pub(super) connection: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Queue {
+    /// Connects to Redis and applies `limit`, Discord's word just read, to the shared
+    /// budget (less the grants of the last [`grace`](Options::grace)).
+    ///
+    /// `url` is `redis://host:port/db` for one server, or
+    /// `redis+sentinel://host:port,host:port/master-name[/db]` for Sentinel, which is
+    /// asked for the master again after any failure. `namespace` is the same string in
+    /// every process of one bot (its application id, say).
+    ///
+    /// Errors, changing nothing: a bad `limit`, `config`, `namespace` or `url`, or
+    /// Redis out of reach (the error says why).
+    pub async fn connect(
+        url: &str,
+        namespace: &str,
+        limit: SessionStartLimit,
+        config: Config,
+    ) -> Result<Self, Error> {
+        Self::connect_with(url, namespace, limit, config, Options::default()).await
+    }
+
+    /// [`connect`](Self::connect) with cluster [`Options`].
+    pub async fn connect_with(
+        url: &str,
+        namespace: &str,
+        limit: SessionStartLimit,
+        config: Config,
+        options: Options,
+    ) -> Result<Self, Error> {
+        limit.validate()?;
+        config.validate()?;
+        options.validate()?;
+        check_namespace(namespace)?;
+        let target = Target::parse(url)?;
+        let prefix = format!("iq:{{{namespace}}}:");
+        let channel = format!("{prefix}ev");
+        let interval = config.get_interval().saturating_add(options.margin);
+        let inner = Arc::new(Inner {
+            local: Mutex::new(Local::new(limit.max_concurrency, limit.remaining)),
+            wake: Arc::new(Notify::new()),
+            target,
+            url: url.to_owned(),
+            channel,
+            client: client_id(),
+            nonces: Default::default(),
+            prefix,
+            config,
+            options,
+            interval,
+            scripts: Scripts::new(),
+            connection: Mutex::new(None),
+        });
+        let link = Link::open(&inner.target, &inner.channel, inner.response_timeout())
+            .await
+            .map_err(|reason| inner.unreachable(reason))?;
+        let mut connection = link.connection.clone();
+        inner.sync(&mut connection, limit).await?;
+        drop(link);
+        tokio::spawn(driver::run(Arc::downgrade(&inner)));
+        Ok(Self {
+            _handle: Arc::new(Handle(inner.clone())),
+            inner,
+        })
+    }
+
+    /// Waits until `shard` may IDENTIFY: granted in Redis (and acknowledged by the
+    /// configured replicas), then delivered by this future. A shard that lost its
+    /// session should use [`acquire_with`](Self::acquire_with) and
+    /// [`Priority::Reconnect`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future while it waits cancels the request: nothing is spent, and
+    /// no process waits behind it. Dropped after its grant came back from Redis but
+    /// before it returned the permit, the unit is spent (the safe side) and, in hold
+    /// mode, the hold is released.
+    pub fn acquire(&self, shard: ShardId) -> Acquire {
+        self.acquire_with(shard, Priority::Start)
+    }
+
+    /// [`acquire`](Self::acquire) with a priority: a [`Priority::Reconnect`] goes
+    /// before this process's shards that are still starting, in its bucket and for
+    /// the budget. Across processes, each bucket serves its waiting processes in
+    /// turn, a reconnect's process first.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Self::acquire).
+    pub fn acquire_with(&self, shard: ShardId, priority: Priority) -> Acquire {
+        let queued = {
+            let mut local = self.inner.lock();
+            local.enqueue(shard, priority, Instant::now())
+        };
+        if queued {
+            self.inner.wake.notify_one();
+            Acquire::new(self.inner.clone(), shard)
+        } else {
+            Acquire::failed(self.inner.clone(), shard, Error::AlreadyQueued(shard))
+        }
+    }
+
+    /// Acquires every shard of `shards`: a stream of permits in the order they are
+    /// granted.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the stream cancels the requests still waiting, as dropping each
+    /// [`acquire`](Self::acquire) future would.
+    pub fn acquire_all(&self, shards: impl IntoIterator<Item = ShardId>) -> Grants {
+        Grants::new(
+            shards
+                .into_iter()
+                .map(|shard| self.acquire(shard))
+                .collect(),
+        )
+    }
+
+    /// Hold mode: frees the bucket `shard` holds (it got READY, or failed), as
+    /// [`Permit::release`](super::Permit::release) does; for integrations that learn
+    /// of READY away from the permit. Returns whether a release was sent.
+    pub fn release(&self, shard: ShardId) -> bool {
+        let token = self.inner.lock().kept.remove(&shard);
+        match token {
+            Some(token) => {
+                self.inner.release(shard, token);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Discord's word: a fresh `session_start_limit` (e.g. after re-reading
+    /// `/gateway/bot`) sets the shared budget, less the grants of the last
+    /// [`grace`](Options::grace), and resumes grants paused for lack of it. A new
+    /// `max_concurrency` re-keys every process's buckets.
+    ///
+    /// Errors, changing nothing: a bad limit, or Redis out of reach.
+    pub async fn update(&self, limit: SessionStartLimit) -> Result<(), Error> {
+        limit.validate()?;
+        let connection = self.inner.connection.lock().unwrap().clone();
+        let mut connection = match connection {
+            Some(connection) => connection,
+            None => {
+                let link = Link::open(
+                    &self.inner.target,
+                    &self.inner.channel,
+                    self.inner.response_timeout(),
+                )
+                .await
+                .map_err(|reason| self.inner.unreachable(reason))?;
+                link.connection
+            }
+        };
+        self.inner.sync(&mut connection, limit).await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// The shared state as Redis holds it now: budget left, next reset, each bucket's
+    /// next free instant, the epoch. `Ok(None)` when Redis holds no state (restarted
+    /// empty: it waits for Discord's word).
+    pub async fn snapshot(&self) -> Result<Option<Snapshot>, Error> {
+        let connection = self.inner.connection.lock().unwrap().clone();
+        let Some(mut connection) = connection else {
+            return Err(self.inner.unreachable("not connected".to_owned()));
+        };
+        let reply: Vec<i64> = self
+            .inner
+            .scripts
+            .status
+            .key(&self.inner.prefix)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| self.inner.unreachable(e.to_string()))?;
+        Ok(Snapshot::from_reply(&reply))
+    }
+
+    /// What grants wait for in this process now (Redis unreachable, Discord's word,
+    /// the budget), for a log line or a health check.
+    pub fn health(&self) -> Health {
+        self.inner.lock().health.clone()
+    }
+
+    /// This process's shards whose `acquire` has not resolved (waiting on Redis
+    /// included).
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    /// Whether no shard of this process waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The shared budget left, as of this process's last answer from Redis.
+    pub fn remaining(&self) -> u32 {
+        self.inner.lock().remaining
+    }
+
+    /// A lower bound on when `shard` is granted, from what this process knows (other
+    /// processes may go first); `None` if it does not wait.
+    pub fn eta(&self, shard: ShardId) -> Option<Instant> {
+        let local = self.inner.lock();
+        let waiter = local.waiters.get(&shard)?;
+        if !matches!(waiter.phase, Phase::Waiting) {
+            return Some(Instant::now());
+        }
+        let bucket = local.buckets.get(&local.bucket_of(shard))?;
+        let ahead = bucket.queue.range(..waiter.key(shard)).count() as u32;
+        let head_at = bucket.next_try.unwrap_or_else(Instant::now);
+        Some(head_at + self.inner.interval.saturating_mul(ahead))
+    }
+
+    /// Counters: commands sent, grants, refusals, touches.
+    pub fn stats(&self) -> ClusterStats {
+        self.inner.lock().stats
+    }
+
+    /// Marks `shard` as served (its grant reached the shard): the twilight
+    /// integration asks again for it as a reconnect.
+    #[cfg(feature = "twilight")]
+    pub(super) fn mark_served(&self, shard: ShardId) {
+        self.inner.lock().served.insert(shard);
+    }
+
+    /// `acquire`, as a reconnect if `shard` was served before.
+    #[cfg(feature = "twilight")]
+    pub(super) fn acquire_inferring(&self, shard: ShardId) -> Acquire {
+        let served = self.inner.lock().served.contains(&shard);
+        let priority = if served {
+            Priority::Reconnect
+        } else {
+            Priority::Start
+        };
+        self.acquire_with(shard, priority)
+    }
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("url", &self.inner.url)
+            .field("prefix", &self.inner.prefix)
+            .field("len", &self.len())
+            .field("health", &self.health())
+            .finish()
+    }
+}
+
+fn check_namespace(namespace: &str) -> Result<(), Error> {
+    let bad = |reason| {
+        Err(Error::InvalidNamespace {
+            namespace: namespace.to_owned(),
+            reason,
+        })
+    };
+    if namespace.is_empty() {
+        return bad("empty: use the same non-empty string in every process of the bot");
+    }
+    if namespace.contains(['{', '}']) {
+        return bad("contains `{` or `}`, which would break the keys' hash tag");
+    }
+    if namespace.chars().any(char::is_control) {
+        return bad("contains control characters");
+    }
+    Ok(())
+}
+
+/// A name for this queue among the contenders: process id, time, and a counter.
+fn client_id() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{nanos:x}-{count}", std::process::id())
+}
+
+fn millis_up(duration: Duration) -> u64 {
+    let millis = duration.as_nanos().div_ceil(1_000_000);
+    u64::try_from(millis.min(NEVER_MS)).unwrap_or(u64::MAX)
+}
+
+impl Inner {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Local> {
+        // A panic elsewhere must not stop the queue: its state stays consistent
+        // between statements.
+        self.local
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn unreachable(&self, reason: String) -> Error {
+        Error::Unreachable {
+            url: self.url.clone(),
+            reason,
+        }
+    }
+
+    /// Longer than a `WAIT` for replicas, so that the wait is not cut short.
+    pub(super) fn response_timeout(&self) -> Duration {
+        self.options.replica_timeout + Duration::from_secs(1)
+    }
+
+    pub(super) fn nonce(&self) -> String {
+        let n = self
+            .nonces
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}:{n}", self.client)
+    }
+
+    pub(super) fn hold(&self) -> Option<Duration> {
+        self.config.get_hold_timeout()
+    }
+
+    /// The handles are gone and nothing is left to send or deliver.
+    pub(super) fn finished(&self) -> bool {
+        let local = self.lock();
+        local.closed && local.waiters.is_empty() && local.outbox.is_empty()
+    }
+
+    /// Applies Discord's word to the shared state (the sync script).
+    pub(super) async fn sync(
+        &self,
+        connection: &mut MultiplexedConnection,
+        limit: SessionStartLimit,
+    ) -> Result<(), Error> {
+        let reset_after = if limit.reset_after.as_millis() >= NEVER_MS {
+            -1
+        } else {
+            millis_up(limit.reset_after) as i64
+        };
+        let hold = self.hold().map_or(0, |hold| millis_up(hold).max(1));
+        let reply: Vec<i64> = self
+            .scripts
+            .sync
+            .key(&self.prefix)
+            .arg(limit.total)
+            .arg(limit.remaining)
+            .arg(reset_after)
+            .arg(limit.max_concurrency)
+            .arg(millis_up(self.interval))
+            .arg(hold)
+            .arg(millis_up(self.options.grace))
+            .arg(millis_up(WINDOW))
+            .arg(self.options.reserve)
+            .arg(millis_up(self.options.head_grace))
+            .invoke_async(connection)
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        let now = Instant::now();
+        let mut local = self.lock();
+        local.stats.commands += 1;
+        local.stats.syncs += 1;
+        local.remaining = reply.first().map_or(0, |&r| u32::try_from(r).unwrap_or(0));
+        local.need = None;
+        local.fetch_after = None;
+        local.no_budget = None;
+        local.health = Health::Ready;
+        local.rekey(limit.max_concurrency, now);
+        local.retry_all(now);
+        Ok(())
+    }
+
+    /// Hold mode: sends a release for the grant `token` of `shard`.
+    pub(super) fn release(&self, shard: ShardId, token: super::scripts::Token) {
+        let Some(hold) = self.hold() else { return };
+        let mut local = self.lock();
+        local.outbox.push_back(super::local::Outgoing::Release {
+            shard,
+            token,
+            until: Instant::now() + hold,
+        });
+        drop(local);
+        self.wake.notify_one();
+    }
+
+    /// Applies the acquire script's answer for the head `shard` of bucket `index`,
+    /// asked at `sent`. Returns whether the other buckets should wait (no budget, no
+    /// Discord's word).
+    pub(super) fn apply(&self, index: u32, shard: ShardId, answer: Answer, sent: Instant) -> bool {
+        let now = Instant::now();
+        let mut local = self.lock();
+        if let Some(bucket) = local.buckets.get_mut(&index) {
+            bucket.pending = None;
+        }
+        let millis = Duration::from_millis;
+        match answer {
+            Answer::Grant {
+                token,
+                remaining,
+                max_concurrency,
+                next_wait,
+            } => {
+                local.stats.grants += 1;
+                local.remaining = remaining;
+                local.health = Health::Ready;
+                let granted = Granted::new(token, sent, self.interval);
+                let key = local.waiters.get(&shard).map(|w| w.key(shard));
+                if let Some(bucket) = local.buckets.get_mut(&index) {
+                    if let Some(key) = key {
+                        bucket.queue.remove(&key);
+                    }
+                    bucket.registered = !bucket.queue.is_empty();
+                    bucket.next_try = (!bucket.queue.is_empty()).then(|| now + millis(next_wait));
+                }
+                match local.waiters.get_mut(&shard) {
+                    Some(waiter) if matches!(waiter.phase, Phase::Waiting) => {
+                        waiter.phase = Phase::Granted(granted);
+                        local.wake(shard);
+                    }
+                    _ => {
+                        // Its future went while the call was out: spent, and released.
+                        local.stats.orphaned += 1;
+                        drop(local);
+                        self.release(shard, token);
+                        return false;
+                    }
+                }
+                local.rekey(max_concurrency, now);
+                false
+            }
+            Answer::Wait {
+                wait,
+                head: _,
+                max_concurrency,
+            } => {
+                local.stats.refusals += 1;
+                if let Some(bucket) = local.buckets.get_mut(&index) {
+                    bucket.registered = true;
+                    bucket.next_try = Some(now + millis(wait));
+                }
+                local.rekey(max_concurrency, now);
+                false
+            }
+            Answer::Budget {
+                wait,
+                max_concurrency,
+            } => {
+                local.stats.refusals += 1;
+                let until = wait.map(|wait| now + millis(wait));
+                local.no_budget = Some(until);
+                local.health = Health::NoBudget {
+                    until: wait.map(millis),
+                };
+                if let Some(bucket) = local.buckets.get_mut(&index) {
+                    bucket.registered = true;
+                    bucket.next_try = Some(until.unwrap_or(now));
+                }
+                local.rekey(max_concurrency, now);
+                true
+            }
+            Answer::NeedLimit(need) => {
+                local.stats.refusals += 1;
+                local.need = Some(need);
+                local.health = if self.options.limit_source.is_some() {
+                    Health::FetchingLimit(need)
+                } else {
+                    Health::NeedsLimit(need)
+                };
+                if let Some(bucket) = local.buckets.get_mut(&index) {
+                    bucket.next_try = Some(now);
+                }
+                true
+            }
+        }
+    }
+
+    /// A notification from the channel (see `lua/prelude.lua`): `n <bucket> <client>
+    /// <wait>` (the bucket's next process), `s` (Discord's word applied), `e <epoch>`.
+    pub(super) fn notice(&self, payload: &str) {
+        let now = Instant::now();
+        let mut words = payload.split(' ');
+        let mut local = self.lock();
+        match words.next() {
+            Some("n") => {
+                let bucket = words.next().and_then(|b| b.parse::<u32>().ok());
+                let client = words.next();
+                let wait = words.next().and_then(|w| w.parse::<u64>().ok());
+                if let (Some(bucket), Some(client), Some(wait)) = (bucket, client, wait) {
+                    if client == self.client {
+                        if let Some(b) = local.buckets.get_mut(&bucket) {
+                            if !b.queue.is_empty() {
+                                b.next_try = Some(now + Duration::from_millis(wait));
+                            }
+                        }
+                    }
+                }
+            }
+            Some("s") => {
+                local.need = None;
+                local.fetch_after = None;
+                local.no_budget = None;
+                local.retry_all(now);
+            }
+            Some("e") => {
+                // A new server process: the next answer says what it needs.
+                local.retry_all(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// When the driver must run again at the latest.
+    pub(super) fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let local = self.lock();
+        // The fallback: even if every notification were lost, nothing waits longer
+        // than an interval (plus the head grace) past its turn.
+        let mut next = now + self.interval + self.options.head_grace;
+        if !local.outbox.is_empty() {
+            return now;
+        }
+        if local.need.is_some() {
+            return match (local.fetch_after, &self.options.limit_source) {
+                (Some(after), _) => after.min(next),
+                (None, Some(_)) => now,
+                (None, None) => next,
+            };
+        }
+        for waiter in local.waiters.values() {
+            if let Phase::Granted(granted) = &waiter.phase {
+                if granted.touch_asked {
+                    return now;
+                }
+                next = next.min(granted.touch_at);
+            }
+        }
+        let budget_until = match local.no_budget {
+            Some(Some(until)) => Some(until),
+            Some(None) => return next,
+            None => None,
+        };
+        for bucket in local.buckets.values() {
+            if let (Some(at), false) = (bucket.next_try, bucket.queue.is_empty()) {
+                next = next.min(budget_until.map_or(at, |until| at.max(until)));
+            }
+        }
+        next
+    }
+}

@@ -1,0 +1,115 @@
+//! The Lua scripts that change the shared state, each one atomic on the server.
+//!
+//! Every script starts with `lua/prelude.lua` (the key layout, the clock, the epoch
+//! fence); `redis::Script` sends `EVALSHA` and, when the server lost its script cache
+//! (`SCRIPT FLUSH`, a restart, a promoted replica), loads the script and retries.
+
+use redis::Script;
+
+/// Builds one script: the shebang (Redis 7 flags), the prelude, the body.
+fn script(flags: &str, body: &str) -> Script {
+    Script::new(&format!(
+        "#!lua{flags}\n{}\n{body}",
+        include_str!("lua/prelude.lua")
+    ))
+}
+
+/// The compiled set, one per queue.
+pub(super) struct Scripts {
+    pub(super) acquire: Script,
+    pub(super) release: Script,
+    pub(super) touch: Script,
+    pub(super) leave: Script,
+    pub(super) sync: Script,
+    pub(super) status: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Self {
+            acquire: script("", include_str!("lua/acquire.lua")),
+            release: script("", include_str!("lua/release.lua")),
+            touch: script("", include_str!("lua/touch.lua")),
+            leave: script("", include_str!("lua/leave.lua")),
+            sync: script("", include_str!("lua/sync.lua")),
+            // Read only: runs on a master that refuses writes (no replica in reach).
+            status: script(" flags=no-writes", include_str!("lua/status.lua")),
+        }
+    }
+}
+
+/// What the acquire script answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Answer {
+    /// Granted: the token `epoch:seq`, budget left, bucket busy for `next_wait` ms.
+    Grant {
+        token: Token,
+        remaining: u32,
+        max_concurrency: u32,
+        next_wait: u64,
+    },
+    /// Ask again after `wait` ms; `head`: this process is next in the bucket.
+    Wait {
+        wait: u64,
+        head: bool,
+        max_concurrency: u32,
+    },
+    /// No budget until the reset (`None`: until Discord's word).
+    Budget {
+        wait: Option<u64>,
+        max_concurrency: u32,
+    },
+    /// No grants until Discord's word: the state is missing (`StateMissing`) or a new
+    /// server process may have lost writes (`NewServer`).
+    NeedLimit(NeedLimit),
+}
+
+/// Why the shared state needs Discord's word before anything is granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NeedLimit {
+    /// Redis holds no state for the namespace (restarted empty, or flushed).
+    StateMissing,
+    /// Redis is a new server process (restarted, or a replica promoted): writes of the
+    /// old one may be lost.
+    NewServer,
+}
+
+/// A grant's identity: the epoch it was made in and its sequence number there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Token {
+    pub(super) epoch: i64,
+    pub(super) seq: i64,
+}
+
+/// Reads the acquire script's reply (see `lua/acquire.lua`).
+pub(super) fn answer(reply: &[i64]) -> Option<Answer> {
+    let field = |i: usize| reply.get(i).copied();
+    let count = |i: usize| field(i).and_then(|v| u32::try_from(v).ok());
+    let millis = |i: usize| field(i).map(|v| v.max(0) as u64);
+    Some(match field(0)? {
+        1 => Answer::Grant {
+            token: Token {
+                epoch: field(1)?,
+                seq: field(2)?,
+            },
+            remaining: count(3)?,
+            max_concurrency: count(4)?,
+            next_wait: millis(5)?,
+        },
+        2 => Answer::Wait {
+            wait: millis(1)?,
+            head: field(2)? == 1,
+            max_concurrency: count(4)?,
+        },
+        3 => Answer::Budget {
+            wait: (field(1)? >= 0).then(|| field(1).unwrap_or(0) as u64),
+            max_concurrency: count(4)?,
+        },
+        4 => Answer::NeedLimit(if field(1)? == 1 {
+            NeedLimit::StateMissing
+        } else {
+            NeedLimit::NewServer
+        }),
+        _ => return None,
+    })
+}

@@ -1,0 +1,95 @@
+//! What the cluster queue waits for, and what Redis holds: for logs and metrics.
+
+use std::time::Duration;
+
+pub use super::scripts::NeedLimit;
+
+/// What grants wait for right now, in this process ([`Queue::health`](super::Queue::health)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// Connected; grants come as buckets free.
+    Ready,
+    /// Redis cannot be reached (or refused the last call): no grants until it can be;
+    /// the queue reconnects with backoff. Waiting `acquire`s keep waiting.
+    Unreachable {
+        /// The last failure.
+        reason: String,
+    },
+    /// The shared state needs Discord's word before anything is granted, and no
+    /// limit source was given: call [`Queue::update`](super::Queue::update).
+    NeedsLimit(NeedLimit),
+    /// The shared state needs Discord's word; the limit source is being asked (by this
+    /// process or another one).
+    FetchingLimit(NeedLimit),
+    /// The daily budget is spent; it refills at Discord's reset (`None`: only a
+    /// fresh limit can refill it).
+    NoBudget {
+        /// Until the reset, as seen when the queue last asked.
+        until: Option<Duration>,
+    },
+}
+
+/// The shared state as Redis holds it ([`Queue::snapshot`](super::Queue::snapshot)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Units left in the daily budget, over all processes.
+    pub remaining: u32,
+    /// When the budget refills to `total`; `None`: its window opens with the next grant.
+    pub reset_in: Option<Duration>,
+    /// Why nothing is granted until Discord's word, if that is the case.
+    pub needs_limit: Option<NeedLimit>,
+    /// The epoch: it changes when the Redis server process changes (restart, failover).
+    pub epoch: i64,
+    /// The `max_concurrency` in force.
+    pub max_concurrency: u32,
+    /// Grants recorded in the last 25 hours.
+    pub grants_logged: u64,
+    /// Per bucket, how long until it frees (zero: free now).
+    pub bucket_free_in: Vec<Duration>,
+}
+
+impl Snapshot {
+    /// Reads the status script's reply; `None` when Redis holds no state.
+    pub(super) fn from_reply(reply: &[i64]) -> Option<Self> {
+        let field = |i: usize| reply.get(i).copied().unwrap_or(0);
+        let millis = |v: i64| Duration::from_millis(v.max(0) as u64);
+        if field(0) != 1 {
+            return None;
+        }
+        Some(Self {
+            remaining: u32::try_from(field(1)).unwrap_or(0),
+            reset_in: (field(2) >= 0).then(|| millis(field(2))),
+            needs_limit: match field(3) {
+                0 => None,
+                1 => Some(NeedLimit::StateMissing),
+                _ => Some(NeedLimit::NewServer),
+            },
+            epoch: field(4),
+            max_concurrency: u32::try_from(field(5)).unwrap_or(0),
+            grants_logged: field(7).max(0) as u64,
+            bucket_free_in: reply.iter().skip(8).map(|&v| millis(v)).collect(),
+        })
+    }
+}
+
+/// Counters of one process's queue, for tests and tuning ([`Queue::stats`](super::Queue::stats)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Commands sent to Redis (scripts, `WAIT`, the sync lease); not notifications.
+    pub commands: u64,
+    /// Grants this process received.
+    pub grants: u64,
+    /// Acquire calls answered "not yet" (bucket busy, another process next, no budget).
+    pub refusals: u64,
+    /// Delivery touches (a permit taken late keeps its bucket busy first).
+    pub touches: u64,
+    /// Grants not acknowledged by the replicas in time, so not acted on (unit spent).
+    pub unacknowledged: u64,
+    /// Grants whose future was gone when they came back (unit spent).
+    pub orphaned: u64,
+    /// Connections opened (the first one included).
+    pub connections: u64,
+    /// Limits applied (connect, `update`, the limit source).
+    pub syncs: u64,
+}

@@ -1,0 +1,460 @@
+//! Cluster mode against real `redis-server` processes on loopback (feature `redis`).
+//! Each test starts its own server(s) on free ports in temp dirs. Real time, short
+//! intervals: the checks are on order and lower bounds, never on tight upper bounds.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use identify_queue::redis::{Health, NeedLimit, Options, Queue};
+use identify_queue::{Config, Error, SessionStartLimit, ShardId};
+use redis_server::Server;
+use tokio::time::{Instant, sleep, timeout};
+
+const INTERVAL: Duration = Duration::from_millis(200);
+
+fn limit(remaining: u32, max_concurrency: u32) -> SessionStartLimit {
+    SessionStartLimit {
+        total: 1000,
+        remaining,
+        reset_after: Duration::from_secs(3600),
+        max_concurrency,
+    }
+}
+
+fn config() -> Config {
+    Config::default().interval(INTERVAL)
+}
+
+/// Grants as (instant, shard), in the order their permits were taken.
+type Log = Arc<Mutex<Vec<(Instant, ShardId)>>>;
+
+/// Acquires every shard of `shards` on `queue`, one task per shard, logging each
+/// permit as it is taken.
+fn spawn_shards(
+    queue: &Queue,
+    shards: impl IntoIterator<Item = ShardId>,
+    log: &Log,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    shards
+        .into_iter()
+        .map(|shard| {
+            let (queue, log) = (queue.clone(), log.clone());
+            tokio::spawn(async move {
+                let permit = queue.acquire(shard).await.expect("granted");
+                log.lock().unwrap().push((permit.granted_at(), shard));
+            })
+        })
+        .collect()
+}
+
+/// Same-bucket permits at least `interval` apart (less 1 ms of clock rounding: Redis
+/// counts whole milliseconds).
+fn assert_spaced(log: &[(Instant, ShardId)], max_concurrency: u32, interval: Duration) {
+    for (i, &(at, shard)) in log.iter().enumerate() {
+        for &(other_at, other) in &log[..i] {
+            if other % max_concurrency == shard % max_concurrency {
+                let gap = if at > other_at {
+                    at - other_at
+                } else {
+                    other_at - at
+                };
+                assert!(
+                    gap + Duration::from_millis(1) >= interval,
+                    "shards {other} and {shard} of one bucket {gap:?} apart"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let server = Server::start(false);
+    let url = server.url();
+    let bad_limit = SessionStartLimit {
+        max_concurrency: 0,
+        ..limit(10, 1)
+    };
+    let cases: Vec<(Result<Queue, Error>, &str)> = vec![
+        (
+            Queue::connect(&url, "", limit(10, 1), config()).await,
+            "namespace",
+        ),
+        (
+            Queue::connect(&url, "a{b}", limit(10, 1), config()).await,
+            "hash tag",
+        ),
+        (
+            Queue::connect(&url, "bot", bad_limit, config()).await,
+            "max_concurrency",
+        ),
+        (
+            Queue::connect(
+                &url,
+                "bot",
+                limit(10, 1),
+                Config::default().interval(Duration::ZERO),
+            )
+            .await,
+            "interval",
+        ),
+        (
+            Queue::connect("http://nope", "bot", limit(10, 1), config()).await,
+            "URL",
+        ),
+        (
+            Queue::connect("redis+sentinel:///mymaster", "bot", limit(10, 1), config()).await,
+            "Sentinel",
+        ),
+        (
+            Queue::connect_with(
+                &url,
+                "bot",
+                limit(10, 1),
+                config(),
+                Options::default().reserve(2),
+            )
+            .await,
+            "reserve",
+        ),
+        (
+            Queue::connect(
+                &format!("redis://127.0.0.1:{}/0", redis_server::free_port()),
+                "bot",
+                limit(10, 1),
+                config(),
+            )
+            .await,
+            "cannot use Redis",
+        ),
+    ];
+    for (result, needle) in cases {
+        let error = result.expect_err(needle).to_string();
+        assert!(error.contains(needle), "{error:?} should name {needle:?}");
+    }
+    // Nothing was written.
+    assert_eq!(server.cli(&["DBSIZE"]).unwrap().trim(), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_queues_share_buckets_and_budget() {
+    let server = Server::start(false);
+    let a = Queue::connect(&server.url(), "bot", limit(10, 2), config())
+        .await
+        .unwrap();
+    let b = Queue::connect(&server.url(), "bot", limit(10, 2), config())
+        .await
+        .unwrap();
+    let log: Log = Default::default();
+    let start = Instant::now();
+    let mut tasks = spawn_shards(
+        &a,
+        (0..12)
+            .step_by(2)
+            .chain((1..12).step_by(2))
+            .filter(|s| s % 4 < 2),
+        &log,
+    );
+    tasks.extend(spawn_shards(&b, (0..12).filter(|s| s % 4 >= 2), &log));
+    // 12 shards, budget 10: ten are granted, two wait for the budget.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.lock().unwrap().len() < 10 && Instant::now() < deadline {
+        sleep(Duration::from_millis(20)).await;
+    }
+    sleep(3 * INTERVAL).await;
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 10, "the budget over both queues: {log:?}");
+    assert_spaced(&log, 2, INTERVAL);
+    // Two buckets, ten grants: five rounds, the last at 4 intervals at least.
+    let last = log.iter().map(|&(at, _)| at).max().unwrap();
+    assert!(last - start >= 4 * INTERVAL - Duration::from_millis(2));
+    assert_eq!(a.len() + b.len(), 2);
+    assert!(
+        matches!(a.health(), Health::NoBudget { .. })
+            || matches!(b.health(), Health::NoBudget { .. })
+    );
+    let snapshot = a.snapshot().await.unwrap().unwrap();
+    assert_eq!(snapshot.remaining, 0);
+    assert_eq!(snapshot.grants_logged, 10);
+    // Discord's word: 11 left by its count. Its last seconds may not be counted yet,
+    // so the 10 grants of the grace period are subtracted: 1 unit, one more grant.
+    a.update(limit(11, 2)).await.unwrap();
+    sleep(3 * INTERVAL).await;
+    assert_eq!(a.len() + b.len(), 1, "one unit after the word");
+    assert_eq!(a.snapshot().await.unwrap().unwrap().remaining, 0);
+    a.update(limit(12, 2)).await.unwrap();
+    timeout(Duration::from_secs(5), async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+    .await
+    .expect("the last one is served after the second word");
+}
+
+/// Waits (real time, bounded) until `check` holds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_empty_grants_nothing_until_discords_word() {
+    let mut server = Server::start(false);
+    let queue = Queue::connect(&server.url(), "bot", limit(100, 1), config())
+        .await
+        .unwrap();
+    drop(queue.acquire(0).await.unwrap());
+    server.kill();
+    // Unreachable: the waiting request waits, it is not an error.
+    let waiting = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.acquire(1).await }
+    });
+    eventually("unreachable", || {
+        matches!(queue.health(), Health::Unreachable { .. })
+    })
+    .await;
+    assert_eq!(queue.len(), 1);
+    server.restart();
+    // Back, but empty: no grants until Discord's word, and the queue says so.
+    eventually("needs limit", || {
+        queue.health() == Health::NeedsLimit(NeedLimit::StateMissing)
+    })
+    .await;
+    sleep(3 * INTERVAL).await;
+    assert!(!waiting.is_finished(), "granted without Discord's word");
+    assert_eq!(queue.snapshot().await.unwrap(), None);
+    let word = Instant::now();
+    queue.update(limit(50, 1)).await.unwrap();
+    let permit = timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // The lost state may have held a grant a moment before: a quiet interval first.
+    assert!(permit.granted_at() - word >= INTERVAL - Duration::from_millis(2));
+    assert_eq!(queue.health(), Health::Ready);
+    assert_eq!(queue.snapshot().await.unwrap().unwrap().remaining, 49);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_from_aof_asks_the_limit_source_once() {
+    let mut server = Server::start(true);
+    let calls = Arc::new(Mutex::new(0));
+    let options = {
+        let calls = calls.clone();
+        Options::default().limit_source(move || {
+            *calls.lock().unwrap() += 1;
+            Box::pin(async { Ok(limit(40, 2)) })
+        })
+    };
+    let a = Queue::connect_with(
+        &server.url(),
+        "bot",
+        limit(100, 2),
+        config(),
+        options.clone(),
+    )
+    .await
+    .unwrap();
+    let b = Queue::connect_with(&server.url(), "bot", limit(100, 2), config(), options)
+        .await
+        .unwrap();
+    let log: Log = Default::default();
+    let first = spawn_shards(&a, [0, 1], &log);
+    for task in first {
+        task.await.unwrap();
+    }
+    // Let the AOF reach the disk (fsync every second), then restart from it.
+    sleep(Duration::from_millis(1200)).await;
+    server.restart();
+    let mut tasks = spawn_shards(&a, [2, 3, 4, 5], &log);
+    tasks.extend(spawn_shards(&b, [6, 7, 8, 9], &log));
+    timeout(Duration::from_secs(10), async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+    .await
+    .expect("served after the limit source's word");
+    let log = log.lock().unwrap().clone();
+    assert_spaced(&log, 2, INTERVAL);
+    // One process fetched Discord's word for both (a lease in Redis decides who).
+    assert_eq!(*calls.lock().unwrap(), 1);
+    let snapshot = a.snapshot().await.unwrap().unwrap();
+    // 40 by Discord's count, less the 2 grants of the grace period, less 8 since.
+    assert_eq!(snapshot.remaining, 40 - 2 - 8);
+    assert_eq!(snapshot.needs_limit, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_changes_nothing() {
+    let server = Server::start(false);
+    let queue = Queue::connect(&server.url(), "bot", limit(100, 2), config())
+        .await
+        .unwrap();
+    let log: Log = Default::default();
+    let tasks = spawn_shards(&queue, 0..8, &log);
+    sleep(INTERVAL + INTERVAL / 2).await;
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]).unwrap().trim(), "OK");
+    for task in tasks {
+        timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    assert_spaced(&log, 2, INTERVAL);
+    assert_eq!(queue.snapshot().await.unwrap().unwrap().remaining, 92);
+    assert_eq!(queue.health(), Health::Ready);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_changed_mid_run_rekeys_every_process() {
+    let server = Server::start(false);
+    let a = Queue::connect(&server.url(), "bot", limit(100, 2), config())
+        .await
+        .unwrap();
+    let b = Queue::connect(&server.url(), "bot", limit(100, 2), config())
+        .await
+        .unwrap();
+    let log: Log = Default::default();
+    let mut tasks = spawn_shards(&a, 0..12, &log);
+    tasks.extend(spawn_shards(&b, 12..24, &log));
+    sleep(INTERVAL + INTERVAL / 2).await;
+    let changed = Instant::now();
+    a.update(limit(100, 4)).await.unwrap();
+    for task in tasks {
+        timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    let (before, after): (Vec<_>, Vec<_>) = log.iter().partition(|&&(at, _)| at < changed);
+    assert_spaced(&before, 2, INTERVAL);
+    assert_spaced(&after, 4, INTERVAL);
+    // No grant of the new buckets within an interval of any earlier grant.
+    let last_before = before.iter().map(|&(at, _)| at).max().unwrap();
+    let first_after = after.iter().map(|&(at, _)| at).min().unwrap();
+    assert!(first_after - last_before + Duration::from_millis(1) >= INTERVAL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permit_taken_late_keeps_its_bucket_busy_from_delivery() {
+    let server = Server::start(false);
+    let a = Queue::connect(&server.url(), "bot", limit(100, 1), config())
+        .await
+        .unwrap();
+    let b = Queue::connect(&server.url(), "bot", limit(100, 1), config())
+        .await
+        .unwrap();
+    // Granted at once, but its future is not polled for three intervals.
+    let mut late = Box::pin(a.acquire(0));
+    assert!(futures_util::FutureExt::now_or_never(late.as_mut()).is_none());
+    sleep(Duration::from_millis(20)).await;
+    let other = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire(1).await.unwrap().granted_at() }
+    });
+    sleep(3 * INTERVAL).await;
+    assert!(
+        !other.is_finished(),
+        "the bucket freed while a grant was not delivered"
+    );
+    let taken = late.await.unwrap().granted_at();
+    let other = timeout(Duration::from_secs(5), other)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        other - taken + Duration::from_millis(1) >= INTERVAL,
+        "{:?}",
+        other - taken
+    );
+    assert!(a.stats().touches >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_mode_frees_a_bucket_on_release_for_the_other_process() {
+    let server = Server::start(false);
+    let held = Config::default()
+        .interval(INTERVAL)
+        .hold_until_release(Duration::from_secs(5));
+    let a = Queue::connect(&server.url(), "bot", limit(100, 1), held.clone())
+        .await
+        .unwrap();
+    let b = Queue::connect(&server.url(), "bot", limit(100, 1), held)
+        .await
+        .unwrap();
+    let permit = a.acquire(0).await.unwrap();
+    let other = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire(1).await.unwrap().granted_at() }
+    });
+    sleep(3 * INTERVAL).await;
+    assert!(!other.is_finished(), "granted while the bucket was held");
+    let released = Instant::now();
+    permit.release();
+    let other = timeout(Duration::from_secs(5), other)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(other >= released);
+    // Woken by the notification, not by a timer an interval later.
+    assert!(b.stats().commands <= 4, "{:?}", b.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_grant_never_spends_twice() {
+    let server = Server::start(false);
+    let queue = Queue::connect(&server.url(), "bot", limit(100, 1), config())
+        .await
+        .unwrap();
+    drop(queue);
+    // A fresh state is quiet for an interval (a grant may have preceded its loss).
+    sleep(INTERVAL).await;
+    // The acquire script as the queue sends it, called twice with one nonce, as a
+    // driver does after losing the first answer.
+    let script = redis::Script::new(&format!(
+        "#!lua\n{}\n{}",
+        include_str!("../src/redis/lua/prelude.lua"),
+        include_str!("../src/redis/lua/acquire.lua")
+    ));
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let call = || {
+        let mut connection = connection.clone();
+        let script = &script;
+        async move {
+            script
+                .key("iq:{bot}:")
+                .arg("tester")
+                .arg(7)
+                .arg("nonce-1")
+                .arg(1)
+                .arg(-1)
+                .invoke_async::<Vec<i64>>(&mut connection)
+                .await
+                .unwrap()
+        }
+    };
+    let first = call().await;
+    let second = call().await;
+    assert_eq!(first[0], 1, "granted: {first:?}");
+    assert_eq!(first, second);
+    let remaining: String = redis::cmd("HGET")
+        .arg("iq:{bot}:state")
+        .arg("rem")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(remaining, "99");
+}
