@@ -430,7 +430,7 @@ async fn a_retried_grant_never_spends_twice() {
     ));
     let client = redis::Client::open(server.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let call = || {
+    let call = |nonce: &'static str| {
         let mut connection = connection.clone();
         let script = &script;
         async move {
@@ -438,7 +438,7 @@ async fn a_retried_grant_never_spends_twice() {
                 .key("iq:{bot}:")
                 .arg("tester")
                 .arg(7)
-                .arg("nonce-1")
+                .arg(nonce)
                 .arg(1)
                 .arg(-1)
                 .invoke_async::<Vec<i64>>(&mut connection)
@@ -446,15 +446,21 @@ async fn a_retried_grant_never_spends_twice() {
                 .unwrap()
         }
     };
-    let first = call().await;
-    let second = call().await;
+    let first = call("nonce-1").await;
+    let second = call("nonce-1").await;
     assert_eq!(first[0], 1, "granted: {first:?}");
-    assert_eq!(first, second);
+    assert_eq!(first[..5], second[..5], "the same grant");
+    // Once another grant followed in its bucket, the old answer is void: a retry
+    // then asks afresh (and waits), it does not hand out a stale grant.
+    sleep(INTERVAL).await;
+    assert_eq!(call("nonce-2").await[0], 1);
+    let stale = call("nonce-1").await;
+    assert_eq!(stale[0], 2, "asked afresh: {stale:?}");
     let remaining: String = redis::cmd("HGET")
         .arg("iq:{bot}:state")
         .arg("rem")
         .query_async(&mut connection)
         .await
         .unwrap();
-    assert_eq!(remaining, "99");
+    assert_eq!(remaining, "98");
 }

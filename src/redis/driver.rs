@@ -127,6 +127,16 @@ async fn step(
             return Ok(inner.next_deadline());
         }
     }
+    if inner.lock().replicas_behind {
+        // `WAIT` with nothing new written: have the replicas caught up with every
+        // write of this connection, the unacknowledged grant included?
+        if !acknowledged(inner, connection).await? {
+            return Ok(Instant::now());
+        }
+        let mut local = inner.lock();
+        local.replicas_behind = false;
+        local.health = Health::Ready;
+    }
     ask_heads(inner, connection).await?;
     Ok(inner.next_deadline())
 }
@@ -369,14 +379,17 @@ async fn ask_heads(
         if let Answer::Grant { .. } = answer {
             if inner.options.replicas > 0 && !acknowledged(inner, connection).await? {
                 // Not on enough replicas: a failover could forget it. Never acted on;
-                // its unit counts as spent. Ask again when the bucket frees.
+                // its unit counts as spent. No more grants until the replicas catch
+                // up (each one would be spent the same way).
                 let mut local = inner.lock();
                 local.stats.unacknowledged += 1;
+                local.replicas_behind = true;
+                local.health = Health::ReplicasBehind;
                 if let Some(bucket) = local.buckets.get_mut(&index) {
                     bucket.pending = None;
                     bucket.next_try = Some(Instant::now() + inner.interval);
                 }
-                continue;
+                return Ok(());
             }
         }
         let stop = inner.apply(index, shard, answer, sent);

@@ -113,6 +113,9 @@ pub(super) struct Local {
     /// With a limit source: do not fetch Discord's word again before then.
     pub(super) fetch_after: Option<Instant>,
     pub(super) health: Health,
+    /// A grant was not acknowledged by the replicas: none is asked for until they
+    /// catch up.
+    pub(super) replicas_behind: bool,
     pub(super) remaining: u32,
     /// Shards whose grant reached them (the twilight integration's reconnect inference).
     #[cfg_attr(not(feature = "twilight"), allow(dead_code))]
@@ -135,6 +138,7 @@ impl Local {
             need: None,
             fetch_after: None,
             health: Health::Ready,
+            replicas_behind: false,
             remaining,
             served: Default::default(),
             kept: HashMap::new(),

@@ -22,6 +22,9 @@ pub enum Health {
     /// The shared state needs Discord's word; the limit source is being asked (by this
     /// process or another one).
     FetchingLimit(NeedLimit),
+    /// A grant was not acknowledged by the configured replicas in time (so it was not
+    /// acted on, and its unit is spent): no more grants until they catch up.
+    ReplicasBehind,
     /// The daily budget is spent; it refills at Discord's reset (`None`: only a
     /// fresh limit can refill it).
     NoBudget {

@@ -10,12 +10,24 @@
 --                                               1 state missing, 2 new server process
 local client, shard, nonce = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local rank, next_rank = tonumber(ARGV[4]), tonumber(ARGV[5])
-local done = redis.call('GET', P .. 'r:' .. nonce)
-if done then return cjson.decode(done) end
 local st, now = open(true)
 if not st then return { 4, 1, 0, 0, 0 } end
 if st.need ~= 0 then return { 4, st.need, 0, 0, st.mc } end
 local b = shard % st.mc
+-- A retried call (its answer was lost): the grant it made, if that grant is still
+-- its bucket's latest in this epoch; its shard takes it now, so the bucket stays
+-- busy for an interval from now. Otherwise (a failover, a later grant since) that
+-- grant is void, its unit spent, and this call asks afresh.
+local done = redis.call('GET', P .. 'r:' .. nonce)
+if done then
+  local reply = cjson.decode(done)
+  if reply[2] == st.epoch and redis.call('HGET', BKT, 'g:' .. b) == reply[2] .. ':' .. reply[3] then
+    local free = tonumber(redis.call('HGET', BKT, 'f:' .. b)) or 0
+    redis.call('HSET', BKT, 'f:' .. b, math.max(free, now + st.iv))
+    reply[6] = busy_until(st, b) - now
+    return reply
+  end
+end
 local CON, LEASE = P .. 'c:' .. b, P .. 'cl:' .. b
 
 local function register(r)

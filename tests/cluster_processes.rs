@@ -1,0 +1,416 @@
+//! Cluster mode end to end: worker processes (this test binary, run again) share one
+//! budget through a real `redis-server`, and a fake Discord judges every IDENTIFY as
+//! it arrives. Faults are real: SIGKILL of workers and servers, Sentinel failovers.
+//! The tests run one at a time (each starts several processes).
+
+#[path = "support/fake_discord.rs"]
+mod fake_discord;
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fake_discord::FakeDiscord;
+use identify_queue::redis::{Options, Queue};
+use identify_queue::{Config, Error, SessionStartLimit};
+use redis_server::Server;
+
+const INTERVAL: Duration = Duration::from_millis(200);
+/// The tests start several processes each: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// What a worker does, passed in its environment.
+#[derive(Clone, Debug)]
+struct Work {
+    url: String,
+    discord: SocketAddr,
+    worker: u32,
+    shards: Vec<u32>,
+    /// Hold mode with this timeout; the permit is kept forever (never released).
+    hold_forever: Option<Duration>,
+    /// Use this namespace (the default: one per test); a broken cluster gives each
+    /// worker its own.
+    namespace: String,
+    replicas: u32,
+}
+
+impl Work {
+    fn encode(&self) -> String {
+        let shards: Vec<String> = self.shards.iter().map(u32::to_string).collect();
+        format!(
+            "{} {} {} {} {} {} {}",
+            self.url,
+            self.discord,
+            self.worker,
+            shards.join(","),
+            self.hold_forever.map_or(0, |d| d.as_millis()),
+            self.namespace,
+            self.replicas,
+        )
+    }
+
+    fn decode(text: &str) -> Self {
+        let w: Vec<&str> = text.split(' ').collect();
+        let hold: u64 = w[4].parse().unwrap();
+        Self {
+            url: w[0].to_owned(),
+            discord: w[1].parse().unwrap(),
+            worker: w[2].parse().unwrap(),
+            shards: w[3]
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().unwrap())
+                .collect(),
+            hold_forever: (hold > 0).then(|| Duration::from_millis(hold)),
+            namespace: w[5].to_owned(),
+            replicas: w[6].parse().unwrap(),
+        }
+    }
+
+    /// Starts this test binary again as a worker process.
+    fn spawn(&self) -> Child {
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "worker",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("IQ_WORKER", self.encode())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("a worker process")
+    }
+}
+
+/// Asks the fake Discord for its `session_start_limit`.
+fn ask_limit(discord: SocketAddr) -> Result<SessionStartLimit, String> {
+    let mut stream = TcpStream::connect(discord).map_err(|e| e.to_string())?;
+    stream.write_all(b"LIMIT\n").map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    Ok(SessionStartLimit {
+        total: n[0] as u32,
+        remaining: n[1] as u32,
+        reset_after: Duration::from_millis(n[2]),
+        max_concurrency: n[3] as u32,
+    })
+}
+
+/// The worker process: acquires its shards, one task each, and sends IDENTIFY to the
+/// fake Discord with each permit. A permit lost to a failover is asked for again.
+#[test]
+#[ignore = "the entry point of the worker processes that the other tests start"]
+fn worker() {
+    let Ok(spec) = std::env::var("IQ_WORKER") else {
+        return;
+    };
+    let work = Work::decode(&spec);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let discord = work.discord;
+        let mut config = Config::default().interval(INTERVAL);
+        if let Some(hold) = work.hold_forever {
+            config = config.hold_until_release(hold);
+        }
+        let options = Options::default()
+            .head_grace(Duration::from_millis(300))
+            .replicas(work.replicas)
+            .limit_source(move || Box::pin(async move { ask_limit(discord) }));
+        let limit = ask_limit(discord).unwrap();
+        let queue = Queue::connect_with(&work.url, &work.namespace, limit, config, options)
+            .await
+            .expect("connect");
+        let tasks: Vec<_> = work
+            .shards
+            .iter()
+            .map(|&shard| {
+                let queue = queue.clone();
+                let worker = work.worker;
+                let hold = work.hold_forever.is_some();
+                tokio::spawn(async move {
+                    let permit = loop {
+                        match queue.acquire(shard).await {
+                            Ok(permit) => break permit,
+                            Err(Error::GrantLost(_)) => continue,
+                            Err(e) => panic!("worker {worker}, shard {shard}: {e}"),
+                        }
+                    };
+                    let mut stream = TcpStream::connect(discord).unwrap();
+                    writeln!(stream, "IDENTIFY {shard} {worker}").unwrap();
+                    if hold {
+                        permit.keep();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        if work.hold_forever.is_some() {
+            // Holds until killed.
+            std::future::pending::<()>().await;
+        }
+    });
+}
+
+/// Waits until `count` IDENTIFYs arrived, or `limit` passed.
+fn wait_for(discord: &FakeDiscord, count: usize, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    while discord.arrivals().len() < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    discord.arrivals().len()
+}
+
+fn work(
+    url: &str,
+    discord: &FakeDiscord,
+    worker: u32,
+    shards: impl IntoIterator<Item = u32>,
+) -> Work {
+    Work {
+        url: url.to_owned(),
+        discord: discord.address,
+        worker,
+        shards: shards.into_iter().collect(),
+        hold_forever: None,
+        namespace: "bot".to_owned(),
+        replicas: 0,
+    }
+}
+
+fn finish(mut workers: Vec<Child>) {
+    for worker in &mut workers {
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+}
+
+#[test]
+fn processes_share_one_budget_and_every_bucket() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(false);
+    // 4 workers x 12 shards, 4 buckets, 40 session starts left.
+    let discord = FakeDiscord::start(40, 4);
+    let workers: Vec<Child> = (0..4)
+        .map(|w| work(&server.url(), &discord, w, (0..12).map(|i| w * 12 + i)).spawn())
+        .collect();
+    let arrived = wait_for(&discord, 40, Duration::from_secs(30));
+    // Nothing more may come: the budget is spent.
+    std::thread::sleep(4 * INTERVAL);
+    finish(workers);
+    assert_eq!(arrived, 40);
+    assert_eq!(discord.arrivals().len(), 40);
+    assert_eq!(discord.violations(4, INTERVAL), Vec::<String>::new());
+    // Every worker got some: each bucket serves its processes in turn.
+    let mut per_worker: HashMap<u32, usize> = HashMap::new();
+    for arrival in discord.arrivals() {
+        *per_worker.entry(arrival.worker).or_default() += 1;
+    }
+    assert_eq!(per_worker.len(), 4, "{per_worker:?}");
+}
+
+#[test]
+fn the_judge_catches_processes_that_do_not_share() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(false);
+    let discord = FakeDiscord::start(12, 2);
+    // Each worker in its own namespace: each believes it has the bot to itself.
+    let workers: Vec<Child> = (0..3)
+        .map(|w| {
+            let mut work = work(&server.url(), &discord, w, (0..6).map(|i| w * 6 + i));
+            work.namespace = format!("alone-{w}");
+            work.spawn()
+        })
+        .collect();
+    wait_for(&discord, 18, Duration::from_secs(20));
+    finish(workers);
+    assert!(
+        !discord.violations(2, INTERVAL).is_empty(),
+        "the judge saw nothing wrong"
+    );
+}
+
+#[test]
+fn a_worker_killed_while_waiting_delays_no_one() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(false);
+    let discord = FakeDiscord::start(100, 1);
+    // One bucket: the victim's 10 shards and the survivor's 6 take turns.
+    let mut victim = work(&server.url(), &discord, 0, 0..10).spawn();
+    std::thread::sleep(Duration::from_millis(500));
+    let survivor = work(&server.url(), &discord, 1, 10..16).spawn();
+    std::thread::sleep(Duration::from_millis(600));
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let killed = Instant::now();
+    let before = discord.arrivals().len();
+    // The survivor's shards all come: the dead head is passed by after its grace.
+    let from_survivor = || discord.arrivals().iter().filter(|a| a.worker == 1).count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while from_survivor() < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    finish(vec![survivor]);
+    assert_eq!(from_survivor(), 6);
+    assert!(discord.arrivals().len() > before);
+    assert_eq!(discord.violations(1, INTERVAL), Vec::<String>::new());
+    // Everything after the kill came from the survivor.
+    assert!(
+        discord
+            .arrivals()
+            .iter()
+            .all(|a| a.at < killed || a.worker == 1)
+    );
+}
+
+#[test]
+fn a_worker_killed_while_holding_frees_its_bucket_at_the_hold_timeout() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(false);
+    let discord = FakeDiscord::start(100, 1);
+    let hold = Duration::from_millis(1500);
+    let mut holder = work(&server.url(), &discord, 0, [0]);
+    holder.hold_forever = Some(hold);
+    let mut holder = holder.spawn();
+    assert_eq!(wait_for(&discord, 1, Duration::from_secs(10)), 1);
+    let held_at = discord.arrivals()[0].at;
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let mut next = work(&server.url(), &discord, 1, [1]);
+    next.hold_forever = Some(hold);
+    let next = next.spawn();
+    assert_eq!(wait_for(&discord, 2, Duration::from_secs(10)), 2);
+    finish(vec![next]);
+    // Not before the dead holder's timeout: its shard may have identified.
+    let gap = discord.arrivals()[1].at - held_at;
+    assert!(
+        gap + fake_discord::JITTER >= hold,
+        "freed {gap:?} after the grant"
+    );
+}
+
+#[test]
+fn redis_unreachable_for_a_while_then_recovered() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut server = Server::start(true);
+    let discord = FakeDiscord::start(100, 2);
+    let workers: Vec<Child> = (0..2)
+        .map(|w| work(&server.url(), &discord, w, (0..10).map(|i| w * 10 + i)).spawn())
+        .collect();
+    wait_for(&discord, 4, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1100)); // the AOF's fsync
+    server.kill();
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Fail closed: nothing identified while Redis was down (but what was in flight).
+    let during = discord
+        .arrivals()
+        .iter()
+        .filter(|a| a.at > down + Duration::from_millis(50))
+        .count();
+    assert_eq!(during, 0);
+    server.restart();
+    let arrived = wait_for(&discord, 20, Duration::from_secs(30));
+    finish(workers);
+    assert_eq!(arrived, 20);
+    assert_eq!(discord.violations(2, INTERVAL), Vec::<String>::new());
+}
+
+#[test]
+fn a_sentinel_failover_under_load_loses_no_rule() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let master = Server::start_with(
+        true,
+        &[
+            "--min-replicas-to-write",
+            "1",
+            "--min-replicas-max-lag",
+            "2",
+        ],
+    );
+    let replica_of = ["--replicaof", "127.0.0.1", &master.port.to_string()];
+    let replicas = [
+        Server::start_with(true, &replica_of),
+        Server::start_with(true, &replica_of),
+    ];
+    let sentinels: Vec<Server> = (0..3)
+        .map(|_| Server::sentinel("iq", master.port))
+        .collect();
+    let url = format!(
+        "redis+sentinel://{}/iq",
+        sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    // Both replicas in sync, and known to the sentinels.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !master.cli(&["INFO", "replication"]).is_some_and(|info| {
+        info.contains("connected_slaves:2") && !info.contains("state=wait_bgsave")
+    }) {
+        assert!(Instant::now() < deadline, "replicas did not sync");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let discord = FakeDiscord::start(200, 2);
+    let workers: Vec<Child> = (0..3)
+        .map(|w| {
+            let mut work = work(&url, &discord, w, (0..12).map(|i| w * 12 + i));
+            work.replicas = 1;
+            work.spawn()
+        })
+        .collect();
+    wait_for(&discord, 6, Duration::from_secs(15));
+    // The replicas stop hearing: the master's next grants are never acknowledged, so
+    // never acted on. Then the master dies, and Sentinel promotes a replica that never
+    // saw them.
+    for replica in &replicas {
+        replica.signal("STOP");
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let before_failover = discord.arrivals().len();
+    let mut master = master;
+    master.kill();
+    for replica in &replicas {
+        replica.signal("CONT");
+    }
+    let arrived = wait_for(&discord, 36, Duration::from_secs(40));
+    finish(workers);
+    let arrivals = discord.arrivals();
+    let t0 = arrivals[0].at;
+    let trace: Vec<String> = arrivals
+        .iter()
+        .map(|a| format!("{:?} s{} w{}", a.at - t0, a.shard, a.worker))
+        .collect();
+    assert_eq!(
+        arrived, 36,
+        "all served after the failover (had {before_failover})"
+    );
+    assert_eq!(
+        discord.violations(2, INTERVAL),
+        Vec::<String>::new(),
+        "{trace:#?}"
+    );
+    drop(sentinels);
+}
