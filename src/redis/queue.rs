@@ -498,9 +498,11 @@ impl Inner {
             }
             Answer::Budget {
                 wait,
+                remaining,
                 max_concurrency,
             } => {
                 local.stats.refusals += 1;
+                local.remaining = remaining;
                 let until = wait.map(|wait| now + millis(wait));
                 local.no_budget = Some(until);
                 local.health = Health::NoBudget {
@@ -541,11 +543,15 @@ impl Inner {
                 let client = words.next();
                 let wait = words.next().and_then(|w| w.parse::<u64>().ok());
                 if let (Some(bucket), Some(client), Some(wait)) = (bucket, client, wait) {
-                    if client == self.client {
-                        if let Some(b) = local.buckets.get_mut(&bucket) {
-                            if !b.queue.is_empty() {
-                                b.next_try = Some(now + Duration::from_millis(wait));
-                            }
+                    let wait = Duration::from_millis(wait);
+                    if let Some(b) = local.buckets.get_mut(&bucket) {
+                        if client == self.client && !b.queue.is_empty() {
+                            // Our turn: ask when the bucket frees.
+                            b.next_try = Some(now + wait);
+                        } else if b.registered && !b.queue.is_empty() {
+                            // Another process's turn: look again only if it does not
+                            // come back within its grace (its process died).
+                            b.next_try = Some(now + wait + self.options.head_grace);
                         }
                     }
                 }

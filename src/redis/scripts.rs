@@ -57,6 +57,7 @@ pub(super) enum Answer {
     /// No budget until the reset (`None`: until Discord's word).
     Budget {
         wait: Option<u64>,
+        remaining: u32,
         max_concurrency: u32,
     },
     /// No grants until Discord's word: the state is missing (`StateMissing`) or a new
@@ -103,6 +104,7 @@ pub(super) fn answer(reply: &[i64]) -> Option<Answer> {
         },
         3 => Answer::Budget {
             wait: (field(1)? >= 0).then(|| field(1).unwrap_or(0) as u64),
+            remaining: count(2)?,
             max_concurrency: count(4)?,
         },
         4 => Answer::NeedLimit(if field(1)? == 1 {

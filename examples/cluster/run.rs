@@ -1,0 +1,362 @@
+//! One simulated cluster start-up: worker processes (this binary, run again with
+//! `--worker`) share one budget through Redis; this process plays Discord, judging
+//! each IDENTIFY as it arrives on its own clock. Shared by `examples/cluster` and
+//! `benches/cluster.rs`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use identify_queue::redis::{Health, Options, Queue};
+use identify_queue::{Config, SessionStartLimit};
+
+/// Two IDENTIFYs granted exactly an interval apart may arrive closer by this much:
+/// loopback delivery between busy processes.
+pub const JITTER: Duration = Duration::from_millis(40);
+
+/// One run's shape.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub url: String,
+    pub namespace: String,
+    pub workers: u32,
+    pub shards: u32,
+    pub max_concurrency: u32,
+    pub interval: Duration,
+    /// Session starts left; the run ends when they or the shards are used up.
+    pub budget: u32,
+    /// After the last grant, how long to keep every worker waiting (with shards left
+    /// beyond the budget) while counting the commands they send.
+    pub idle: Duration,
+}
+
+/// What one run measured.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub identifies: u32,
+    /// First IDENTIFY to last.
+    pub makespan: Duration,
+    /// The same for a perfect queue: `ceil(n / C) - 1` intervals.
+    pub optimum: Duration,
+    /// Redis commands the workers sent (scripts, WAIT, leases), over the grants.
+    pub commands: u64,
+    /// Commands every process sent while all of them only waited (`idle`).
+    pub idle_commands: u64,
+    pub violations: Vec<String>,
+}
+
+/// An IDENTIFY as Discord saw it.
+#[derive(Clone, Copy)]
+struct Arrival {
+    at: Instant,
+    shard: u32,
+}
+
+/// Runs the plan; `progress` sees (identifies so far, expected).
+pub fn run(plan: &Plan, mut progress: impl FnMut(u32, u32)) -> Result<Outcome, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let discord = listener.local_addr().map_err(|e| e.to_string())?;
+    let arrivals: Arc<Mutex<Vec<Arrival>>> = Default::default();
+    let commands: Arc<Mutex<HashMap<u32, (u64, u64)>>> = Default::default();
+    {
+        let (arrivals, commands) = (arrivals.clone(), commands.clone());
+        let (budget, max_concurrency) = (plan.budget, plan.max_concurrency);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (arrivals, commands) = (arrivals.clone(), commands.clone());
+                std::thread::spawn(move || {
+                    serve(stream, &arrivals, &commands, budget, max_concurrency)
+                });
+            }
+        });
+    }
+    let expected = plan.shards.min(plan.budget);
+    let mut children: Vec<Child> = (0..plan.workers)
+        .map(|worker| spawn_worker(plan, worker, discord))
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let deadline = started
+        + plan.interval * (plan.shards / plan.max_concurrency + 20)
+        + Duration::from_secs(30);
+    let mut seen = 0;
+    while seen < expected {
+        if Instant::now() > deadline {
+            kill(&mut children);
+            return Err(format!(
+                "only {seen} of {expected} IDENTIFYs before the deadline"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        let now = arrivals.lock().unwrap().len() as u32;
+        if now != seen {
+            seen = now;
+            progress(seen, expected);
+        }
+    }
+    // Every worker now only waits (the budget is spent, or nothing is left): what
+    // do they send meanwhile? Each reports its count at the start and the end.
+    let idle_from = poll_counts(&commands, plan.workers, 1);
+    std::thread::sleep(plan.idle);
+    for child in &mut children {
+        // Asks each worker for its final count: a line on its stdin.
+        if let Some(stdin) = child.stdin.as_mut() {
+            let _ = stdin.write_all(b"report\n");
+        }
+    }
+    let idle_to = poll_counts(&commands, plan.workers, 2);
+    kill(&mut children);
+    let mut arrivals = arrivals.lock().unwrap().clone();
+    arrivals.sort_by_key(|a| a.at);
+    let rounds = expected.div_ceil(plan.max_concurrency).saturating_sub(1);
+    Ok(Outcome {
+        identifies: arrivals.len() as u32,
+        makespan: arrivals
+            .last()
+            .map_or(Duration::ZERO, |l| l.at - arrivals[0].at),
+        optimum: plan.interval * rounds,
+        commands: idle_from,
+        idle_commands: idle_to.saturating_sub(idle_from),
+        violations: judge(&arrivals, plan),
+    })
+}
+
+/// Waits until every worker reported its command count for `round`; their sum.
+fn poll_counts(commands: &Mutex<HashMap<u32, (u64, u64)>>, workers: u32, round: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        {
+            let counts = commands.lock().unwrap();
+            if counts.values().filter(|&&(r, _)| r >= round).count() as u32 >= workers
+                || Instant::now() > deadline
+            {
+                return counts.values().map(|&(_, c)| c).sum();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn kill(children: &mut [Child]) {
+    for child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Discord's rules on arrivals: the budget, and per bucket the interval.
+fn judge(arrivals: &[Arrival], plan: &Plan) -> Vec<String> {
+    let mut violations = Vec::new();
+    if arrivals.len() as u32 > plan.budget {
+        violations.push(format!(
+            "{} IDENTIFYs for a budget of {}",
+            arrivals.len(),
+            plan.budget
+        ));
+    }
+    let mut last: HashMap<u32, Arrival> = HashMap::new();
+    for &arrival in arrivals {
+        let bucket = arrival.shard % plan.max_concurrency;
+        if let Some(previous) = last.insert(bucket, arrival) {
+            let gap = arrival.at - previous.at;
+            if gap + JITTER < plan.interval {
+                violations.push(format!(
+                    "bucket {bucket}: shard {} {gap:?} after shard {}",
+                    arrival.shard, previous.shard
+                ));
+            }
+        }
+    }
+    violations
+}
+
+/// One connection: `IDENTIFY <shard>`, `LIMIT` (answers Discord's
+/// session_start_limit by its own count) or `COMMANDS <worker> <round> <count>`.
+fn serve(
+    stream: TcpStream,
+    arrivals: &Mutex<Vec<Arrival>>,
+    commands: &Mutex<HashMap<u32, (u64, u64)>>,
+    budget: u32,
+    max_concurrency: u32,
+) {
+    let mut line = String::new();
+    if BufReader::new(&stream).read_line(&mut line).is_err() {
+        return;
+    }
+    let at = Instant::now();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["IDENTIFY", shard] => {
+            if let Ok(shard) = shard.parse() {
+                arrivals.lock().unwrap().push(Arrival { at, shard });
+            }
+        }
+        ["LIMIT"] => {
+            let used = arrivals.lock().unwrap().len() as u32;
+            let reply = format!(
+                "1000 {} 86400000 {max_concurrency}\n",
+                budget.saturating_sub(used)
+            );
+            let _ = (&stream).write_all(reply.as_bytes());
+        }
+        ["COMMANDS", worker, round, count] => {
+            if let (Ok(worker), Ok(round), Ok(count)) =
+                (worker.parse(), round.parse(), count.parse())
+            {
+                commands.lock().unwrap().insert(worker, (round, count));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn spawn_worker(plan: &Plan, worker: u32, discord: SocketAddr) -> Result<Child, String> {
+    let shards: Vec<String> = (0..plan.shards)
+        .filter(|shard| shard % plan.workers == worker)
+        .map(|shard| shard.to_string())
+        .collect();
+    Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .arg("--worker")
+        .args([
+            plan.url.clone(),
+            plan.namespace.clone(),
+            worker.to_string(),
+            discord.to_string(),
+            plan.interval.as_millis().to_string(),
+            shards.join(","),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start a worker: {e}"))
+}
+
+/// Asks the judge (Discord) for its session_start_limit.
+fn ask_limit(discord: SocketAddr) -> Result<SessionStartLimit, String> {
+    let mut stream = TcpStream::connect(discord).map_err(|e| e.to_string())?;
+    stream.write_all(b"LIMIT\n").map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match n.as_slice() {
+        &[total, remaining, reset_after, max_concurrency] => Ok(SessionStartLimit {
+            total: total as u32,
+            remaining: remaining as u32,
+            reset_after: Duration::from_millis(reset_after),
+            max_concurrency: max_concurrency as u32,
+        }),
+        _ => Err(format!("bad LIMIT answer {line:?}")),
+    }
+}
+
+fn tell(discord: SocketAddr, line: String) {
+    if let Ok(mut stream) = TcpStream::connect(discord) {
+        let _ = stream.write_all(line.as_bytes());
+    }
+}
+
+/// The worker process: `--worker <url> <namespace> <id> <discord> <interval_ms>
+/// <shards>`. A task per shard; each permit becomes an IDENTIFY sent to the judge.
+pub fn worker(args: &[String]) -> Result<(), String> {
+    let [url, namespace, id, discord, interval, shards] = args else {
+        return Err(format!("worker: bad arguments {args:?}"));
+    };
+    let id: u32 = id.parse().map_err(|_| "worker id")?;
+    let discord: SocketAddr = discord.parse().map_err(|_| "judge address")?;
+    let interval = Duration::from_millis(interval.parse().map_err(|_| "interval")?);
+    let shards: Vec<u32> = shards.split(',').filter_map(|s| s.parse().ok()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let options =
+            Options::default().limit_source(move || Box::pin(async move { ask_limit(discord) }));
+        let limit = ask_limit(discord)?;
+        let config = Config::default().interval(interval);
+        let queue = Queue::connect_with(url, namespace, limit, config, options)
+            .await
+            .map_err(|e| e.to_string())?;
+        for shard in shards {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                if let Ok(_permit) = queue.acquire(shard).await {
+                    tell(discord, format!("IDENTIFY {shard}\n"));
+                }
+            });
+        }
+        // Reports its command count once everything it may get was granted (round 1,
+        // when its queue is empty or the budget is spent), then when asked (round 2).
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let done = queue.is_empty() || matches!(queue.health(), Health::NoBudget { .. });
+            if done {
+                break;
+            }
+        }
+        tell(
+            discord,
+            format!("COMMANDS {id} 1 {}\n", queue.stats().commands),
+        );
+        let stdin = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        });
+        let _ = stdin.await;
+        tell(
+            discord,
+            format!("COMMANDS {id} 2 {}\n", queue.stats().commands),
+        );
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+/// A `redis-server` of our own, on a free loopback port, in a temp dir.
+pub struct OwnRedis {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_redis() -> Result<(OwnRedis, String), String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!("cannot start redis-server ({e}): install it (apt-get install redis-server) or pass --url / REDIS_URL")
+        })?;
+    let server = OwnRedis { child, _dir: dir };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("redis-server did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((server, format!("redis://127.0.0.1:{port}/0")))
+}
