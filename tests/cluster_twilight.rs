@@ -2,6 +2,7 @@
 //! processes' queues (two connections, two drivers, one namespace) identify against
 //! the fake gateway in `gateway/`, which checks Discord's rules on its own clock.
 
+#[allow(dead_code)] // the gateway serves tests/twilight.rs too, with more to check
 mod gateway;
 #[path = "support/redis_server.rs"]
 mod redis_server;
