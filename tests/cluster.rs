@@ -9,11 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use identify_queue::redis::{Health, NeedLimit, Options, Queue};
-use identify_queue::{Config, Error, SessionStartLimit, ShardId};
+use identify_queue::{Config, Error, Priority, SessionStartLimit, ShardId};
 use redis_server::Server;
 use tokio::time::{Instant, sleep, timeout};
 
 const INTERVAL: Duration = Duration::from_millis(200);
+/// What Redis keeps between two grants of a bucket: the interval, the 5 ms delivery
+/// window and a millisecond of rounding (`Queue::connect_with`).
+const SPACING: Duration = Duration::from_millis(206);
 
 fn limit(remaining: u32, max_concurrency: u32) -> SessionStartLimit {
     SessionStartLimit {
@@ -211,12 +214,13 @@ async fn restarted_empty_grants_nothing_until_discords_word() {
         .await
         .unwrap();
     drop(queue.acquire(0).await.unwrap());
-    server.kill();
-    // Unreachable: the waiting request waits, it is not an error.
     let waiting = tokio::spawn({
         let queue = queue.clone();
         async move { queue.acquire(1).await }
     });
+    eventually("shard 1 waits", || queue.len() == 1).await;
+    server.kill();
+    // Unreachable: the waiting request waits, it is not an error.
     eventually("unreachable", || {
         matches!(queue.health(), Health::Unreachable { .. })
     })
@@ -420,7 +424,7 @@ async fn a_retried_grant_never_spends_twice() {
         .unwrap();
     drop(queue);
     // A fresh state is quiet for an interval (a grant may have preceded its loss).
-    sleep(INTERVAL).await;
+    sleep(SPACING).await;
     // The acquire script as the queue sends it, called twice with one nonce, as a
     // driver does after losing the first answer.
     let script = redis::Script::new(&format!(
@@ -452,7 +456,7 @@ async fn a_retried_grant_never_spends_twice() {
     assert_eq!(first[..5], second[..5], "the same grant");
     // Once another grant followed in its bucket, the old answer is void: a retry
     // then asks afresh (and waits), it does not hand out a stale grant.
-    sleep(INTERVAL).await;
+    sleep(SPACING).await;
     assert_eq!(call("nonce-2").await[0], 1);
     let stale = call("nonce-1").await;
     assert_eq!(stale[0], 2, "asked afresh: {stale:?}");
@@ -463,4 +467,69 @@ async fn a_retried_grant_never_spends_twice() {
         .await
         .unwrap();
     assert_eq!(remaining, "98");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_while_waiting_delays_no_process() {
+    let server = Server::start(false);
+    // A dead head would be passed by only after 10 s: a cancel must not cost that.
+    let options = Options::default().head_grace(Duration::from_secs(10));
+    let url = server.url();
+    let connect = || Queue::connect_with(&url, "bot", limit(100, 1), config(), options.clone());
+    let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
+    sleep(SPACING).await; // the fresh state's quiet interval
+    let first = a.acquire(0).await.unwrap().granted_at();
+    // A's next shard is next in line for the bucket, B's after it.
+    let mut cancelled = Box::pin(a.acquire(2));
+    assert!(futures_util::FutureExt::now_or_never(cancelled.as_mut()).is_none());
+    sleep(Duration::from_millis(50)).await;
+    let other = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire(1).await.unwrap().granted_at() }
+    });
+    sleep(Duration::from_millis(50)).await;
+    drop(cancelled);
+    let other = timeout(Duration::from_secs(5), other)
+        .await
+        .expect("not held up by a cancelled head")
+        .unwrap();
+    assert!(other - first + Duration::from_millis(1) >= INTERVAL);
+    assert_eq!(a.len(), 0);
+    assert_eq!(
+        a.snapshot().await.unwrap().unwrap().remaining,
+        98,
+        "the cancel spent nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_in_another_process_goes_before_queued_starts() {
+    let server = Server::start(false);
+    let a = Queue::connect(&server.url(), "bot", limit(100, 1), config())
+        .await
+        .unwrap();
+    let b = Queue::connect(&server.url(), "bot", limit(100, 1), config())
+        .await
+        .unwrap();
+    let log: Log = Default::default();
+    let starts = spawn_shards(&a, 0..5, &log);
+    sleep(INTERVAL + INTERVAL / 2).await; // the quiet interval, then shard 0
+    let reconnect = tokio::spawn({
+        let (b, log) = (b.clone(), log.clone());
+        async move {
+            let permit = b.acquire_with(9, Priority::Reconnect).await.unwrap();
+            log.lock().unwrap().push((permit.granted_at(), 9));
+        }
+    });
+    reconnect.await.unwrap();
+    for task in starts {
+        task.await.unwrap();
+    }
+    let order: Vec<ShardId> = {
+        let mut log = log.lock().unwrap().clone();
+        log.sort();
+        log.iter().map(|&(_, shard)| shard).collect()
+    };
+    // Shard 0 went first; the reconnect came next, before A's four other starts.
+    assert_eq!(order.iter().position(|&s| s == 9), Some(1), "{order:?}");
 }

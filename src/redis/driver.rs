@@ -51,7 +51,6 @@ pub(super) async fn run(queue: Weak<Inner>) {
                 Ok(opened) => {
                     *inner.connection.lock().unwrap() = Some(opened.connection.clone());
                     link = Some(opened);
-                    backoff = Duration::from_millis(25);
                     let mut local = inner.lock();
                     local.stats.connections += 1;
                     local.health = Health::Ready;
@@ -71,11 +70,24 @@ pub(super) async fn run(queue: Weak<Inner>) {
             continue;
         };
         let next = match step(&inner, &mut current.connection).await {
-            Ok(next) => next,
+            Ok(next) => {
+                backoff = Duration::from_millis(25);
+                next
+            }
             Err(reason) => {
+                // Reconnect (the master may have changed), but not at once: a server
+                // that refuses every call (NOREPLICAS, a script error) must not be
+                // hammered.
                 *inner.connection.lock().unwrap() = None;
                 inner.lock().health = Health::Unreachable { reason };
                 link = None;
+                let wake = inner.wake.clone();
+                drop(inner);
+                tokio::select! {
+                    () = sleep_until(Instant::now() + backoff) => {}
+                    () = wake.notified() => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
@@ -280,23 +292,35 @@ async fn fetch_limit(
         .map_err(|e| e.to_string())?;
     inner.lock().stats.commands += 1;
     if won.is_none() {
-        // Another process fetches it: its sync notification wakes us, or the
-        // fallback timer asks again.
-        return Ok(false);
+        // Ours from an earlier attempt (the call failed after winning), or another
+        // process fetches it: its sync notification wakes us, or the fallback timer
+        // asks again.
+        let owner: Option<String> = redis::cmd("GET")
+            .arg(&lease_key)
+            .query_async(connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        inner.lock().stats.commands += 1;
+        if owner.as_deref() != Some(inner.client.as_str()) {
+            return Ok(false);
+        }
     }
     let limit = match tokio::time::timeout(SYNC_LEASE, source()).await {
         Ok(Ok(limit)) => limit,
         Ok(Err(reason)) => {
-            inner.lock().health = Health::Unreachable {
-                reason: format!("the limit source failed: {reason}"),
+            inner.lock().health = Health::LimitSourceFailed { reason };
+            return Ok(false);
+        }
+        Err(_) => {
+            inner.lock().health = Health::LimitSourceFailed {
+                reason: format!("no answer within {SYNC_LEASE:?}"),
             };
             return Ok(false);
         }
-        Err(_) => return Ok(false),
     };
     if let Err(e) = limit.validate() {
-        inner.lock().health = Health::Unreachable {
-            reason: format!("the limit source returned a bad limit: {e}"),
+        inner.lock().health = Health::LimitSourceFailed {
+            reason: format!("it returned a bad limit: {e}"),
         };
         return Ok(false);
     }

@@ -11,9 +11,10 @@ use super::scripts::{NeedLimit, Token};
 use super::status::{ClusterStats, Health};
 use crate::{Error, Priority, ShardId};
 
-/// A grant taken later than this after its acquire call was sent keeps its bucket
-/// busy first (a touch): spacing counts from delivery. Within it, the grant's own
-/// round trip dominates; the cluster's `margin` covers both.
+/// The delivery window: a grant taken within it of its acquire call being sent goes
+/// straight to its shard; taken later, its bucket is first kept busy for another
+/// interval (a touch), since spacing counts from delivery. Redis adds it to the
+/// interval it keeps, so deliveries on one machine are never closer than the interval.
 pub(super) const FRESH: Duration = Duration::from_millis(5);
 
 /// Where one waiting request stands.

@@ -186,7 +186,9 @@ impl fmt::Debug for Grants {
 /// Leave to IDENTIFY, granted by Redis for the whole cluster.
 ///
 /// In hold mode the bucket stays held until [`release`](Permit::release) or drop (or
-/// the hold timeout, counted from the grant in Redis).
+/// the hold timeout, counted from the grant in Redis). The release is sent by the
+/// queue's driver: one that cannot be sent (Redis unreachable until the hold timeout,
+/// or every handle of the queue dropped first) ends at the timeout instead.
 #[must_use = "in hold mode, dropping the permit frees the bucket at once"]
 pub struct Permit {
     /// Hold mode: where to send the release.

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::driver;
 use super::link::{Link, Target};
-use super::local::{Granted, Local, Phase};
+use super::local::{FRESH, Granted, Local, Phase};
 use super::options::Options;
 use super::permit::{Acquire, Grants};
 use super::scripts::{Answer, Scripts};
@@ -55,7 +55,8 @@ pub(super) struct Inner {
     nonces: std::sync::atomic::AtomicU64,
     pub(super) config: Config,
     pub(super) options: Options,
-    /// `config.interval` plus the margin: the spacing Redis keeps.
+    /// `config.interval` plus the margin, the delivery window and a millisecond: the
+    /// spacing Redis keeps (see `connect_with`).
     pub(super) interval: Duration,
     pub(super) scripts: Scripts,
     /// The driver's connection, for the calls a user makes (`update`, `snapshot`).
@@ -95,9 +96,24 @@ impl Queue {
         options.validate()?;
         check_namespace(namespace)?;
         let target = Target::parse(url)?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::InvalidOption {
+                option: "runtime",
+                reason: "cluster mode runs on tokio: connect from within a tokio runtime"
+                    .to_owned(),
+            });
+        }
         let prefix = format!("iq:{{{namespace}}}:");
         let channel = format!("{prefix}ev");
-        let interval = config.get_interval().saturating_add(options.margin);
+        // What Redis keeps between two grants of a bucket: the interval and the margin,
+        // plus the delivery window (a permit reaches its shard up to `FRESH` after its
+        // acquire call was sent, later only after a touch) and a millisecond for
+        // Redis's whole-millisecond clock. So two deliveries of a bucket on one
+        // machine's clock are never closer than the interval plus the margin.
+        let interval = config
+            .get_interval()
+            .saturating_add(options.margin)
+            .saturating_add(FRESH + Duration::from_millis(1));
         let inner = Arc::new(Inner {
             local: Mutex::new(Local::new(limit.max_concurrency, limit.remaining)),
             wake: Arc::new(Notify::new()),

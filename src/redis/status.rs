@@ -22,6 +22,12 @@ pub enum Health {
     /// The shared state needs Discord's word; the limit source is being asked (by this
     /// process or another one).
     FetchingLimit(NeedLimit),
+    /// The shared state needs Discord's word, and the limit source failed; it is
+    /// asked again after a second.
+    LimitSourceFailed {
+        /// What it said.
+        reason: String,
+    },
     /// A grant was not acknowledged by the configured replicas in time (so it was not
     /// acted on, and its unit is spent): no more grants until they catch up.
     ReplicasBehind,

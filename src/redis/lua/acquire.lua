@@ -63,9 +63,11 @@ if now < busy then
   return { 2, busy - now, 1, 0, st.mc }
 end
 if st.rem <= st.rsv then
+  -- The head comes back at the reset, or, without one, when Discord's word arrives
+  -- (every process hears of it): until then, its place is kept only for its grace.
   local wait = -1
   if st.reset_at >= 0 then wait = st.reset_at - now end
-  redis.call('HSET', LEASE, client, FAR)
+  redis.call('HSET', LEASE, client, now + math.max(wait, 0) + st.slack)
   return { 3, wait, st.rem, 0, st.mc }
 end
 
