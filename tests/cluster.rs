@@ -533,3 +533,91 @@ async fn a_reconnect_in_another_process_goes_before_queued_starts() {
     // Shard 0 went first; the reconnect came next, before A's four other starts.
     assert_eq!(order.iter().position(|&s| s == 9), Some(1), "{order:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_moved_between_tasks_and_a_permit_dropped_on_a_plain_thread() {
+    let server = Server::start(false);
+    let held = Config::default()
+        .interval(INTERVAL)
+        .hold_until_release(Duration::from_secs(30));
+    let a = Queue::connect(&server.url(), "bot", limit(100, 1), held.clone())
+        .await
+        .unwrap();
+    let b = Queue::connect(&server.url(), "bot", limit(100, 1), held)
+        .await
+        .unwrap();
+    // Made in one task, polled once there, awaited in another.
+    let (send, receive) = tokio::sync::oneshot::channel();
+    let a2 = a.clone();
+    tokio::spawn(async move {
+        let mut acquire = Box::pin(a2.acquire(0));
+        let _ = futures_util::FutureExt::now_or_never(acquire.as_mut());
+        let _ = send.send(acquire);
+    });
+    let permit = tokio::spawn(async move { receive.await.unwrap().await })
+        .await
+        .unwrap()
+        .unwrap();
+    let other = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire(1).await.unwrap().granted_at() }
+    });
+    sleep(3 * INTERVAL).await;
+    assert!(!other.is_finished(), "granted while held");
+    // Released on a thread with no runtime: the driver sends it.
+    let released = Instant::now();
+    std::thread::spawn(move || drop(permit)).join().unwrap();
+    let other = timeout(Duration::from_secs(5), other)
+        .await
+        .expect("released long before the 30 s hold timeout")
+        .unwrap();
+    assert!(other >= released);
+}
+
+#[test]
+fn a_queue_outlives_the_runtime_it_connected_on() {
+    let server = Server::start(false);
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let queue = first
+        .block_on(Queue::connect(
+            &server.url(),
+            "bot",
+            limit(100, 1),
+            config(),
+        ))
+        .unwrap();
+    first.block_on(async { drop(queue.acquire(0).await.unwrap()) });
+    // The runtime that ran its driver (and its connection) is gone.
+    drop(first);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let permit = timeout(Duration::from_secs(10), queue.acquire(1))
+            .await
+            .expect("a driver on this runtime serves it")
+            .unwrap();
+        assert_eq!(permit.shard(), 1);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_all_yields_every_permit_in_grant_order() {
+    let server = Server::start(false);
+    let queue = Queue::connect(&server.url(), "bot", limit(100, 2), config())
+        .await
+        .unwrap();
+    let mut grants = queue.acquire_all(0..6);
+    let mut log = Vec::new();
+    while let Some(permit) = timeout(
+        Duration::from_secs(5),
+        futures_util::StreamExt::next(&mut grants),
+    )
+    .await
+    .expect("the next permit in time")
+    {
+        let permit = permit.unwrap();
+        log.push((permit.granted_at(), permit.shard()));
+    }
+    assert_eq!(log.len(), 6);
+    assert_spaced(&log, 2, INTERVAL);
+    assert!(queue.is_empty());
+}

@@ -39,6 +39,7 @@ const SYNC_FALLBACK: Duration = Duration::from_secs(1);
 
 /// Runs until every handle of the queue is gone and nothing is left to send.
 pub(super) async fn run(queue: Weak<Inner>) {
+    let _running = Running(queue.clone());
     let mut link: Option<Link> = None;
     let mut backoff = Duration::from_millis(25);
     loop {
@@ -107,6 +108,26 @@ pub(super) async fn run(queue: Weak<Inner>) {
                     *inner.connection.lock().unwrap() = None;
                     link = None;
                 }
+            }
+        }
+    }
+}
+
+/// Clears `driver_running` when the driver ends, returning or dropped with its
+/// runtime, so that the queue's next user on a runtime starts another.
+struct Running(Weak<Inner>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner
+                .driver_running
+                .store(false, std::sync::atomic::Ordering::Release);
+            // Futures parked on this driver poll again and start the next one.
+            let mut local = inner.lock();
+            let shards: Vec<ShardId> = local.waiters.keys().copied().collect();
+            for shard in shards {
+                local.wake(shard);
             }
         }
     }

@@ -68,6 +68,8 @@ impl Future for Acquire {
             this.done = true;
             return Poll::Ready(Err(error));
         }
+        // Its driver may have ended with the runtime it ran on.
+        this.inner.ensure_driver();
         let now = Instant::now();
         let mut local = this.inner.lock();
         let Some(waiter) = local.waiters.get_mut(&this.shard) else {

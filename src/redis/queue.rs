@@ -53,6 +53,9 @@ pub(super) struct Inner {
     /// This queue's name among the contenders: unique per connect.
     pub(super) client: String,
     nonces: std::sync::atomic::AtomicU64,
+    /// A driver task runs (or was just spawned). It clears this when it ends, also
+    /// when its runtime drops it: the next poll on a runtime starts another.
+    pub(super) driver_running: std::sync::atomic::AtomicBool,
     pub(super) config: Config,
     pub(super) options: Options,
     /// `config.interval` plus the margin, the delivery window and a millisecond: the
@@ -122,6 +125,7 @@ impl Queue {
             channel,
             client: client_id(),
             nonces: Default::default(),
+            driver_running: Default::default(),
             prefix,
             config,
             options,
@@ -135,7 +139,7 @@ impl Queue {
         let mut connection = link.connection.clone();
         inner.sync(&mut connection, limit).await?;
         drop(link);
-        tokio::spawn(driver::run(Arc::downgrade(&inner)));
+        inner.ensure_driver();
         Ok(Self {
             _handle: Arc::new(Handle(inner.clone())),
             inner,
@@ -171,6 +175,7 @@ impl Queue {
             local.enqueue(shard, priority, Instant::now())
         };
         if queued {
+            self.inner.ensure_driver();
             self.inner.wake.notify_one();
             Acquire::new(self.inner.clone(), shard)
         } else {
@@ -367,6 +372,19 @@ impl Inner {
         self.local
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts the driver on the runtime at hand if none runs. Without a runtime at
+    /// hand (a plain thread), the next call from one starts it.
+    pub(super) fn ensure_driver(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.driver_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(driver::run(Arc::downgrade(self)))),
+            Err(_) => self.driver_running.store(false, Ordering::Release),
+        }
     }
 
     pub(super) fn unreachable(&self, reason: String) -> Error {
