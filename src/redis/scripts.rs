@@ -115,3 +115,59 @@ pub(super) fn answer(reply: &[i64]) -> Option<Answer> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::redis::link::Target;
+    use crate::redis::status::Snapshot;
+
+    #[test]
+    fn answers_read_as_the_scripts_write_them() {
+        let token = Token { epoch: 7, seq: 3 };
+        assert_eq!(
+            answer(&[1, 7, 3, 10, 16, 5006]),
+            Some(Answer::Grant {
+                token,
+                remaining: 10,
+                max_concurrency: 16,
+                next_wait: 5006
+            })
+        );
+        assert_eq!(
+            answer(&[3, -1, 0, 0, 16]),
+            Some(Answer::Budget {
+                wait: None,
+                remaining: 0,
+                max_concurrency: 16
+            })
+        );
+        assert_eq!(
+            answer(&[4, 2, 0, 0, 16]),
+            Some(Answer::NeedLimit(NeedLimit::NewServer))
+        );
+        // Short, unknown or out-of-range replies are refused, not guessed.
+        assert_eq!(answer(&[1, 7, 3]), None);
+        assert_eq!(answer(&[9, 0, 0, 0, 0]), None);
+        assert_eq!(answer(&[1, 7, 3, -1, 16, 0]), None);
+    }
+
+    proptest! {
+        /// Whatever Redis (or something posing as it) answers, reading it never panics.
+        #[test]
+        fn any_reply_reads_without_panicking(reply in proptest::collection::vec(any::<i64>(), 0..12)) {
+            let _ = answer(&reply);
+            let _ = Snapshot::from_reply(&reply);
+        }
+
+        /// Any URL gets a parse or a clear error, never a panic.
+        #[test]
+        fn any_url_parses_or_errs(url in "(redis(\\+sentinel)?://)?[ -~]{0,40}") {
+            if let Err(error) = Target::parse(&url) {
+                prop_assert!(error.to_string().contains("invalid Redis URL"));
+            }
+        }
+    }
+}
