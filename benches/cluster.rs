@@ -35,7 +35,8 @@ fn main() {
         "cluster: {shards} shards, max_concurrency 16, interval 100 ms, budget {budget}; one redis-server on loopback"
     );
     println!(
-        " P | makespan | optimum | over  | commands/grant | commands while all wait (1 s) | violations"
+        " P | makespan | optimum | over   | over the spacing kept ({:?}) | commands/grant | commands while all wait (1 s) | violations",
+        run::spacing(Duration::from_millis(100))
     );
     for (run, &workers) in processes.iter().enumerate() {
         let plan = run::Plan {
@@ -50,10 +51,11 @@ fn main() {
         };
         match run::run(&plan, |_, _| {}) {
             Ok(outcome) => println!(
-                "{workers:>2} | {:>7.3}s | {:>6.3}s | {:>+4.1}% | {:>14.2} | {:>29} | {}",
+                "{workers:>2} | {:>7.3}s | {:>6.3}s | {:>+5.1}% | {:>+30.1}% | {:>14.2} | {:>29} | {}",
                 outcome.makespan.as_secs_f64(),
                 outcome.optimum.as_secs_f64(),
                 (outcome.makespan.as_secs_f64() / outcome.optimum.as_secs_f64() - 1.0) * 100.0,
+                (outcome.makespan.as_secs_f64() / outcome.optimum_kept.as_secs_f64() - 1.0) * 100.0,
                 outcome.commands as f64 / f64::from(outcome.identifies.max(1)),
                 outcome.idle_commands,
                 outcome.violations.len()

@@ -71,11 +71,19 @@
 //! | `smol` | `smol` | `std` clock, one `async_io::Timer`, smol's global executor |
 //! | `async-std` | `async_std` | a shim: the `smol` module under async-std's name |
 //! | `twilight` | `twilight` | implies `tokio`: the tokio queue as a twilight-gateway `Queue` |
+//! | `redis` | `redis` | implies `tokio`: cluster mode, one budget for every process, on Redis |
 //!
 //! The runtime modules are the generic `runtime::Queue` over a small
 //! `runtime::Runtime` trait (a clock, a timer, a spawner for the queue's own driver
 //! task); `twilight` adds a trait impl to the tokio one. A shard that lost its session
 //! asks with [`Priority::Reconnect`] and goes before the start-up of its bucket.
+//!
+//! # Cluster mode
+//!
+//! With feature `redis`, `redis::Queue` shares one budget and one set of buckets
+//! between every process of a bot (on many machines) through Redis: the same
+//! `acquire`, with Redis's clock, an epoch fence against lost writes, and Discord's
+//! word as the only source of budget. See the `redis` module.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

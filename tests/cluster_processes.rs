@@ -271,6 +271,15 @@ fn a_worker_killed_while_waiting_delays_no_one() {
         std::thread::sleep(Duration::from_millis(20));
     }
     finish(vec![survivor]);
+    let next = discord
+        .arrivals()
+        .iter()
+        .map(|a| a.at)
+        .find(|&at| at > killed);
+    eprintln!(
+        "worker killed while waiting: the survivor's next IDENTIFY {:?} later",
+        next.map(|at| at - killed)
+    );
     assert_eq!(from_survivor(), 6);
     assert!(discord.arrivals().len() > before);
     assert_eq!(discord.violations(1, INTERVAL), Vec::<String>::new());
@@ -303,6 +312,9 @@ fn a_worker_killed_while_holding_frees_its_bucket_at_the_hold_timeout() {
     finish(vec![next]);
     // Not before the dead holder's timeout: its shard may have identified.
     let gap = discord.arrivals()[1].at - held_at;
+    eprintln!(
+        "worker killed while holding (hold timeout {hold:?}): the next IDENTIFY {gap:?} after the dead one's"
+    );
     assert!(
         gap + fake_discord::JITTER >= hold,
         "freed {gap:?} after the grant"
@@ -330,9 +342,19 @@ fn redis_unreachable_for_a_while_then_recovered() {
         .count();
     assert_eq!(during, 0);
     server.restart();
+    let restarted = Instant::now();
     let arrived = wait_for(&discord, 20, Duration::from_secs(30));
     finish(workers);
     assert_eq!(arrived, 20);
+    let first_after = discord
+        .arrivals()
+        .iter()
+        .map(|a| a.at)
+        .find(|&at| at > restarted);
+    eprintln!(
+        "redis down 1.5 s: 0 IDENTIFYs meanwhile; the first {:?} after its restart (from its AOF, a new epoch: Discord's word first)",
+        first_after.map(|at| at - restarted)
+    );
     assert_eq!(discord.violations(2, INTERVAL), Vec::<String>::new());
 }
 
@@ -395,8 +417,18 @@ fn a_sentinel_failover_under_load_loses_no_rule() {
     for replica in &replicas {
         replica.signal("CONT");
     }
+    let killed = Instant::now();
     let arrived = wait_for(&discord, 36, Duration::from_secs(40));
     finish(workers);
+    let first_after = discord
+        .arrivals()
+        .iter()
+        .map(|a| a.at)
+        .find(|&at| at > killed);
+    eprintln!(
+        "failover: {before_failover} IDENTIFYs before; the first after the master's death {:?} later",
+        first_after.map(|at| at - killed)
+    );
     let arrivals = discord.arrivals();
     let t0 = arrivals[0].at;
     let trace: Vec<String> = arrivals

@@ -119,11 +119,17 @@ fn parent(args: &[String]) -> Result<bool, String> {
         "identified      {} of {} shards (budget {})",
         outcome.identifies, plan.shards, plan.budget
     );
+    let over = |optimum: Duration| {
+        (outcome.makespan.as_secs_f64() / optimum.as_secs_f64().max(1e-9) - 1.0) * 100.0
+    };
     println!(
-        "makespan        {:.3}s, optimum {:.3}s ({:+.1}%)",
+        "makespan        {:.3}s, optimum {:.3}s ({:+.1}%); at the spacing kept ({:?}), {:.3}s ({:+.1}%)",
         outcome.makespan.as_secs_f64(),
         outcome.optimum.as_secs_f64(),
-        (outcome.makespan.as_secs_f64() / outcome.optimum.as_secs_f64().max(1e-9) - 1.0) * 100.0
+        over(outcome.optimum),
+        run::spacing(plan.interval),
+        outcome.optimum_kept.as_secs_f64(),
+        over(outcome.optimum_kept),
     );
     println!(
         "Redis commands  {} for {} grants: {:.2} per grant; {} while every worker only waited {:?}",

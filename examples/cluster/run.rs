@@ -18,6 +18,12 @@ use identify_queue::{Config, SessionStartLimit};
 /// loopback delivery between busy processes.
 pub const JITTER: Duration = Duration::from_millis(40);
 
+/// The spacing the cluster queue keeps for `interval` (no margin): see
+/// `identify_queue::redis::Queue::spacing`.
+pub fn spacing(interval: Duration) -> Duration {
+    interval + identify_queue::redis::DELIVERY_WINDOW + Duration::from_millis(1)
+}
+
 /// One run's shape.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -42,6 +48,9 @@ pub struct Outcome {
     pub makespan: Duration,
     /// The same for a perfect queue: `ceil(n / C) - 1` intervals.
     pub optimum: Duration,
+    /// The same at the spacing the cluster keeps on purpose (the interval plus the
+    /// delivery window and a millisecond, `Queue::spacing`).
+    pub optimum_kept: Duration,
     /// Redis commands the workers sent (scripts, WAIT, leases), over the grants.
     pub commands: u64,
     /// Commands every process sent while all of them only waited (`idle`).
@@ -118,6 +127,7 @@ pub fn run(plan: &Plan, mut progress: impl FnMut(u32, u32)) -> Result<Outcome, S
             .last()
             .map_or(Duration::ZERO, |l| l.at - arrivals[0].at),
         optimum: plan.interval * rounds,
+        optimum_kept: spacing(plan.interval) * rounds,
         commands: idle_from,
         idle_commands: idle_to.saturating_sub(idle_from),
         violations: judge(&arrivals, plan),

@@ -15,7 +15,7 @@ use crate::{Error, Priority, ShardId};
 /// straight to its shard; taken later, its bucket is first kept busy for another
 /// interval (a touch), since spacing counts from delivery. Redis adds it to the
 /// interval it keeps, so deliveries on one machine are never closer than the interval.
-pub(super) const FRESH: Duration = Duration::from_millis(5);
+pub const DELIVERY_WINDOW: Duration = Duration::from_millis(5);
 
 /// Where one waiting request stands.
 pub(super) enum Phase {
@@ -45,7 +45,7 @@ impl Granted {
     pub(super) fn new(token: Token, sent: Instant, interval: Duration) -> Self {
         Self {
             token,
-            fresh_until: sent + FRESH,
+            fresh_until: sent + DELIVERY_WINDOW,
             touch_at: sent + interval / 2,
             touch_asked: false,
             lost_at: sent + interval,

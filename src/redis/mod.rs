@@ -70,6 +70,7 @@ mod status;
 #[cfg(feature = "twilight")]
 mod twilight;
 
+pub use local::DELIVERY_WINDOW;
 pub use options::{LimitFuture, Options};
 pub use permit::{Acquire, Grants, Permit};
 pub use queue::Queue;

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::driver;
 use super::link::{Link, Target};
-use super::local::{FRESH, Granted, Local, Phase};
+use super::local::{DELIVERY_WINDOW, Granted, Local, Phase};
 use super::options::Options;
 use super::permit::{Acquire, Grants};
 use super::scripts::{Answer, Scripts};
@@ -109,14 +109,14 @@ impl Queue {
         let prefix = format!("iq:{{{namespace}}}:");
         let channel = format!("{prefix}ev");
         // What Redis keeps between two grants of a bucket: the interval and the margin,
-        // plus the delivery window (a permit reaches its shard up to `FRESH` after its
+        // plus the delivery window (a permit reaches its shard up to `DELIVERY_WINDOW` after its
         // acquire call was sent, later only after a touch) and a millisecond for
         // Redis's whole-millisecond clock. So two deliveries of a bucket on one
         // machine's clock are never closer than the interval plus the margin.
         let interval = config
             .get_interval()
             .saturating_add(options.margin)
-            .saturating_add(FRESH + Duration::from_millis(1));
+            .saturating_add(DELIVERY_WINDOW + Duration::from_millis(1));
         let inner = Arc::new(Inner {
             local: Mutex::new(Local::new(limit.max_concurrency, limit.remaining)),
             wake: Arc::new(Notify::new()),
@@ -293,6 +293,13 @@ impl Queue {
         let ahead = bucket.queue.range(..waiter.key(shard)).count() as u32;
         let head_at = bucket.next_try.unwrap_or_else(Instant::now);
         Some(head_at + self.inner.interval.saturating_mul(ahead))
+    }
+
+    /// The spacing Redis keeps between two grants of a bucket: the interval, the
+    /// margin, the [`DELIVERY_WINDOW`](super::DELIVERY_WINDOW) and a millisecond for
+    /// Redis's whole-millisecond clock.
+    pub fn spacing(&self) -> Duration {
+        self.inner.interval
     }
 
     /// Counters: commands sent, grants, refusals, touches.
