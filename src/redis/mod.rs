@@ -31,13 +31,16 @@
 //!
 //! # What it promises, over all processes together
 //!
-//! - **Safety.** Per bucket, grants at least `interval` (+ [`Options::margin`]) apart,
-//!   and in hold mode after the previous holder's release or hold timeout; never more
-//!   grants than the budget. A permit reaches its shard only after its grant is
-//!   recorded in Redis (and acknowledged by [`Options::replicas`] replicas): a grant
-//!   not acknowledged is not acted on and its unit counts as spent. Spacing counts
-//!   from delivery: a permit taken later than a few milliseconds after its grant first
-//!   keeps its bucket busy for another interval (a *touch*).
+//! - **Safety.** Per bucket, grants at least [`Queue::spacing`] apart (the interval,
+//!   [`Options::margin`], the [`DELIVERY_WINDOW`] and a millisecond), and in hold mode
+//!   after the previous holder's release or hold timeout; never more grants than the
+//!   budget. A permit reaches its shard only after its grant is recorded in Redis (and
+//!   acknowledged by [`Options::replicas`] replicas): a grant not acknowledged is not
+//!   acted on, its unit counts as spent, and no grant follows until the replicas catch
+//!   up. Spacing counts from delivery: a permit taken later than the delivery window
+//!   after its acquire call first keeps its bucket busy for another interval (a
+//!   *touch*), so two IDENTIFYs of a bucket never leave one machine closer than the
+//!   interval plus the margin.
 //! - **One clock**, Redis's (`TIME` in the scripts); processes receive durations.
 //! - **The budget comes from Discord's word only**: `connect`'s and `update`'s limit,
 //!   the [`Options::limit_source`], or the reset instant Discord announced (it refills

@@ -582,7 +582,10 @@ impl Inner {
             Some("n") => {
                 let bucket = words.next().and_then(|b| b.parse::<u32>().ok());
                 let client = words.next();
-                let wait = words.next().and_then(|w| w.parse::<u64>().ok());
+                let wait = words
+                    .next()
+                    .and_then(|w| w.parse::<u64>().ok())
+                    .map(|w| w.min(1 << 50));
                 if let (Some(bucket), Some(client), Some(wait)) = (bucket, client, wait) {
                     let wait = Duration::from_millis(wait);
                     if let Some(b) = local.buckets.get_mut(&bucket) {

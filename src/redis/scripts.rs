@@ -86,7 +86,8 @@ pub(super) struct Token {
 pub(super) fn answer(reply: &[i64]) -> Option<Answer> {
     let field = |i: usize| reply.get(i).copied();
     let count = |i: usize| field(i).and_then(|v| u32::try_from(v).ok());
-    let millis = |i: usize| field(i).map(|v| v.max(0) as u64);
+    // Waits beyond the scripts' "never" (2^50 ms, 35,000 years) are read as it.
+    let millis = |i: usize| field(i).map(|v| v.clamp(0, 1 << 50) as u64);
     Some(match field(0)? {
         1 => Answer::Grant {
             token: Token {
@@ -103,7 +104,7 @@ pub(super) fn answer(reply: &[i64]) -> Option<Answer> {
             max_concurrency: count(4)?,
         },
         3 => Answer::Budget {
-            wait: (field(1)? >= 0).then(|| field(1).unwrap_or(0) as u64),
+            wait: (field(1)? >= 0).then(|| millis(1).unwrap_or(0)),
             remaining: count(2)?,
             max_concurrency: count(4)?,
         },
