@@ -78,8 +78,8 @@ impl Queue {
     /// Errors, changing nothing: a bad `limit`, `config`, `namespace` or `url`, or
     /// Redis out of reach (the error says why).
     pub async fn connect(
-        url: &str,
-        namespace: &str,
+        url: impl AsRef<str>,
+        namespace: impl AsRef<str>,
         limit: SessionStartLimit,
         config: Config,
     ) -> Result<Self, Error> {
@@ -88,12 +88,13 @@ impl Queue {
 
     /// [`connect`](Self::connect) with cluster [`Options`].
     pub async fn connect_with(
-        url: &str,
-        namespace: &str,
+        url: impl AsRef<str>,
+        namespace: impl AsRef<str>,
         limit: SessionStartLimit,
         config: Config,
         options: Options,
     ) -> Result<Self, Error> {
+        let (url, namespace) = (url.as_ref(), namespace.as_ref());
         limit.validate()?;
         config.validate()?;
         options.validate()?;
