@@ -358,18 +358,10 @@ fn redis_unreachable_for_a_while_then_recovered() {
     assert_eq!(discord.violations(2, INTERVAL), Vec::<String>::new());
 }
 
-#[test]
-fn a_sentinel_failover_under_load_loses_no_rule() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let master = Server::start_with(
-        true,
-        &[
-            "--min-replicas-to-write",
-            "1",
-            "--min-replicas-max-lag",
-            "2",
-        ],
-    );
+/// A master, two replicas and three sentinels (quorum 2) on loopback, the replicas
+/// in sync; `extra` configures the master. Returns them and the Sentinel URL.
+fn sentinel_cluster(extra: &[&str]) -> (Server, [Server; 2], Vec<Server>, String) {
+    let master = Server::start_with(true, extra);
     let replica_of = ["--replicaof", "127.0.0.1", &master.port.to_string()];
     let replicas = [
         Server::start_with(true, &replica_of),
@@ -386,7 +378,6 @@ fn a_sentinel_failover_under_load_loses_no_rule() {
             .collect::<Vec<_>>()
             .join(",")
     );
-    // Both replicas in sync, and known to the sentinels.
     let deadline = Instant::now() + Duration::from_secs(15);
     while !master.cli(&["INFO", "replication"]).is_some_and(|info| {
         info.contains("connected_slaves:2") && !info.contains("state=wait_bgsave")
@@ -394,25 +385,73 @@ fn a_sentinel_failover_under_load_loses_no_rule() {
         assert!(Instant::now() < deadline, "replicas did not sync");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Let the sentinels discover the replicas.
     std::thread::sleep(Duration::from_millis(1500));
-    let discord = FakeDiscord::start(200, 2);
-    let workers: Vec<Child> = (0..3)
+    (master, replicas, sentinels, url)
+}
+
+/// The grant log of whichever of `servers` is a master now.
+fn master_log(servers: &[Server]) -> Vec<String> {
+    servers
+        .iter()
+        .find(|s| {
+            s.cli(&["ROLE"])
+                .is_some_and(|role| role.starts_with("master"))
+        })
+        .and_then(|s| s.cli(&["ZRANGE", "iq:{bot}:log", "0", "-1"]))
+        .map(|log| log.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Three workers (12 shards each, two buckets) on the Sentinel URL, acting on a grant
+/// once one replica acknowledged it.
+fn sentinel_workers(url: &str, discord: &FakeDiscord) -> Vec<Child> {
+    (0..3)
         .map(|w| {
-            let mut work = work(&url, &discord, w, (0..12).map(|i| w * 12 + i));
+            let mut work = work(url, discord, w, (0..12).map(|i| w * 12 + i));
             work.replicas = 1;
             work.spawn()
         })
+        .collect()
+}
+
+/// Every IDENTIFY came, within the rules; the trace names them if not.
+fn assert_all_served_within_the_rules(discord: &FakeDiscord, arrived: usize, expected: usize) {
+    let arrivals = discord.arrivals();
+    let t0 = arrivals[0].at;
+    let trace: Vec<String> = arrivals
+        .iter()
+        .map(|a| format!("{:?} s{} w{}", a.at - t0, a.shard, a.worker))
         .collect();
+    assert_eq!(arrived, expected, "{trace:#?}");
+    assert_eq!(
+        discord.violations(2, INTERVAL),
+        Vec::<String>::new(),
+        "{trace:#?}"
+    );
+}
+
+#[test]
+fn a_sentinel_failover_under_load_loses_no_rule() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut master, replicas, _sentinels, url) = sentinel_cluster(&[
+        "--min-replicas-to-write",
+        "1",
+        "--min-replicas-max-lag",
+        "2",
+    ]);
+    let discord = FakeDiscord::start(200, 2);
+    let workers = sentinel_workers(&url, &discord);
     wait_for(&discord, 6, Duration::from_secs(15));
-    // The replicas stop hearing: the master's next grants are never acknowledged, so
-    // never acted on. Then the master dies, and Sentinel promotes a replica that never
-    // saw them.
+    // The replicas stop: the master's next grants are not acknowledged in time, so
+    // never acted on (the replicas read them later, from their sockets). Then the
+    // master dies, and Sentinel promotes a replica. Answers lost with the master are
+    // asked again with their nonces on the new one.
     for replica in &replicas {
         replica.signal("STOP");
     }
     std::thread::sleep(Duration::from_millis(800));
     let before_failover = discord.arrivals().len();
-    let mut master = master;
     master.kill();
     for replica in &replicas {
         replica.signal("CONT");
@@ -429,20 +468,58 @@ fn a_sentinel_failover_under_load_loses_no_rule() {
         "failover: {before_failover} IDENTIFYs before; the first after the master's death {:?} later",
         first_after.map(|at| at - killed)
     );
-    let arrivals = discord.arrivals();
-    let t0 = arrivals[0].at;
-    let trace: Vec<String> = arrivals
+    assert_all_served_within_the_rules(&discord, arrived, 36);
+}
+
+#[test]
+fn a_grant_the_replicas_never_saw_is_never_acted_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // No `min-replicas-to-write`: the master keeps granting with no replica attached,
+    // which is what makes grants that no replica ever sees.
+    let (mut master, replicas, _sentinels, url) = sentinel_cluster(&[]);
+    let discord = FakeDiscord::start(200, 2);
+    let workers = sentinel_workers(&url, &discord);
+    wait_for(&discord, 6, Duration::from_secs(15));
+    // The replicas stop, and the master drops its links to them: what it grants from
+    // now on reaches no replica.
+    for replica in &replicas {
+        replica.signal("STOP");
+    }
+    master.cli(&["CLIENT", "KILL", "TYPE", "replica"]).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let granted_before = master_log(std::slice::from_ref(&master));
+    let identified_before = discord.arrivals().len();
+    master.kill();
+    let killed = Instant::now();
+    for replica in &replicas {
+        replica.signal("CONT");
+    }
+    let arrived = wait_for(&discord, 36, Duration::from_secs(40));
+    let promoted = master_log(&replicas);
+    finish(workers);
+    let never_seen: Vec<&String> = granted_before
         .iter()
-        .map(|a| format!("{:?} s{} w{}", a.at - t0, a.shard, a.worker))
+        .filter(|grant| !promoted.contains(grant))
         .collect();
-    assert_eq!(
-        arrived, 36,
-        "all served after the failover (had {before_failover})"
+    eprintln!(
+        "{} grants the replicas never saw ({} IDENTIFYs before the failover): none acted on",
+        never_seen.len(),
+        identified_before
     );
-    assert_eq!(
-        discord.violations(2, INTERVAL),
-        Vec::<String>::new(),
-        "{trace:#?}"
-    );
-    drop(sentinels);
+    assert!(!never_seen.is_empty(), "the scenario made no such grant");
+    assert_all_served_within_the_rules(&discord, arrived, 36);
+    // Their shards identified once each, after the failover, from a new grant.
+    for grant in never_seen {
+        let shard: u32 = grant.rsplit(':').next().unwrap().parse().unwrap();
+        let identified: Vec<_> = discord
+            .arrivals()
+            .into_iter()
+            .filter(|a| a.shard == shard)
+            .collect();
+        assert_eq!(identified.len(), 1);
+        assert!(
+            identified[0].at > killed,
+            "shard {shard} acted on a grant no replica saw"
+        );
+    }
 }
