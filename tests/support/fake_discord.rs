@@ -27,6 +27,8 @@ pub struct FakeDiscord {
     pub budget: u32,
     pub max_concurrency: Arc<Mutex<u32>>,
     arrivals: Arc<Mutex<Vec<Arrival>>>,
+    /// When `max_concurrency` changed, and to what.
+    changes: Mutex<Vec<(Instant, u32)>>,
 }
 
 impl FakeDiscord {
@@ -73,6 +75,7 @@ impl FakeDiscord {
             budget,
             max_concurrency,
             arrivals,
+            changes: Mutex::new(Vec::new()),
         }
     }
 
@@ -82,11 +85,30 @@ impl FakeDiscord {
         arrivals
     }
 
+    /// Discord's `max_concurrency` changes from now on (it answers `LIMIT` with it,
+    /// and judges IDENTIFYs arriving from now on by it).
+    pub fn set_max_concurrency(&self, max_concurrency: u32) {
+        *self.max_concurrency.lock().unwrap() = max_concurrency;
+        self.changes
+            .lock()
+            .unwrap()
+            .push((Instant::now(), max_concurrency));
+    }
+
     /// Every rule Discord enforces, judged on arrivals: no more than the budget, and
-    /// per bucket (under `max_concurrency`) IDENTIFYs at least `interval` apart (less
-    /// the loopback jitter). Returns the violations, described.
+    /// two IDENTIFYs of one bucket (under the `max_concurrency` in force when the
+    /// later one arrived: `max_concurrency` until a change) at least `interval` apart
+    /// (less the loopback jitter). Returns the violations, described.
     pub fn violations(&self, max_concurrency: u32, interval: Duration) -> Vec<String> {
         let arrivals = self.arrivals();
+        let changes = self.changes.lock().unwrap().clone();
+        let in_force = |at: Instant| {
+            changes
+                .iter()
+                .rev()
+                .find(|(since, _)| *since <= at)
+                .map_or(max_concurrency, |&(_, mc)| mc)
+        };
         let mut violations = Vec::new();
         if arrivals.len() as u32 > self.budget {
             violations.push(format!(
@@ -95,19 +117,21 @@ impl FakeDiscord {
                 self.budget
             ));
         }
-        let mut last: std::collections::HashMap<u32, Arrival> = Default::default();
-        for arrival in arrivals {
-            let bucket = arrival.shard % max_concurrency;
-            if let Some(previous) = last.get(&bucket) {
-                let gap = arrival.at - previous.at;
-                if gap + JITTER < interval {
+        for (i, later) in arrivals.iter().enumerate() {
+            let mc = in_force(later.at);
+            for earlier in &arrivals[..i] {
+                let gap = later.at - earlier.at;
+                if earlier.shard % mc == later.shard % mc && gap + JITTER < interval {
                     violations.push(format!(
-                        "bucket {bucket}: shard {} (worker {}) {gap:?} after shard {} (worker {})",
-                        arrival.shard, arrival.worker, previous.shard, previous.worker
+                        "bucket {} of {mc}: shard {} (worker {}) {gap:?} after shard {} (worker {})",
+                        later.shard % mc,
+                        later.shard,
+                        later.worker,
+                        earlier.shard,
+                        earlier.worker
                     ));
                 }
             }
-            last.insert(bucket, arrival);
         }
         violations
     }
