@@ -75,6 +75,10 @@ impl Queue {
     /// asked for the master again after any failure. `namespace` is the same string in
     /// every process of one bot (its application id, say).
     ///
+    /// Every process of the bot should use the same `config` and [`Options`]: the
+    /// last process to connect (or update) sets the spacing, the hold timeout and the
+    /// head grace that Redis applies to all of them.
+    ///
     /// Errors, changing nothing: a bad `limit`, `config`, `namespace` or `url`, or
     /// Redis out of reach (the error says why).
     pub async fn connect(
