@@ -50,7 +50,7 @@ pub(super) async fn run(queue: Weak<Inner>) {
         let Some(current) = link.as_mut() else {
             match Link::open(&inner.target, &inner.channel, inner.response_timeout()).await {
                 Ok(opened) => {
-                    *inner.connection.lock().unwrap() = Some(opened.connection.clone());
+                    inner.set_connection(Some(opened.connection.clone()));
                     link = Some(opened);
                     let mut local = inner.lock();
                     local.stats.connections += 1;
@@ -79,7 +79,7 @@ pub(super) async fn run(queue: Weak<Inner>) {
                 // Reconnect (the master may have changed), but not at once: a server
                 // that refuses every call (NOREPLICAS, a script error) must not be
                 // hammered.
-                *inner.connection.lock().unwrap() = None;
+                inner.set_connection(None);
                 inner.lock().health = Health::Unreachable { reason };
                 link = None;
                 let wake = inner.wake.clone();
@@ -105,7 +105,7 @@ pub(super) async fn run(queue: Weak<Inner>) {
                 Some(payload) => inner.notice(&payload),
                 // The subscription ended: the connection is gone.
                 None => {
-                    *inner.connection.lock().unwrap() = None;
+                    inner.set_connection(None);
                     link = None;
                 }
             }

@@ -63,7 +63,7 @@ pub(super) struct Inner {
     pub(super) interval: Duration,
     pub(super) scripts: Scripts,
     /// The driver's connection, for the calls a user makes (`update`, `snapshot`).
-    pub(super) connection: Mutex<Option<MultiplexedConnection>>,
+    connection: Mutex<Option<MultiplexedConnection>>,
 }
 
 impl Queue {
@@ -226,7 +226,7 @@ impl Queue {
     /// Errors, changing nothing: a bad limit, or Redis out of reach.
     pub async fn update(&self, limit: SessionStartLimit) -> Result<(), Error> {
         limit.validate()?;
-        let connection = self.inner.connection.lock().unwrap().clone();
+        let connection = self.inner.connection();
         let mut connection = match connection {
             Some(connection) => connection,
             None => {
@@ -249,7 +249,7 @@ impl Queue {
     /// next free instant, the epoch. `Ok(None)` when Redis holds no state (restarted
     /// empty: it waits for Discord's word).
     pub async fn snapshot(&self) -> Result<Option<Snapshot>, Error> {
-        let connection = self.inner.connection.lock().unwrap().clone();
+        let connection = self.inner.connection();
         let Some(mut connection) = connection else {
             return Err(self.inner.unreachable("not connected".to_owned()));
         };
@@ -384,6 +384,22 @@ impl Inner {
         self.local
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The driver's connection, if it has one now.
+    pub(super) fn connection(&self) -> Option<MultiplexedConnection> {
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The driver's connection changed (`None`: lost).
+    pub(super) fn set_connection(&self, connection: Option<MultiplexedConnection>) {
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = connection;
     }
 
     /// Starts the driver on the runtime at hand if none runs. Without a runtime at
