@@ -51,19 +51,33 @@ use std::task::Poll;
 
 use ::tokio::sync::oneshot;
 
-use crate::ShardId;
-use crate::tokio::{Acquire, Queue};
+use crate::tokio::Queue;
+use crate::{Error, ShardId};
 
 impl twilight_gateway_queue::Queue for Queue {
     fn enqueue(&self, shard: ShardId) -> oneshot::Receiver<()> {
         let (sender, receiver) = oneshot::channel();
-        ::tokio::spawn(forward(self.clone(), self.acquire_inferring(shard), sender));
+        let (queue, acquire) = (self.clone(), self.acquire_inferring(shard));
+        ::tokio::spawn(async move {
+            if let Some(permit) = forward(acquire, sender).await {
+                // The shard identifies now: asking again later means it lost its
+                // session.
+                queue.mark_served(permit.shard());
+                // Its hold (hold mode) lasts until `Queue::release` or the timeout.
+                permit.keep();
+            }
+        });
         receiver
     }
 }
 
-/// Waits for the grant, or for the shard to give up on it, whichever comes first.
-async fn forward(queue: Queue, mut acquire: Acquire, mut sender: oneshot::Sender<()>) {
+/// Waits for the grant, or for the shard to give up on it, whichever comes first, and
+/// sends `()` with it. Returns the permit if `()` reached the shard. Shared with the
+/// cluster queue's integration.
+pub(crate) async fn forward<P>(
+    mut acquire: impl Future<Output = Result<P, Error>> + Unpin,
+    mut sender: oneshot::Sender<()>,
+) -> Option<P> {
     let granted = poll_fn(|cx| {
         if sender.poll_closed(cx).is_ready() {
             // The shard dropped its receiver: dropping `acquire` cancels the request.
@@ -74,14 +88,8 @@ async fn forward(queue: Queue, mut acquire: Acquire, mut sender: oneshot::Sender
     .await;
     // On an error, or if the shard gave up, dropping the sender closes the channel:
     // a shard still listening enqueues again.
-    if let Some(Ok(permit)) = granted {
-        if sender.send(()).is_ok() {
-            // The shard identifies now: asking again later means it lost its session.
-            queue.mark_served(permit.shard());
-            // Its hold (hold mode) lasts until `Queue::release` or the timeout.
-            permit.keep();
-        }
-        // Otherwise the receiver went in the same instant: the permit drops and frees
-        // its hold; the grant itself counts as spent, the safe side.
-    }
+    let permit = granted?.ok()?;
+    // Otherwise the receiver went in the same instant: the permit drops and frees its
+    // hold; the grant itself counts as spent, the safe side.
+    sender.send(()).is_ok().then_some(permit)
 }
