@@ -30,6 +30,8 @@ use super::scripts::{Answer, NeedLimit, answer};
 use super::status::Health;
 use crate::ShardId;
 
+/// First backoff after a failure; it doubles with each failure in a row.
+const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 /// Longest backoff between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long the process that fetches Discord's word may take before another tries.
@@ -41,7 +43,7 @@ const SYNC_FALLBACK: Duration = Duration::from_secs(1);
 pub(super) async fn run(queue: Weak<Inner>) {
     let _running = Running(queue.clone());
     let mut link: Option<Link> = None;
-    let mut backoff = Duration::from_millis(25);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         let Some(inner) = queue.upgrade() else { return };
         if inner.finished() {
@@ -57,22 +59,13 @@ pub(super) async fn run(queue: Weak<Inner>) {
                     local.health = Health::Ready;
                     local.retry_all(Instant::now());
                 }
-                Err(reason) => {
-                    inner.lock().health = Health::Unreachable { reason };
-                    let wake = inner.wake.clone();
-                    drop(inner);
-                    tokio::select! {
-                        () = sleep_until(Instant::now() + backoff) => {}
-                        () = wake.notified() => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+                Err(reason) => back_off(inner, reason, &mut backoff).await,
             }
             continue;
         };
         let next = match step(&inner, &mut current.connection).await {
             Ok(next) => {
-                backoff = Duration::from_millis(25);
+                backoff = FIRST_BACKOFF;
                 next
             }
             Err(reason) => {
@@ -80,15 +73,8 @@ pub(super) async fn run(queue: Weak<Inner>) {
                 // that refuses every call (NOREPLICAS, a script error) must not be
                 // hammered.
                 inner.set_connection(None);
-                inner.lock().health = Health::Unreachable { reason };
                 link = None;
-                let wake = inner.wake.clone();
-                drop(inner);
-                tokio::select! {
-                    () = sleep_until(Instant::now() + backoff) => {}
-                    () = wake.notified() => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                back_off(inner, reason, &mut backoff).await;
                 continue;
             }
         };
@@ -111,6 +97,19 @@ pub(super) async fn run(queue: Weak<Inner>) {
             }
         }
     }
+}
+
+/// A failure: says why, waits `backoff` (an input cuts it short), and waits longer
+/// next time. Takes `inner` so as not to keep the queue alive while it sleeps.
+async fn back_off(inner: Arc<Inner>, reason: String, backoff: &mut Duration) {
+    inner.lock().health = Health::Unreachable { reason };
+    let wake = inner.wake.clone();
+    drop(inner);
+    tokio::select! {
+        () = sleep_until(Instant::now() + *backoff) => {}
+        () = wake.notified() => {}
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
 }
 
 /// Clears `driver_running` when the driver ends, returning or dropped with its
