@@ -46,11 +46,12 @@ local function open(writes)
   local st = load_state()
   if not st then return nil, now end
   if now < st.hwm then now = st.hwm elseif writes then redis.call('HSET', STATE, 'hwm', now) end
-  if writes and server_id() ~= st.runid then
+  local id = writes and server_id()
+  if id and id ~= st.runid then
     st.epoch = st.epoch + 1
     st.need = 2
     st.quiet = math.max(st.quiet, now + st.iv)
-    redis.call('HSET', STATE, 'runid', server_id(), 'epoch', st.epoch, 'need', 2, 'quiet', st.quiet)
+    redis.call('HSET', STATE, 'runid', id, 'epoch', st.epoch, 'need', 2, 'quiet', st.quiet)
     redis.call('PUBLISH', EV, 'e ' .. st.epoch)
   end
   if st.reset_at >= 0 and now >= st.reset_at then

@@ -7,6 +7,7 @@ local total, remaining, reset_after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonu
 local mc, iv, hold, grace = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local win, rsv, slack = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local now = clock()
+local id = server_id()
 local st = load_state()
 local epoch, quiet
 if not st then
@@ -17,8 +18,8 @@ else
   now = math.max(now, st.hwm)
   epoch = st.epoch
   quiet = math.max(st.quiet, now)
-  if st.need ~= 0 or st.runid ~= server_id() then
-    if st.runid ~= server_id() then epoch = epoch + 1 end
+  if st.need ~= 0 or st.runid ~= id then
+    if st.runid ~= id then epoch = epoch + 1 end
     quiet = math.max(quiet, now + iv)
   end
   if st.mc ~= mc then
@@ -45,7 +46,7 @@ else
 end
 redis.call('HSET', STATE, 'mc', mc, 'iv', iv, 'hold', hold, 'total', total, 'rem', rem,
   'reset_at', reset_at, 'win', win, 'need', 0, 'quiet', quiet, 'hwm', now,
-  'runid', server_id(), 'epoch', epoch, 'rsv', rsv, 'slack', slack)
+  'runid', id, 'epoch', epoch, 'rsv', rsv, 'slack', slack)
 if not st then redis.call('HSET', STATE, 'seq', 0, 'cseq', 0) end
 redis.call('PUBLISH', EV, 's')
 local reset_in = -1
