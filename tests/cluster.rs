@@ -31,6 +31,19 @@ fn config() -> Config {
     Config::default().interval(INTERVAL)
 }
 
+/// A queue of the bot `bot` on `server`.
+async fn bot_queue(server: &Server, limit: SessionStartLimit, config: Config) -> Queue {
+    Queue::connect(server.url(), "bot", limit, config)
+        .await
+        .unwrap()
+}
+
+/// `shard` acquired in a task of its own: resolves to when its permit was taken.
+fn spawn_acquire(queue: &Queue, shard: ShardId) -> tokio::task::JoinHandle<Instant> {
+    let queue = queue.clone();
+    tokio::spawn(async move { queue.acquire(shard).await.unwrap().granted_at() })
+}
+
 /// Grants as (instant, shard), in the order their permits were taken.
 type Log = Arc<Mutex<Vec<(Instant, ShardId)>>>;
 
@@ -145,12 +158,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_queues_share_buckets_and_budget() {
     let server = Server::start(false);
-    let a = Queue::connect(&server.url(), "bot", limit(10, 2), config())
-        .await
-        .unwrap();
-    let b = Queue::connect(&server.url(), "bot", limit(10, 2), config())
-        .await
-        .unwrap();
+    let a = bot_queue(&server, limit(10, 2), config()).await;
+    let b = bot_queue(&server, limit(10, 2), config()).await;
     let log: Log = Default::default();
     let start = Instant::now();
     let mut tasks = spawn_shards(
@@ -210,9 +219,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_empty_grants_nothing_until_discords_word() {
     let mut server = Server::start(false);
-    let queue = Queue::connect(&server.url(), "bot", limit(100, 1), config())
-        .await
-        .unwrap();
+    let queue = bot_queue(&server, limit(100, 1), config()).await;
     drop(queue.acquire(0).await.unwrap());
     let waiting = tokio::spawn({
         let queue = queue.clone();
@@ -301,9 +308,7 @@ async fn restarted_from_aof_asks_the_limit_source_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flush_changes_nothing() {
     let server = Server::start(false);
-    let queue = Queue::connect(&server.url(), "bot", limit(100, 2), config())
-        .await
-        .unwrap();
+    let queue = bot_queue(&server, limit(100, 2), config()).await;
     let log: Log = Default::default();
     let tasks = spawn_shards(&queue, 0..8, &log);
     sleep(INTERVAL + INTERVAL / 2).await;
@@ -323,12 +328,8 @@ async fn script_flush_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_concurrency_changed_mid_run_rekeys_every_process() {
     let server = Server::start(false);
-    let a = Queue::connect(&server.url(), "bot", limit(100, 2), config())
-        .await
-        .unwrap();
-    let b = Queue::connect(&server.url(), "bot", limit(100, 2), config())
-        .await
-        .unwrap();
+    let a = bot_queue(&server, limit(100, 2), config()).await;
+    let b = bot_queue(&server, limit(100, 2), config()).await;
     let log: Log = Default::default();
     let mut tasks = spawn_shards(&a, 0..12, &log);
     tasks.extend(spawn_shards(&b, 12..24, &log));
@@ -354,20 +355,13 @@ async fn max_concurrency_changed_mid_run_rekeys_every_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permit_taken_late_keeps_its_bucket_busy_from_delivery() {
     let server = Server::start(false);
-    let a = Queue::connect(&server.url(), "bot", limit(100, 1), config())
-        .await
-        .unwrap();
-    let b = Queue::connect(&server.url(), "bot", limit(100, 1), config())
-        .await
-        .unwrap();
+    let a = bot_queue(&server, limit(100, 1), config()).await;
+    let b = bot_queue(&server, limit(100, 1), config()).await;
     // Granted at once, but its future is not polled for three intervals.
     let mut late = Box::pin(a.acquire(0));
     assert!(futures_util::FutureExt::now_or_never(late.as_mut()).is_none());
     sleep(Duration::from_millis(20)).await;
-    let other = tokio::spawn({
-        let b = b.clone();
-        async move { b.acquire(1).await.unwrap().granted_at() }
-    });
+    let other = spawn_acquire(&b, 1);
     // Not a multiple of the touches' half interval: taken well after the last one.
     sleep(3 * INTERVAL + Duration::from_millis(70)).await;
     assert!(
@@ -393,17 +387,10 @@ async fn hold_mode_frees_a_bucket_on_release_for_the_other_process() {
     let held = Config::default()
         .interval(INTERVAL)
         .hold_until_release(Duration::from_secs(5));
-    let a = Queue::connect(&server.url(), "bot", limit(100, 1), held.clone())
-        .await
-        .unwrap();
-    let b = Queue::connect(&server.url(), "bot", limit(100, 1), held)
-        .await
-        .unwrap();
+    let a = bot_queue(&server, limit(100, 1), held.clone()).await;
+    let b = bot_queue(&server, limit(100, 1), held).await;
     let permit = a.acquire(0).await.unwrap();
-    let other = tokio::spawn({
-        let b = b.clone();
-        async move { b.acquire(1).await.unwrap().granted_at() }
-    });
+    let other = spawn_acquire(&b, 1);
     sleep(3 * INTERVAL).await;
     assert!(!other.is_finished(), "granted while the bucket was held");
     let released = Instant::now();
@@ -421,9 +408,7 @@ async fn hold_mode_frees_a_bucket_on_release_for_the_other_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_grant_never_spends_twice() {
     let server = Server::start(false);
-    let queue = Queue::connect(&server.url(), "bot", limit(100, 1), config())
-        .await
-        .unwrap();
+    let queue = bot_queue(&server, limit(100, 1), config()).await;
     drop(queue);
     // A fresh state is quiet for an interval (a grant may have preceded its loss).
     sleep(SPACING).await;
@@ -485,10 +470,7 @@ async fn a_request_dropped_while_waiting_delays_no_process() {
     let mut cancelled = Box::pin(a.acquire(2));
     assert!(futures_util::FutureExt::now_or_never(cancelled.as_mut()).is_none());
     sleep(Duration::from_millis(50)).await;
-    let other = tokio::spawn({
-        let b = b.clone();
-        async move { b.acquire(1).await.unwrap().granted_at() }
-    });
+    let other = spawn_acquire(&b, 1);
     sleep(Duration::from_millis(50)).await;
     drop(cancelled);
     let other = timeout(Duration::from_secs(5), other)
@@ -507,12 +489,8 @@ async fn a_request_dropped_while_waiting_delays_no_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_in_another_process_goes_before_queued_starts() {
     let server = Server::start(false);
-    let a = Queue::connect(&server.url(), "bot", limit(100, 1), config())
-        .await
-        .unwrap();
-    let b = Queue::connect(&server.url(), "bot", limit(100, 1), config())
-        .await
-        .unwrap();
+    let a = bot_queue(&server, limit(100, 1), config()).await;
+    let b = bot_queue(&server, limit(100, 1), config()).await;
     let log: Log = Default::default();
     let starts = spawn_shards(&a, 0..5, &log);
     sleep(INTERVAL + INTERVAL / 2).await; // the quiet interval, then shard 0
@@ -542,12 +520,8 @@ async fn a_future_moved_between_tasks_and_a_permit_dropped_on_a_plain_thread() {
     let held = Config::default()
         .interval(INTERVAL)
         .hold_until_release(Duration::from_secs(30));
-    let a = Queue::connect(&server.url(), "bot", limit(100, 1), held.clone())
-        .await
-        .unwrap();
-    let b = Queue::connect(&server.url(), "bot", limit(100, 1), held)
-        .await
-        .unwrap();
+    let a = bot_queue(&server, limit(100, 1), held.clone()).await;
+    let b = bot_queue(&server, limit(100, 1), held).await;
     // Made in one task, polled once there, awaited in another.
     let (send, receive) = tokio::sync::oneshot::channel();
     let a2 = a.clone();
@@ -560,10 +534,7 @@ async fn a_future_moved_between_tasks_and_a_permit_dropped_on_a_plain_thread() {
         .await
         .unwrap()
         .unwrap();
-    let other = tokio::spawn({
-        let b = b.clone();
-        async move { b.acquire(1).await.unwrap().granted_at() }
-    });
+    let other = spawn_acquire(&b, 1);
     sleep(3 * INTERVAL).await;
     assert!(!other.is_finished(), "granted while held");
     // Released on a thread with no runtime: the driver sends it.
@@ -604,9 +575,7 @@ fn a_queue_outlives_the_runtime_it_connected_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_all_yields_every_permit_in_grant_order() {
     let server = Server::start(false);
-    let queue = Queue::connect(&server.url(), "bot", limit(100, 2), config())
-        .await
-        .unwrap();
+    let queue = bot_queue(&server, limit(100, 2), config()).await;
     let mut grants = queue.acquire_all(0..6);
     let mut log = Vec::new();
     while let Some(permit) = timeout(
