@@ -198,6 +198,14 @@ fn work(
     }
 }
 
+/// `count` workers on `url`, `per_worker` shards each (worker w has shards
+/// w * per_worker ..).
+fn spawn_workers(url: &str, discord: &FakeDiscord, count: u32, per_worker: u32) -> Vec<Child> {
+    (0..count)
+        .map(|w| work(url, discord, w, (0..per_worker).map(|i| w * per_worker + i)).spawn())
+        .collect()
+}
+
 fn finish(mut workers: Vec<Child>) {
     for worker in &mut workers {
         let _ = worker.kill();
@@ -211,9 +219,7 @@ fn processes_share_one_budget_and_every_bucket() {
     let server = Server::start(false);
     // 4 workers x 12 shards, 4 buckets, 40 session starts left.
     let discord = FakeDiscord::start(40, 4);
-    let workers: Vec<Child> = (0..4)
-        .map(|w| work(&server.url(), &discord, w, (0..12).map(|i| w * 12 + i)).spawn())
-        .collect();
+    let workers = spawn_workers(&server.url(), &discord, 4, 12);
     let arrived = wait_for(&discord, 40, Duration::from_secs(30));
     // Nothing more may come: the budget is spent.
     std::thread::sleep(4 * INTERVAL);
@@ -326,9 +332,7 @@ fn redis_unreachable_for_a_while_then_recovered() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut server = Server::start(true);
     let discord = FakeDiscord::start(100, 2);
-    let workers: Vec<Child> = (0..2)
-        .map(|w| work(&server.url(), &discord, w, (0..10).map(|i| w * 10 + i)).spawn())
-        .collect();
+    let workers = spawn_workers(&server.url(), &discord, 2, 10);
     wait_for(&discord, 4, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1100)); // the AOF's fsync
     server.kill();
@@ -540,9 +544,7 @@ fn redis_restarted_empty_under_load() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut server = Server::start(false);
     let discord = FakeDiscord::start(100, 2);
-    let workers: Vec<Child> = (0..3)
-        .map(|w| work(&server.url(), &discord, w, (0..8).map(|i| w * 8 + i)).spawn())
-        .collect();
+    let workers = spawn_workers(&server.url(), &discord, 3, 8);
     wait_for(&discord, 6, Duration::from_secs(10));
     // Gone, and back with nothing: the state is missing, so nothing is granted until
     // Discord's word (the workers' limit source), then not before an interval.
@@ -568,9 +570,7 @@ fn script_flush_under_load() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let server = Server::start(false);
     let discord = FakeDiscord::start(100, 2);
-    let workers: Vec<Child> = (0..3)
-        .map(|w| work(&server.url(), &discord, w, (0..8).map(|i| w * 8 + i)).spawn())
-        .collect();
+    let workers = spawn_workers(&server.url(), &discord, 3, 8);
     wait_for(&discord, 6, Duration::from_secs(10));
     assert_eq!(server.cli(&["SCRIPT", "FLUSH"]).unwrap().trim(), "OK");
     let arrived = wait_for(&discord, 24, Duration::from_secs(30));
@@ -584,9 +584,7 @@ fn max_concurrency_changed_under_load() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let server = Server::start(false);
     let discord = FakeDiscord::start(100, 4);
-    let workers: Vec<Child> = (0..3)
-        .map(|w| work(&server.url(), &discord, w, (0..16).map(|i| w * 16 + i)).spawn())
-        .collect();
+    let workers = spawn_workers(&server.url(), &discord, 3, 16);
     wait_for(&discord, 12, Duration::from_secs(10));
     // Discord now says 2 (fewer buckets: the stricter way), and someone (here: the
     // parent) brings its word. The judge holds IDENTIFYs from now on to 2 buckets.
