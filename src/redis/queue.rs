@@ -547,7 +547,6 @@ impl Inner {
             }
             Answer::Wait {
                 wait,
-                head: _,
                 max_concurrency,
             } => {
                 local.stats.refusals += 1;

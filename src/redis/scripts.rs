@@ -48,12 +48,10 @@ pub(super) enum Answer {
         max_concurrency: u32,
         next_wait: u64,
     },
-    /// Ask again after `wait` ms; `head`: this process is next in the bucket.
-    Wait {
-        wait: u64,
-        head: bool,
-        max_concurrency: u32,
-    },
+    /// Ask again after `wait` ms: when the bucket frees if this process is next in
+    /// it, else when the next one's turn lapses (the script's third field says which;
+    /// the driver needs only the wait).
+    Wait { wait: u64, max_concurrency: u32 },
     /// No budget until the reset (`None`: until Discord's word).
     Budget {
         wait: Option<u64>,
@@ -100,7 +98,6 @@ pub(super) fn answer(reply: &[i64]) -> Option<Answer> {
         },
         2 => Answer::Wait {
             wait: millis(1)?,
-            head: field(2)? == 1,
             max_concurrency: count(4)?,
         },
         3 => Answer::Budget {
