@@ -39,8 +39,9 @@ const SYNC_LEASE: Duration = Duration::from_secs(30);
 /// A process waiting for another one's fetch of Discord's word looks again this often.
 const SYNC_FALLBACK: Duration = Duration::from_secs(1);
 
-/// Runs until every handle of the queue is gone and nothing is left to send.
-pub(super) async fn run(queue: Weak<Inner>) {
+/// Runs until every handle of the queue is gone and nothing is left to send. Starts
+/// with `opened` if given (`connect`'s link), else opens one.
+pub(super) async fn run(queue: Weak<Inner>, mut opened: Option<Link>) {
     let _running = Running(queue.clone());
     let mut link: Option<Link> = None;
     let mut backoff = FIRST_BACKOFF;
@@ -50,7 +51,11 @@ pub(super) async fn run(queue: Weak<Inner>) {
             return;
         }
         let Some(current) = link.as_mut() else {
-            match Link::open(&inner.target, &inner.channel, inner.response_timeout()).await {
+            let result = match opened.take() {
+                Some(link) => Ok(link),
+                None => Link::open(&inner.target, &inner.channel, inner.response_timeout()).await,
+            };
+            match result {
                 Ok(opened) => {
                     inner.set_connection(Some(opened.connection.clone()));
                     link = Some(opened);

@@ -143,8 +143,8 @@ impl Queue {
             .map_err(|reason| inner.unreachable(reason))?;
         let mut connection = link.connection.clone();
         inner.sync(&mut connection, limit).await?;
-        drop(link);
-        inner.ensure_driver();
+        // The driver goes on with this connection.
+        inner.start_driver(Some(link));
         Ok(Self {
             _handle: Arc::new(Handle(inner.clone())),
             inner,
@@ -405,12 +405,17 @@ impl Inner {
     /// Starts the driver on the runtime at hand if none runs. Without a runtime at
     /// hand (a plain thread), the next call from one starts it.
     pub(super) fn ensure_driver(self: &Arc<Self>) {
+        self.start_driver(None);
+    }
+
+    /// [`ensure_driver`](Self::ensure_driver), handing a new driver an open link.
+    fn start_driver(self: &Arc<Self>, link: Option<Link>) {
         use std::sync::atomic::Ordering;
         if self.driver_running.swap(true, Ordering::AcqRel) {
             return;
         }
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(driver::run(Arc::downgrade(self)))),
+            Ok(runtime) => drop(runtime.spawn(driver::run(Arc::downgrade(self), link))),
             Err(_) => self.driver_running.store(false, Ordering::Release),
         }
     }
