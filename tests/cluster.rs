@@ -432,6 +432,7 @@ async fn a_retried_grant_never_spends_twice() {
                 .arg(nonce)
                 .arg(1)
                 .arg(-1)
+                .arg(5) // the delivery window, ms
                 .invoke_async::<Vec<i64>>(&mut connection)
                 .await
                 .unwrap()

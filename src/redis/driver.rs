@@ -24,7 +24,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::time::{Instant, sleep_until};
 
 use super::link::Link;
-use super::local::{Granted, Outgoing, Phase};
+use super::local::{Next, Outgoing};
 use super::queue::Inner;
 use super::scripts::{Answer, NeedLimit, answer};
 use super::status::Health;
@@ -53,7 +53,7 @@ pub(super) async fn run(queue: Weak<Inner>, mut opened: Option<Link>) {
         let Some(current) = link.as_mut() else {
             let result = match opened.take() {
                 Some(link) => Ok(link),
-                None => Link::open(&inner.target, &inner.channel, inner.response_timeout()).await,
+                None => inner.open_link().await,
             };
             match result {
                 Ok(opened) => {
@@ -61,7 +61,10 @@ pub(super) async fn run(queue: Weak<Inner>, mut opened: Option<Link>) {
                     link = Some(opened);
                     let mut local = inner.lock();
                     local.stats.connections += 1;
-                    local.health = Health::Ready;
+                    if local.stats.connections > 1 {
+                        tracing::info!(url = %inner.url, "reconnected to Redis");
+                    }
+                    local.set_health(Health::Ready);
                     local.retry_all(Instant::now());
                 }
                 Err(reason) => back_off(inner, reason, &mut backoff).await,
@@ -93,9 +96,10 @@ pub(super) async fn run(queue: Weak<Inner>, mut opened: Option<Link>) {
         if let Some(event) = event {
             let Some(inner) = queue.upgrade() else { return };
             match event {
-                Some(payload) => inner.notice(&payload),
+                Some(payload) => inner.lock().noticed(&payload, Instant::now()),
                 // The subscription ended: the connection is gone.
                 None => {
+                    tracing::warn!(url = %inner.url, "subscription to Redis ended: reconnecting");
                     inner.set_connection(None);
                     link = None;
                 }
@@ -107,7 +111,8 @@ pub(super) async fn run(queue: Weak<Inner>, mut opened: Option<Link>) {
 /// A failure: says why, waits `backoff` (an input cuts it short), and waits longer
 /// next time. Takes `inner` so as not to keep the queue alive while it sleeps.
 async fn back_off(inner: Arc<Inner>, reason: String, backoff: &mut Duration) {
-    inner.lock().health = Health::Unreachable { reason };
+    tracing::warn!(url = %inner.url, %reason, retry_in = ?*backoff, "Redis unreachable");
+    inner.lock().set_health(Health::Unreachable { reason });
     let wake = inner.wake.clone();
     drop(inner);
     tokio::select! {
@@ -159,9 +164,9 @@ async fn step(
             || !fetch_limit(inner, connection, need).await?
         {
             let mut local = inner.lock();
-            local.fetch_after = Some(Instant::now() + SYNC_FALLBACK);
-            drop(local);
-            return Ok(inner.next_deadline());
+            let now = Instant::now();
+            local.fetch_after = Some(now + SYNC_FALLBACK);
+            return Ok(local.next_deadline(now));
         }
     }
     if inner.lock().replicas_behind {
@@ -172,10 +177,10 @@ async fn step(
         }
         let mut local = inner.lock();
         local.replicas_behind = false;
-        local.health = Health::Ready;
+        local.set_health(Health::Ready);
     }
     ask_heads(inner, connection).await?;
-    Ok(inner.next_deadline())
+    Ok(inner.lock().next_deadline(Instant::now()))
 }
 
 async fn send_outbox(
@@ -228,32 +233,16 @@ async fn send_outbox(
     }
 }
 
-/// Spacing counts from delivery: a grant not taken soon keeps its bucket busy until
-/// it is; one whose bucket could not be kept busy in time is void.
+/// Spacing counts from delivery: a grant not taken within its window keeps its bucket
+/// busy until it is (a touch, carrying this process's window); one whose touch Redis
+/// refuses is void, and its shard asks again.
 async fn touch_late_grants(
     inner: &Arc<Inner>,
     connection: &mut MultiplexedConnection,
 ) -> Result<(), String> {
-    let now = Instant::now();
-    let due: Vec<(ShardId, super::scripts::Token)> = {
-        let mut local = inner.lock();
-        let mut due = Vec::new();
-        let mut lost = Vec::new();
-        for (&shard, waiter) in &local.waiters {
-            if let Phase::Granted(granted) = &waiter.phase {
-                if now >= granted.lost_at {
-                    lost.push(shard);
-                } else if granted.touch_asked || now >= granted.touch_at {
-                    due.push((shard, granted.token));
-                }
-            }
-        }
-        for shard in lost {
-            lose(&mut local, shard);
-        }
-        due
-    };
+    let due = inner.lock().due_touches(Instant::now());
     for (shard, token) in due {
+        let window = inner.lock().window();
         let sent = Instant::now();
         let kept: i64 = inner
             .scripts
@@ -262,34 +251,15 @@ async fn touch_late_grants(
             .arg(shard)
             .arg(token.epoch)
             .arg(token.seq)
+            .arg(window.as_millis() as u64)
             .invoke_async(connection)
             .await
             .map_err(|e| e.to_string())?;
         let mut local = inner.lock();
         local.stats.commands += 1;
-        local.stats.touches += 1;
-        let Some(waiter) = local.waiters.get_mut(&shard) else {
-            continue;
-        };
-        if !matches!(&waiter.phase, Phase::Granted(g) if g.token == token) {
-            continue;
-        }
-        if kept == 1 {
-            waiter.phase = Phase::Granted(Granted::new(token, sent, inner.interval));
-        } else {
-            lose(&mut local, shard);
-            continue;
-        }
-        local.wake(shard);
+        local.touched(shard, token, kept == 1, sent, window, Instant::now());
     }
     Ok(())
-}
-
-fn lose(local: &mut super::local::Local, shard: ShardId) {
-    if let Some(waiter) = local.waiters.get_mut(&shard) {
-        waiter.phase = Phase::Failed(crate::Error::GrantLost(shard));
-    }
-    local.wake(shard);
 }
 
 /// The shared state needs Discord's word. With a limit source, one process fetches
@@ -301,10 +271,10 @@ async fn fetch_limit(
     need: NeedLimit,
 ) -> Result<bool, String> {
     let Some(source) = inner.options.limit_source.clone() else {
-        inner.lock().health = Health::NeedsLimit(need);
+        inner.lock().set_health(Health::NeedsLimit(need));
         return Ok(false);
     };
-    inner.lock().health = Health::FetchingLimit(need);
+    inner.lock().set_health(Health::FetchingLimit(need));
     let lease_key = format!("{}syncing", inner.prefix);
     let won: Option<String> = redis::cmd("SET")
         .arg(&lease_key)
@@ -333,20 +303,22 @@ async fn fetch_limit(
     let limit = match tokio::time::timeout(SYNC_LEASE, source()).await {
         Ok(Ok(limit)) => limit,
         Ok(Err(reason)) => {
-            inner.lock().health = Health::LimitSourceFailed { reason };
+            inner
+                .lock()
+                .set_health(Health::LimitSourceFailed { reason });
             return Ok(false);
         }
         Err(_) => {
-            inner.lock().health = Health::LimitSourceFailed {
+            inner.lock().set_health(Health::LimitSourceFailed {
                 reason: format!("no answer within {SYNC_LEASE:?}"),
-            };
+            });
             return Ok(false);
         }
     };
     if let Err(e) = limit.validate() {
-        inner.lock().health = Health::LimitSourceFailed {
+        inner.lock().set_health(Health::LimitSourceFailed {
             reason: format!("it returned a bad limit: {e}"),
-        };
+        });
         return Ok(false);
     }
     inner
@@ -367,44 +339,14 @@ async fn ask_heads(
     inner: &Arc<Inner>,
     connection: &mut MultiplexedConnection,
 ) -> Result<(), String> {
-    let now = Instant::now();
-    let mut due: Vec<((u8, u64, ShardId), u32)> = {
-        let local = inner.lock();
-        if local
-            .no_budget
-            .is_some_and(|until| until.is_none_or(|t| now < t))
-        {
-            return Ok(());
-        }
-        local
-            .buckets
-            .iter()
-            .filter(|(_, b)| b.next_try.is_some_and(|t| t <= now))
-            .filter_map(|(&index, b)| b.queue.first().map(|&head| (head, index)))
-            .collect()
-    };
-    due.sort_unstable();
+    let due = inner.lock().due_heads(Instant::now());
     for ((rank, _, shard), index) in due {
-        let (nonce, next_rank) = {
+        let (nonce, next_rank, window) = {
             let mut local = inner.lock();
-            local.no_budget = None;
-            let Some(bucket) = local.buckets.get_mut(&index) else {
+            let Some((nonce, next_rank)) = local.ask(index, shard, inner.nonce()) else {
                 continue;
             };
-            // The head may have changed (cancelled, or a reconnect arrived).
-            if bucket.queue.first().map(|k| k.2) != Some(shard) {
-                continue;
-            }
-            let next_rank = bucket.queue.iter().nth(1).map_or(-1, |k| i64::from(k.0));
-            let nonce = match &bucket.pending {
-                Some((pending, nonce)) if *pending == shard => nonce.clone(),
-                _ => {
-                    let nonce = inner.nonce();
-                    bucket.pending = Some((shard, nonce.clone()));
-                    nonce
-                }
-            };
-            (nonce, next_rank)
+            (nonce, next_rank, local.window())
         };
         let sent = Instant::now();
         let reply: Vec<i64> = inner
@@ -416,6 +358,7 @@ async fn ask_heads(
             .arg(&nonce)
             .arg(rank)
             .arg(next_rank)
+            .arg(window.as_millis() as u64)
             .invoke_async(connection)
             .await
             .map_err(|e| e.to_string())?;
@@ -430,19 +373,21 @@ async fn ask_heads(
                 // Not on enough replicas: a failover could forget it. Never acted on;
                 // its unit counts as spent. No more grants until the replicas catch
                 // up (each one would be spent the same way).
-                let mut local = inner.lock();
-                local.stats.unacknowledged += 1;
-                local.replicas_behind = true;
-                local.health = Health::ReplicasBehind;
-                if let Some(bucket) = local.buckets.get_mut(&index) {
-                    bucket.pending = None;
-                    bucket.next_try = Some(Instant::now() + inner.interval);
-                }
+                tracing::warn!(
+                    shard,
+                    "a grant was not acknowledged by the replicas: not acted on, its unit spent",
+                );
+                inner.lock().unacknowledged(index, Instant::now());
                 return Ok(());
             }
         }
-        let stop = inner.apply(index, shard, answer, sent);
-        if stop {
+        // With replicas, the permit is handed over after the `WAIT`: the window covers
+        // both round trips.
+        let arrived = Instant::now();
+        let next = inner
+            .lock()
+            .answered(index, shard, answer, sent, window, arrived);
+        if next == Next::Stop {
             break;
         }
     }

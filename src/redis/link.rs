@@ -80,7 +80,7 @@ impl Link {
     /// (longer than a `WAIT` for replicas).
     pub(super) async fn open(
         target: &Target,
-        channel: &str,
+        channels: &[&str],
         response_timeout: Duration,
     ) -> Result<Self, String> {
         let url = match target {
@@ -112,10 +112,12 @@ impl Link {
             .await
             .map_err(|_| format!("{url}: timed out subscribing"))?
             .map_err(|e| format!("{url}: {e}"))?;
-        pubsub
-            .subscribe(channel)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
+        for channel in channels {
+            pubsub
+                .subscribe(*channel)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+        }
         Ok(Self {
             connection,
             events: pubsub.into_on_message(),

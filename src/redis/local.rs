@@ -1,21 +1,58 @@
-//! This process's side: its waiting shards in order, per bucket, and the grants on
-//! their way to their futures. Never touched across an `.await`.
+//! This process's side of the cluster queue, sans IO: its waiting shards in order per
+//! bucket, the grants on their way to their futures, the round trip it measures, and
+//! what it must send next. The clock is passed in; the driver (`driver.rs`) does the
+//! I/O and reports what Redis answered. Never touched across an `.await`.
+//!
+//! # Implementation details
+//!
+//! 1. **Every waiter is in one place.** A request is `Waiting` (its key in its
+//!    bucket's queue, under the `max_concurrency` in force) or `Granted` (not in any
+//!    queue, its token on its way to its future). Nothing else: a grant that cannot be
+//!    delivered goes back to `Waiting` with the key it had, so it keeps its place.
+//! 2. **A permit is handed over only within its window.** `Granted::fresh_until` is the
+//!    send instant of the call that made (or last touched) the grant plus the window
+//!    that call carried; Redis kept the bucket busy for the interval after that window,
+//!    so a delivery within it is an interval from every other delivery of the bucket,
+//!    on any clock. Later, the permit first needs a touch (a new call, a new window).
+//! 3. **An undelivered grant is the queue's business.** A touch that Redis refuses (a
+//!    later grant in the bucket, a new epoch, the state lost) means the permit is void:
+//!    its unit is spent (counted in `undelivered`) and the shard asks again by itself.
+//!    Its `acquire` never sees an error for it.
+//! 4. **Deadlines come from Redis's answers**, shifted onto this process's clock when
+//!    they arrive (so they err late, never early), or from notifications; the fallback
+//!    in `next_deadline` bounds every wait even if every notification were lost.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::task::Waker;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::scripts::{NeedLimit, Token};
+use super::round_trip::RoundTrip;
+use super::scripts::{Answer, NeedLimit, Token};
 use super::status::{ClusterStats, Health};
-use crate::{Error, Priority, ShardId};
+use crate::{Priority, ShardId};
 
-/// The delivery window: a grant taken within it of its acquire call being sent goes
-/// straight to its shard; taken later, its bucket is first kept busy for another
-/// interval (a touch), since spacing counts from delivery. Redis adds it to the
-/// interval it keeps, so deliveries on one machine are never closer than the interval.
-pub const DELIVERY_WINDOW: Duration = Duration::from_millis(5);
+/// A touch whose answer keeps coming back after its window: after this many in a row
+/// the grant is given up (spent) and its shard asks again, rather than keeping its
+/// bucket busy for everyone.
+const MAX_LATE_TOUCHES: u8 = 8;
+
+/// What the process side needs to know of its queue's settings.
+#[derive(Clone, Debug)]
+pub(super) struct Settings {
+    /// This queue's name among the contenders.
+    pub(super) client: String,
+    /// What Redis keeps after a delivery window: the interval, the margin and a
+    /// millisecond (Redis counts whole milliseconds).
+    pub(super) spacing: Duration,
+    /// How long a process next in line may take to come back before it is passed.
+    pub(super) head_grace: Duration,
+    /// Hold mode's timeout.
+    pub(super) hold: Option<Duration>,
+    /// A limit source was given: Discord's word is fetched, not awaited.
+    pub(super) limit_source: bool,
+}
 
 /// Where one waiting request stands.
 pub(super) enum Phase {
@@ -23,8 +60,6 @@ pub(super) enum Phase {
     Waiting,
     /// Granted in Redis; not yet taken by its future.
     Granted(Granted),
-    /// Resolved with an error for its future to take.
-    Failed(Error),
 }
 
 /// A grant on its way to its future.
@@ -35,20 +70,21 @@ pub(super) struct Granted {
     /// The driver keeps the bucket busy (touches) from then on, or when asked.
     pub(super) touch_at: Instant,
     pub(super) touch_asked: bool,
-    /// No touch confirmed by then: the bucket may free in Redis, the permit is void.
-    pub(super) lost_at: Instant,
+    /// Touches in a row whose answer came after their window.
+    late_touches: u8,
 }
 
 impl Granted {
-    /// A grant (or a touch) sent at `sent`: its bucket is busy in Redis from a moment
-    /// after `sent` for one interval.
-    pub(super) fn new(token: Token, sent: Instant, interval: Duration) -> Self {
+    /// A grant (or a touch) whose call was sent at `sent` carrying `window`: Redis keeps
+    /// its bucket busy until `spacing` after `sent + window`.
+    fn new(token: Token, sent: Instant, window: Duration, spacing: Duration) -> Self {
         Self {
             token,
-            fresh_until: sent + DELIVERY_WINDOW,
-            touch_at: sent + interval / 2,
+            fresh_until: sent + window,
+            // Early enough that the touch arrives while the bucket is still busy.
+            touch_at: sent + spacing / 2,
             touch_asked: false,
-            lost_at: sent + interval,
+            late_touches: 0,
         }
     }
 }
@@ -102,7 +138,17 @@ pub(super) enum Outgoing {
     Leave { bucket: u32 },
 }
 
+/// What the driver does after an acquire answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Ask for the other due heads.
+    Continue,
+    /// The others would get the same answer (no budget, no Discord's word): stop.
+    Stop,
+}
+
 pub(super) struct Local {
+    pub(super) settings: Settings,
     pub(super) max_concurrency: u32,
     next_seq: u64,
     pub(super) waiters: HashMap<ShardId, Waiter>,
@@ -113,14 +159,16 @@ pub(super) struct Local {
     pub(super) need: Option<NeedLimit>,
     /// With a limit source: do not fetch Discord's word again before then.
     pub(super) fetch_after: Option<Instant>,
-    pub(super) health: Health,
+    health: Health,
     /// A grant was not acknowledged by the replicas: none is asked for until they
     /// catch up.
     pub(super) replicas_behind: bool,
     pub(super) remaining: u32,
+    /// The round trip to Redis, and the delivery window that follows.
+    pub(super) round_trip: RoundTrip,
     /// Shards whose grant reached them (the twilight integration's reconnect inference).
     #[cfg_attr(not(feature = "twilight"), allow(dead_code))]
-    pub(super) served: std::collections::HashSet<ShardId>,
+    pub(super) served: HashSet<ShardId>,
     /// Hold mode: grants of permits let go with `Permit::keep`, for `Queue::release`.
     pub(super) kept: HashMap<ShardId, Token>,
     pub(super) closed: bool,
@@ -128,8 +176,9 @@ pub(super) struct Local {
 }
 
 impl Local {
-    pub(super) fn new(max_concurrency: u32, remaining: u32) -> Self {
+    pub(super) fn new(settings: Settings, max_concurrency: u32, remaining: u32) -> Self {
         Self {
+            settings,
             max_concurrency,
             next_seq: 0,
             waiters: HashMap::new(),
@@ -141,7 +190,8 @@ impl Local {
             health: Health::Ready,
             replicas_behind: false,
             remaining,
-            served: Default::default(),
+            round_trip: RoundTrip::default(),
+            served: HashSet::new(),
             kept: HashMap::new(),
             closed: false,
             stats: ClusterStats::default(),
@@ -150,6 +200,53 @@ impl Local {
 
     pub(super) fn bucket_of(&self, shard: ShardId) -> u32 {
         shard % self.max_concurrency
+    }
+
+    /// The delivery window this process's calls carry now.
+    pub(super) fn window(&self) -> Duration {
+        self.round_trip.window()
+    }
+
+    /// A call sent at `sent` was answered at `now`.
+    pub(super) fn measured(&mut self, sent: Instant, now: Instant) {
+        let before = self.window();
+        self.round_trip.sample(now.saturating_duration_since(sent));
+        self.stats.round_trip = self.round_trip.smoothed();
+        self.stats.window = self.window();
+        if self.window() >= before * 2 && self.window() > Duration::from_millis(20) {
+            tracing::debug!(
+                round_trip = ?self.round_trip.smoothed(),
+                window = ?self.window(),
+                "round trip to Redis grew: delivery window widened",
+            );
+        }
+    }
+
+    /// What grants wait for now. A link slower than the interval is said so: its
+    /// grants still come, but each lengthens its bucket's round by its own window.
+    pub(super) fn health(&self) -> Health {
+        let round_trip = self.round_trip.smoothed();
+        match &self.health {
+            Health::Ready if round_trip > self.settings.spacing => Health::SlowLink {
+                round_trip,
+                window: self.window(),
+            },
+            health => health.clone(),
+        }
+    }
+
+    /// Sets what grants wait for; logs a change of kind.
+    pub(super) fn set_health(&mut self, health: Health) {
+        if std::mem::discriminant(&health) != std::mem::discriminant(&self.health) {
+            match &health {
+                Health::Ready => tracing::info!("cluster queue ready"),
+                Health::NoBudget { until } => {
+                    tracing::info!(?until, "daily budget spent: waiting for the reset")
+                }
+                other => tracing::warn!(health = ?other, "cluster queue waiting"),
+            }
+        }
+        self.health = health;
     }
 
     /// Queues `shard`; false if it already waits (or its grant is on its way).
@@ -166,22 +263,27 @@ impl Local {
         };
         let key = waiter.key(shard);
         self.waiters.insert(shard, waiter);
+        self.insert(key, now);
+        true
+    }
+
+    /// Puts `key` in its bucket's queue; a new head (first here, or ahead of the old
+    /// one) asks at once.
+    fn insert(&mut self, key: Key, now: Instant) {
         let bucket = self
             .buckets
-            .entry(shard % self.max_concurrency)
+            .entry(key.2 % self.max_concurrency)
             .or_default();
-        // A new head (first here, or a reconnect ahead of starts) asks at once.
         if bucket.queue.first().is_none_or(|head| key < *head) {
             bucket.next_try = Some(now);
         }
         bucket.queue.insert(key);
-        true
     }
 
     /// The future of `shard` is gone. A waiting request leaves its queue (and Redis's
     /// contenders when it was the last here); a grant not taken is spent, and in hold
     /// mode its hold is released.
-    pub(super) fn abandon(&mut self, shard: ShardId, hold: Option<Duration>, now: Instant) {
+    pub(super) fn abandon(&mut self, shard: ShardId, now: Instant) {
         let Some(waiter) = self.waiters.remove(&shard) else {
             return;
         };
@@ -199,16 +301,18 @@ impl Local {
                     }
                 }
             }
-            Phase::Granted(granted) => {
-                if let Some(hold) = hold {
-                    self.outbox.push_back(Outgoing::Release {
-                        shard,
-                        token: granted.token,
-                        until: now + hold,
-                    });
-                }
-            }
-            Phase::Failed(_) => {}
+            Phase::Granted(granted) => self.release(shard, granted.token, now),
+        }
+    }
+
+    /// Hold mode: queues a release of grant `token` of `shard`.
+    pub(super) fn release(&mut self, shard: ShardId, token: Token, now: Instant) {
+        if let Some(hold) = self.settings.hold {
+            self.outbox.push_back(Outgoing::Release {
+                shard,
+                token,
+                until: now + hold,
+            });
         }
     }
 
@@ -239,6 +343,14 @@ impl Local {
         }
     }
 
+    /// Discord's word was applied (by this process or another): grants may go on.
+    pub(super) fn synced(&mut self, now: Instant) {
+        self.need = None;
+        self.fetch_after = None;
+        self.no_budget = None;
+        self.retry_all(now);
+    }
+
     /// Wakes the future of `shard`.
     pub(super) fn wake(&mut self, shard: ShardId) {
         if let Some(waker) = self
@@ -253,5 +365,317 @@ impl Local {
     /// Shards waiting, granted not yet taken included.
     pub(super) fn len(&self) -> usize {
         self.waiters.len()
+    }
+
+    /// The heads to ask Redis for now, oldest first (the budget goes to the oldest of
+    /// this process); none while the budget is known to be spent.
+    pub(super) fn due_heads(&mut self, now: Instant) -> Vec<(Key, u32)> {
+        if self
+            .no_budget
+            .is_some_and(|until| until.is_none_or(|t| now < t))
+        {
+            return Vec::new();
+        }
+        let mut due: Vec<(Key, u32)> = self
+            .buckets
+            .iter()
+            .filter(|(_, b)| b.next_try.is_some_and(|t| t <= now))
+            .filter_map(|(&index, b)| b.queue.first().map(|&head| (head, index)))
+            .collect();
+        due.sort_unstable();
+        due
+    }
+
+    /// The acquire call for the head `shard` of bucket `index`, if it still is the head:
+    /// the nonce (the lost call's, when retrying it) and the rank of the next shard of
+    /// this process in the bucket (-1: none).
+    pub(super) fn ask(
+        &mut self,
+        index: u32,
+        shard: ShardId,
+        fresh: String,
+    ) -> Option<(String, i64)> {
+        self.no_budget = None;
+        let bucket = self.buckets.get_mut(&index)?;
+        // The head may have changed (cancelled, or a reconnect arrived).
+        if bucket.queue.first().map(|k| k.2) != Some(shard) {
+            return None;
+        }
+        let next_rank = bucket.queue.iter().nth(1).map_or(-1, |k| i64::from(k.0));
+        let nonce = match &bucket.pending {
+            Some((pending, nonce)) if *pending == shard => nonce.clone(),
+            _ => {
+                bucket.pending = Some((shard, fresh.clone()));
+                fresh
+            }
+        };
+        Some((nonce, next_rank))
+    }
+
+    /// A grant came back but the replicas did not acknowledge it in time: never acted
+    /// on, its unit spent; no grants until they catch up.
+    pub(super) fn unacknowledged(&mut self, index: u32, now: Instant) {
+        self.stats.unacknowledged += 1;
+        self.replicas_behind = true;
+        self.set_health(Health::ReplicasBehind);
+        let retry = now + self.settings.spacing;
+        if let Some(bucket) = self.buckets.get_mut(&index) {
+            bucket.pending = None;
+            bucket.next_try = Some(retry);
+        }
+    }
+
+    /// The acquire script's answer for the head `shard` of bucket `index`, asked at
+    /// `sent` with `window`, arrived at `now`.
+    pub(super) fn answered(
+        &mut self,
+        index: u32,
+        shard: ShardId,
+        answer: Answer,
+        sent: Instant,
+        window: Duration,
+        now: Instant,
+    ) -> Next {
+        self.measured(sent, now);
+        if let Some(bucket) = self.buckets.get_mut(&index) {
+            bucket.pending = None;
+        }
+        let millis = Duration::from_millis;
+        match answer {
+            Answer::Grant {
+                token,
+                remaining,
+                max_concurrency,
+                next_wait,
+            } => {
+                self.stats.grants += 1;
+                self.remaining = remaining;
+                self.set_health(Health::Ready);
+                let granted = Granted::new(token, sent, window, self.settings.spacing);
+                let key = self.waiters.get(&shard).map(|w| w.key(shard));
+                if let Some(bucket) = self.buckets.get_mut(&index) {
+                    if let Some(key) = key {
+                        bucket.queue.remove(&key);
+                    }
+                    bucket.registered = !bucket.queue.is_empty();
+                    bucket.next_try = (!bucket.queue.is_empty()).then(|| now + millis(next_wait));
+                }
+                match self.waiters.get_mut(&shard) {
+                    Some(waiter) if matches!(waiter.phase, Phase::Waiting) => {
+                        waiter.phase = Phase::Granted(granted);
+                        self.wake(shard);
+                    }
+                    _ => {
+                        // Its future went while the call was out: spent, and released.
+                        self.stats.orphaned += 1;
+                        self.release(shard, token, now);
+                        return Next::Continue;
+                    }
+                }
+                self.rekey(max_concurrency, now);
+                Next::Continue
+            }
+            Answer::Wait {
+                wait,
+                max_concurrency,
+            } => {
+                self.stats.refusals += 1;
+                if let Some(bucket) = self.buckets.get_mut(&index) {
+                    bucket.registered = true;
+                    bucket.next_try = Some(now + millis(wait));
+                }
+                self.rekey(max_concurrency, now);
+                Next::Continue
+            }
+            Answer::Budget {
+                wait,
+                remaining,
+                max_concurrency,
+            } => {
+                self.stats.refusals += 1;
+                self.remaining = remaining;
+                let until = wait.map(|wait| now + millis(wait));
+                self.no_budget = Some(until);
+                self.set_health(Health::NoBudget {
+                    until: wait.map(millis),
+                });
+                if let Some(bucket) = self.buckets.get_mut(&index) {
+                    bucket.registered = true;
+                    bucket.next_try = Some(until.unwrap_or(now));
+                }
+                self.rekey(max_concurrency, now);
+                Next::Stop
+            }
+            Answer::NeedLimit(need) => {
+                self.stats.refusals += 1;
+                self.need = Some(need);
+                self.set_health(if self.settings.limit_source {
+                    Health::FetchingLimit(need)
+                } else {
+                    Health::NeedsLimit(need)
+                });
+                if let Some(bucket) = self.buckets.get_mut(&index) {
+                    bucket.next_try = Some(now);
+                }
+                Next::Stop
+            }
+        }
+    }
+
+    /// The grants to touch now: taken late (their future asked), or parked long
+    /// enough that their bucket must be kept busy.
+    pub(super) fn due_touches(&self, now: Instant) -> Vec<(ShardId, Token)> {
+        self.waiters
+            .iter()
+            .filter_map(|(&shard, waiter)| match &waiter.phase {
+                Phase::Granted(g) if g.touch_asked || now >= g.touch_at => Some((shard, g.token)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A touch of grant `token` of `shard`, sent at `sent` with `window`, answered at
+    /// `now`: `kept` (the bucket is busy until an interval after the window) or void.
+    pub(super) fn touched(
+        &mut self,
+        shard: ShardId,
+        token: Token,
+        kept: bool,
+        sent: Instant,
+        window: Duration,
+        now: Instant,
+    ) {
+        self.measured(sent, now);
+        self.stats.touches += 1;
+        let spacing = self.settings.spacing;
+        let Some(waiter) = self.waiters.get_mut(&shard) else {
+            return;
+        };
+        let Phase::Granted(granted) = &mut waiter.phase else {
+            return;
+        };
+        if granted.token != token {
+            return;
+        }
+        let late = now > sent + window;
+        let late_touches = if late { granted.late_touches + 1 } else { 0 };
+        if !kept || late_touches >= MAX_LATE_TOUCHES {
+            self.undelivered(shard, now);
+            return;
+        }
+        let mut touched = Granted::new(token, sent, window, spacing);
+        // Woken, its future takes the permit if the answer came within the window, or
+        // asks for another touch (whose window the late answer widened).
+        touched.late_touches = late_touches;
+        *granted = touched;
+        self.wake(shard);
+    }
+
+    /// The grant of `shard` cannot be delivered (a touch refused, or answered too late
+    /// too often): its unit is spent, and the shard waits again at the place it had.
+    pub(super) fn undelivered(&mut self, shard: ShardId, now: Instant) {
+        let Some(waiter) = self.waiters.get_mut(&shard) else {
+            return;
+        };
+        if !matches!(waiter.phase, Phase::Granted(_)) {
+            return;
+        }
+        waiter.phase = Phase::Waiting;
+        let key = waiter.key(shard);
+        self.stats.undelivered += 1;
+        tracing::warn!(
+            shard,
+            round_trip = ?self.round_trip.smoothed(),
+            "a grant could not be delivered in time: its unit is spent, the shard asks again",
+        );
+        self.insert(key, now);
+    }
+
+    /// A notification from the channel (see `lua/prelude.lua`):
+    /// `n <bucket> <head> <wait> [<second> <check>]` (the bucket's next process, and the
+    /// one after it), `s` (Discord's word applied), `e <epoch>` (a new server process).
+    pub(super) fn noticed(&mut self, payload: &str, now: Instant) {
+        let mut words = payload.split(' ');
+        match words.next() {
+            Some("n") => {
+                let millis = |word: Option<&str>| {
+                    word.and_then(|w| w.parse::<u64>().ok())
+                        .map(|w| Duration::from_millis(w.min(1 << 50)))
+                };
+                let bucket = words.next().and_then(|b| b.parse::<u32>().ok());
+                let head = words.next();
+                let wait = millis(words.next());
+                let second = words.next();
+                let check = millis(words.next());
+                let (Some(bucket), Some(head), Some(wait)) = (bucket, head, wait) else {
+                    return;
+                };
+                let me = self.settings.client.as_str();
+                let head_grace = self.settings.head_grace;
+                let Some(b) = self.buckets.get_mut(&bucket) else {
+                    return;
+                };
+                if b.queue.is_empty() {
+                    return;
+                }
+                if head == me {
+                    // Our turn: ask when the bucket frees.
+                    b.next_try = Some(now + wait);
+                } else if second == Some(me) && check.is_some() {
+                    // Next in line: look whether the head came back once it should
+                    // have (a head whose process is gone is passed then).
+                    b.next_try = check.map(|check| now + check);
+                } else if b.registered {
+                    // Further back: the fallback, if the head's lease lapses unnoticed.
+                    b.next_try = Some(now + wait + head_grace);
+                }
+            }
+            Some("s") => self.synced(now),
+            Some("e") => {
+                tracing::warn!(
+                    epoch = words.next().unwrap_or(""),
+                    "Redis is a new server process (restart or failover): waiting for Discord's word",
+                );
+                // The next answer says what it needs.
+                self.retry_all(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// When the driver must run again at the latest.
+    pub(super) fn next_deadline(&self, now: Instant) -> Instant {
+        // The fallback: even if every notification were lost, nothing waits longer
+        // than a round (plus the head grace) past its turn.
+        let mut next = now + self.settings.spacing + self.window() + self.settings.head_grace;
+        if !self.outbox.is_empty() {
+            return now;
+        }
+        if self.need.is_some() {
+            return match (self.fetch_after, self.settings.limit_source) {
+                (Some(after), _) => after.min(next),
+                (None, true) => now,
+                (None, false) => next,
+            };
+        }
+        for waiter in self.waiters.values() {
+            if let Phase::Granted(granted) = &waiter.phase {
+                if granted.touch_asked {
+                    return now;
+                }
+                next = next.min(granted.touch_at);
+            }
+        }
+        let budget_until = match self.no_budget {
+            Some(Some(until)) => Some(until),
+            Some(None) => return next,
+            None => None,
+        };
+        for bucket in self.buckets.values() {
+            if let (Some(at), false) = (bucket.next_try, bucket.queue.is_empty()) {
+                next = next.min(budget_until.map_or(at, |until| at.max(until)));
+            }
+        }
+        next
     }
 }

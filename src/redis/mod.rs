@@ -68,13 +68,14 @@ mod local;
 mod options;
 mod permit;
 mod queue;
+mod round_trip;
 mod scripts;
 mod status;
 #[cfg(feature = "twilight")]
 mod twilight;
 
-pub use local::DELIVERY_WINDOW;
 pub use options::{LimitFuture, Options};
 pub use permit::{Acquire, Grants, Permit};
 pub use queue::Queue;
+pub use round_trip::DELIVERY_WINDOW;
 pub use status::{ClusterStats, Health, NeedLimit, Snapshot};

@@ -93,14 +93,6 @@ impl Future for Acquire {
                     this.inner.wake.notify_one();
                 }
             }
-            Phase::Failed(_) => {
-                this.done = true;
-                let error = match local.waiters.remove(&this.shard).map(|w| w.phase) {
-                    Some(Phase::Failed(error)) => error,
-                    _ => Error::GrantLost(this.shard),
-                };
-                return Poll::Ready(Err(error));
-            }
         }
         if !waiter
             .waker
@@ -118,9 +110,8 @@ impl Drop for Acquire {
         if self.done || self.failed.is_some() {
             return;
         }
-        let hold = self.inner.hold();
         let mut local = self.inner.lock();
-        local.abandon(self.shard, hold, Instant::now());
+        local.abandon(self.shard, Instant::now());
         let wake = !local.outbox.is_empty();
         drop(local);
         if wake {

@@ -9,10 +9,10 @@ use tokio::time::Instant;
 
 use super::driver;
 use super::link::{Link, Target};
-use super::local::{DELIVERY_WINDOW, Granted, Local, Phase};
+use super::local::{Local, Phase, Settings};
 use super::options::Options;
 use super::permit::{Acquire, Grants};
-use super::scripts::{Answer, Scripts};
+use super::scripts::Scripts;
 use super::status::{ClusterStats, Health, Snapshot};
 use crate::{Config, Error, Priority, SessionStartLimit, ShardId};
 
@@ -46,7 +46,7 @@ pub(super) struct Inner {
     local: Mutex<Local>,
     pub(super) wake: Arc<Notify>,
     pub(super) target: Target,
-    url: String,
+    pub(super) url: String,
     /// `iq:{<namespace>}:`: every key of the namespace.
     pub(super) prefix: String,
     pub(super) channel: String,
@@ -58,8 +58,8 @@ pub(super) struct Inner {
     pub(super) driver_running: std::sync::atomic::AtomicBool,
     pub(super) config: Config,
     pub(super) options: Options,
-    /// `config.interval` plus the margin, the delivery window and a millisecond: the
-    /// spacing Redis keeps (see `connect_with`).
+    /// `config.interval` plus the margin and a millisecond: what Redis keeps between
+    /// the end of a grant's delivery window and the next grant (see `connect_with`).
     pub(super) interval: Duration,
     pub(super) scripts: Scripts,
     /// The driver's connection, for the calls a user makes (`update`, `snapshot`).
@@ -113,22 +113,30 @@ impl Queue {
         }
         let prefix = format!("iq:{{{namespace}}}:");
         let channel = format!("{prefix}ev");
-        // What Redis keeps between two grants of a bucket: the interval and the margin,
-        // plus the delivery window (a permit reaches its shard up to `DELIVERY_WINDOW` after its
-        // acquire call was sent, later only after a touch) and a millisecond for
-        // Redis's whole-millisecond clock. So two deliveries of a bucket on one
-        // machine's clock are never closer than the interval plus the margin.
+        // What Redis keeps after a grant's delivery window (each call carries its
+        // process's window: a permit reaches its shard within it of the call being
+        // sent, later only after a touch): the interval and the margin, and a
+        // millisecond for Redis's whole-millisecond clock. So two deliveries of a
+        // bucket on any one clock are never closer than the interval plus the margin.
         let interval = config
             .get_interval()
             .saturating_add(options.margin)
-            .saturating_add(DELIVERY_WINDOW + Duration::from_millis(1));
+            .saturating_add(Duration::from_millis(1));
+        let client = client_id();
+        let settings = Settings {
+            client: client.clone(),
+            spacing: interval,
+            head_grace: options.head_grace,
+            hold: config.get_hold_timeout(),
+            limit_source: options.limit_source.is_some(),
+        };
         let inner = Arc::new(Inner {
-            local: Mutex::new(Local::new(limit.max_concurrency, limit.remaining)),
+            local: Mutex::new(Local::new(settings, limit.max_concurrency, limit.remaining)),
             wake: Arc::new(Notify::new()),
             target,
             url: url.to_owned(),
             channel,
-            client: client_id(),
+            client,
             nonces: Default::default(),
             driver_running: Default::default(),
             prefix,
@@ -138,7 +146,8 @@ impl Queue {
             scripts: Scripts::new(),
             connection: Mutex::new(None),
         });
-        let link = Link::open(&inner.target, &inner.channel, inner.response_timeout())
+        let link = inner
+            .open_link()
             .await
             .map_err(|reason| inner.unreachable(reason))?;
         let mut connection = link.connection.clone();
@@ -230,13 +239,11 @@ impl Queue {
         let mut connection = match connection {
             Some(connection) => connection,
             None => {
-                let link = Link::open(
-                    &self.inner.target,
-                    &self.inner.channel,
-                    self.inner.response_timeout(),
-                )
-                .await
-                .map_err(|reason| self.inner.unreachable(reason))?;
+                let link = self
+                    .inner
+                    .open_link()
+                    .await
+                    .map_err(|reason| self.inner.unreachable(reason))?;
                 link.connection
             }
         };
@@ -265,9 +272,9 @@ impl Queue {
     }
 
     /// What grants wait for in this process now (Redis unreachable, Discord's word,
-    /// the budget), for a log line or a health check.
+    /// the budget, a link slower than the spacing), for a log line or a health check.
     pub fn health(&self) -> Health {
-        self.inner.lock().health.clone()
+        self.inner.lock().health()
     }
 
     /// This process's shards whose `acquire` has not resolved (waiting on Redis
@@ -297,17 +304,21 @@ impl Queue {
         let bucket = local.buckets.get(&local.bucket_of(shard))?;
         let ahead = bucket.queue.range(..waiter.key(shard)).count() as u32;
         let head_at = bucket.next_try.unwrap_or_else(Instant::now);
-        Some(head_at + self.inner.interval.saturating_mul(ahead))
+        Some(head_at + self.spacing().saturating_mul(ahead))
     }
 
-    /// The spacing Redis keeps between two grants of a bucket: the interval, the
-    /// margin, the [`DELIVERY_WINDOW`](super::DELIVERY_WINDOW) and a millisecond for
-    /// Redis's whole-millisecond clock.
+    /// The spacing Redis keeps between two grants of a bucket made for this process:
+    /// the interval, the margin, this process's delivery window (see
+    /// [`ClusterStats::window`]) and a millisecond for Redis's whole-millisecond
+    /// clock. A round of a bucket costs about this plus the asking process's round
+    /// trip (the wait it is told arrives half a round trip late, its call arrives half
+    /// a round trip after it is sent).
     pub fn spacing(&self) -> Duration {
-        self.inner.interval
+        self.inner.interval + self.inner.lock().window()
     }
 
-    /// Counters: commands sent, grants, refusals, touches.
+    /// Counters: commands sent, grants, refusals, touches, undelivered grants, the
+    /// round trip and the delivery window.
     pub fn stats(&self) -> ClusterStats {
         self.inner.lock().stats
     }
@@ -483,197 +494,39 @@ impl Inner {
         local.stats.commands += 1;
         local.stats.syncs += 1;
         local.remaining = reply.first().map_or(0, |&r| u32::try_from(r).unwrap_or(0));
-        local.need = None;
-        local.fetch_after = None;
-        local.no_budget = None;
-        local.health = Health::Ready;
+        local.set_health(Health::Ready);
         local.rekey(limit.max_concurrency, now);
-        local.retry_all(now);
+        local.synced(now);
+        tracing::info!(
+            total = limit.total,
+            remaining = limit.remaining,
+            reset_after = ?limit.reset_after,
+            max_concurrency = limit.max_concurrency,
+            budget = local.remaining,
+            "Discord's word applied",
+        );
         Ok(())
     }
 
     /// Hold mode: sends a release for the grant `token` of `shard`.
     pub(super) fn release(&self, shard: ShardId, token: super::scripts::Token) {
-        let Some(hold) = self.hold() else { return };
-        let mut local = self.lock();
-        local.outbox.push_back(super::local::Outgoing::Release {
-            shard,
-            token,
-            until: Instant::now() + hold,
-        });
-        drop(local);
+        if self.hold().is_none() {
+            return;
+        }
+        self.lock().release(shard, token, Instant::now());
         self.wake.notify_one();
     }
 
-    /// Applies the acquire script's answer for the head `shard` of bucket `index`,
-    /// asked at `sent`. Returns whether the other buckets should wait (no budget, no
-    /// Discord's word).
-    pub(super) fn apply(&self, index: u32, shard: ShardId, answer: Answer, sent: Instant) -> bool {
-        let now = Instant::now();
-        let mut local = self.lock();
-        if let Some(bucket) = local.buckets.get_mut(&index) {
-            bucket.pending = None;
-        }
-        let millis = Duration::from_millis;
-        match answer {
-            Answer::Grant {
-                token,
-                remaining,
-                max_concurrency,
-                next_wait,
-            } => {
-                local.stats.grants += 1;
-                local.remaining = remaining;
-                local.health = Health::Ready;
-                let granted = Granted::new(token, sent, self.interval);
-                let key = local.waiters.get(&shard).map(|w| w.key(shard));
-                if let Some(bucket) = local.buckets.get_mut(&index) {
-                    if let Some(key) = key {
-                        bucket.queue.remove(&key);
-                    }
-                    bucket.registered = !bucket.queue.is_empty();
-                    bucket.next_try = (!bucket.queue.is_empty()).then(|| now + millis(next_wait));
-                }
-                match local.waiters.get_mut(&shard) {
-                    Some(waiter) if matches!(waiter.phase, Phase::Waiting) => {
-                        waiter.phase = Phase::Granted(granted);
-                        local.wake(shard);
-                    }
-                    _ => {
-                        // Its future went while the call was out: spent, and released.
-                        local.stats.orphaned += 1;
-                        drop(local);
-                        self.release(shard, token);
-                        return false;
-                    }
-                }
-                local.rekey(max_concurrency, now);
-                false
-            }
-            Answer::Wait {
-                wait,
-                max_concurrency,
-            } => {
-                local.stats.refusals += 1;
-                if let Some(bucket) = local.buckets.get_mut(&index) {
-                    bucket.registered = true;
-                    bucket.next_try = Some(now + millis(wait));
-                }
-                local.rekey(max_concurrency, now);
-                false
-            }
-            Answer::Budget {
-                wait,
-                remaining,
-                max_concurrency,
-            } => {
-                local.stats.refusals += 1;
-                local.remaining = remaining;
-                let until = wait.map(|wait| now + millis(wait));
-                local.no_budget = Some(until);
-                local.health = Health::NoBudget {
-                    until: wait.map(millis),
-                };
-                if let Some(bucket) = local.buckets.get_mut(&index) {
-                    bucket.registered = true;
-                    bucket.next_try = Some(until.unwrap_or(now));
-                }
-                local.rekey(max_concurrency, now);
-                true
-            }
-            Answer::NeedLimit(need) => {
-                local.stats.refusals += 1;
-                local.need = Some(need);
-                local.health = if self.options.limit_source.is_some() {
-                    Health::FetchingLimit(need)
-                } else {
-                    Health::NeedsLimit(need)
-                };
-                if let Some(bucket) = local.buckets.get_mut(&index) {
-                    bucket.next_try = Some(now);
-                }
-                true
-            }
-        }
-    }
-
-    /// A notification from the channel (see `lua/prelude.lua`): `n <bucket> <client>
-    /// <wait>` (the bucket's next process), `s` (Discord's word applied), `e <epoch>`.
-    pub(super) fn notice(&self, payload: &str) {
-        let now = Instant::now();
-        let mut words = payload.split(' ');
-        let mut local = self.lock();
-        match words.next() {
-            Some("n") => {
-                let bucket = words.next().and_then(|b| b.parse::<u32>().ok());
-                let client = words.next();
-                let wait = words
-                    .next()
-                    .and_then(|w| w.parse::<u64>().ok())
-                    .map(|w| w.min(1 << 50));
-                if let (Some(bucket), Some(client), Some(wait)) = (bucket, client, wait) {
-                    let wait = Duration::from_millis(wait);
-                    if let Some(b) = local.buckets.get_mut(&bucket) {
-                        if client == self.client && !b.queue.is_empty() {
-                            // Our turn: ask when the bucket frees.
-                            b.next_try = Some(now + wait);
-                        } else if b.registered && !b.queue.is_empty() {
-                            // Another process's turn: look again only if it does not
-                            // come back within its grace (its process died).
-                            b.next_try = Some(now + wait + self.options.head_grace);
-                        }
-                    }
-                }
-            }
-            Some("s") => {
-                local.need = None;
-                local.fetch_after = None;
-                local.no_budget = None;
-                local.retry_all(now);
-            }
-            Some("e") => {
-                // A new server process: the next answer says what it needs.
-                local.retry_all(now);
-            }
-            _ => {}
-        }
-    }
-
-    /// When the driver must run again at the latest.
-    pub(super) fn next_deadline(&self) -> Instant {
-        let now = Instant::now();
-        let local = self.lock();
-        // The fallback: even if every notification were lost, nothing waits longer
-        // than an interval (plus the head grace) past its turn.
-        let mut next = now + self.interval + self.options.head_grace;
-        if !local.outbox.is_empty() {
-            return now;
-        }
-        if local.need.is_some() {
-            return match (local.fetch_after, &self.options.limit_source) {
-                (Some(after), _) => after.min(next),
-                (None, Some(_)) => now,
-                (None, None) => next,
-            };
-        }
-        for waiter in local.waiters.values() {
-            if let Phase::Granted(granted) = &waiter.phase {
-                if granted.touch_asked {
-                    return now;
-                }
-                next = next.min(granted.touch_at);
-            }
-        }
-        let budget_until = match local.no_budget {
-            Some(Some(until)) => Some(until),
-            Some(None) => return next,
-            None => None,
-        };
-        for bucket in local.buckets.values() {
-            if let (Some(at), false) = (bucket.next_try, bucket.queue.is_empty()) {
-                next = next.min(budget_until.map_or(at, |until| at.max(until)));
-            }
-        }
-        next
+    /// Opens a link to the master: a connection, and a subscription to the wake-up
+    /// channel and to this queue's own channel (its subscriber count tells the others
+    /// that this process lives).
+    pub(super) async fn open_link(&self) -> Result<Link, String> {
+        let alive = format!("{}p:{}", self.prefix, self.client);
+        Link::open(
+            &self.target,
+            &[&self.channel, &alive],
+            self.response_timeout(),
+        )
+        .await
     }
 }

@@ -31,6 +31,15 @@ pub enum Health {
     /// A grant was not acknowledged by the configured replicas in time (so it was not
     /// acted on, and its unit is spent): no more grants until they catch up.
     ReplicasBehind,
+    /// Connected, but the round trip to Redis is longer than the spacing: grants
+    /// still come, each lengthening its bucket's round by this process's delivery
+    /// window (nobody else's). Move the process closer to Redis, or accept the cost.
+    SlowLink {
+        /// The smoothed round trip.
+        round_trip: Duration,
+        /// The delivery window its calls carry.
+        window: Duration,
+    },
     /// The daily budget is spent; it refills at Discord's reset (`None`: only a
     /// fresh limit can refill it).
     NoBudget {
@@ -93,6 +102,9 @@ pub struct ClusterStats {
     pub refusals: u64,
     /// Delivery touches (a permit taken late keeps its bucket busy first).
     pub touches: u64,
+    /// Grants that could not be delivered in time (a touch refused after a stall or a
+    /// partition): each unit is spent, and its shard asked again by itself.
+    pub undelivered: u64,
     /// Grants not acknowledged by the replicas in time, so not acted on (unit spent).
     pub unacknowledged: u64,
     /// Grants whose future was gone when they came back (unit spent).
@@ -101,4 +113,11 @@ pub struct ClusterStats {
     pub connections: u64,
     /// Limits applied (connect, `update`, the limit source).
     pub syncs: u64,
+    /// The round trip to Redis, smoothed over this process's calls.
+    pub round_trip: Duration,
+    /// The delivery window this process's calls carry: a permit reaches its shard
+    /// within it of its call being sent, and Redis keeps the bucket's next grant an
+    /// interval after it. It follows the round trip (never below
+    /// [`DELIVERY_WINDOW`](super::DELIVERY_WINDOW)).
+    pub window: Duration,
 }

@@ -1,34 +1,38 @@
 -- The grant. ARGV: client, shard, nonce, rank (0 reconnect, 1 start), next rank of the
--- client's queue in this bucket after this shard (-1: none).
+-- client's queue in this bucket after this shard (-1: none), the client's delivery
+-- window (ms: a permit reaches its shard within it of this call being sent).
 -- Replies {kind, a, b, c, mc}:
 --   {1, epoch, seq, remaining, mc, next_wait}  granted (token epoch:seq)
---   {2, wait, is_head, 0, mc}                   ask again after `wait` ms (the head's
---                                               lease end, for the others: a fallback)
+--   {2, wait, is_head, 0, mc}                   ask again after `wait` ms (when the
+--                                               bucket frees for the head; for the next
+--                                               in line, when to look whether the head
+--                                               came back; for the others, a fallback)
 --   {3, wait, remaining, 0, mc}                 budget gone until the reset (-1: until
 --                                               Discord's word)
 --   {4, reason, 0, 0, mc}                       no grants until Discord's word:
 --                                               1 state missing, 2 new server process
 local client, shard, nonce = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local rank, next_rank = tonumber(ARGV[4]), tonumber(ARGV[5])
+local rank, next_rank, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local st, now = open(true)
 if not st then return { 4, 1, 0, 0, 0 } end
 if st.need ~= 0 then return { 4, st.need, 0, 0, st.mc } end
 local b = shard % st.mc
 -- A retried call (its answer was lost): the grant it made, if that grant is still
--- its bucket's latest in this epoch; its shard takes it now, so the bucket stays
--- busy for an interval from now. Otherwise (a failover, a later grant since) that
+-- its bucket's latest in this epoch; its shard takes it within `window` from now, so
+-- the bucket stays busy for an interval after that. Otherwise (a failover, a later grant since) that
 -- grant is void, its unit spent, and this call asks afresh.
 local done = redis.call('GET', P .. 'r:' .. nonce)
 if done then
   local reply = cjson.decode(done)
   if reply[2] == st.epoch and redis.call('HGET', BKT, 'g:' .. b) == reply[2] .. ':' .. reply[3] then
     local free = tonumber(redis.call('HGET', BKT, 'f:' .. b)) or 0
-    redis.call('HSET', BKT, 'f:' .. b, math.max(free, now + st.iv))
+    redis.call('HSET', BKT, 'f:' .. b, math.max(free, now + st.iv + window))
     reply[6] = busy_until(st, b) - now
     return reply
   end
 end
 local CON, LEASE = P .. 'c:' .. b, P .. 'cl:' .. b
+redis.call('HSET', P .. 'cw:' .. b, client, window)
 
 local function register(r)
   local score = redis.call('ZSCORE', CON, client)
@@ -45,18 +49,27 @@ end
 
 register(rank)
 local busy = busy_until(st, b)
--- Pass by heads that did not come back in time (their process died or stalled).
+-- Pass by heads whose process is gone (its connections closed) or that did not come
+-- back within their lease (a silent loss, a stall).
 local head, lease
 while true do
   head = redis.call('ZRANGE', CON, 0, 0)[1]
+  if head == client then break end
   lease = tonumber(redis.call('HGET', LEASE, head)) or 0
-  if head == client or lease >= now then break end
-  redis.call('ZREM', CON, head)
-  redis.call('HDEL', LEASE, head)
+  if lease >= now and alive(head) then break end
+  drop(b, head)
   promote(st, now, b)
 end
 if head ~= client then
-  return { 2, math.min(lease - now, FAR), 0, 0, st.mc }
+  -- The next in line looks again when the head should have come back; the others
+  -- (and the next in line once that moment passed) when the head's lease ends. A
+  -- grant's notification comes first in both cases, unless the head is gone.
+  local wait = lease - now
+  if redis.call('ZRANGE', CON, 1, 1)[1] == client then
+    local check = check_in(st, now, b, head)
+    if check > 0 and now + check < lease then wait = check end
+  end
+  return { 2, math.min(wait, FAR), 0, 0, st.mc }
 end
 if now < busy then
   redis.call('HSET', LEASE, client, busy + st.slack)
@@ -76,13 +89,17 @@ st.seq = st.seq + 1
 if st.reset_at < 0 then st.reset_at = now + st.win end
 redis.call('HSET', STATE, 'rem', st.rem, 'seq', st.seq, 'reset_at', st.reset_at)
 local token = st.epoch .. ':' .. st.seq
-redis.call('HSET', BKT, 'f:' .. b, now + st.iv, 'g:' .. b, token)
-if st.hold > 0 then redis.call('HSET', BKT, 'h:' .. b, token, 'l:' .. b, now + st.hold) end
+-- Spacing counts from delivery: the permit reaches its shard within `window` of
+-- this call's sending (so of now), and the next grant comes an interval after that.
+redis.call('HSET', BKT, 'f:' .. b, now + st.iv + window, 'g:' .. b, token)
+if st.hold > 0 then redis.call('HSET', BKT, 'h:' .. b, token, 'l:' .. b, now + window + st.hold) end
 redis.call('ZADD', LOG, now, token .. ':' .. shard)
 redis.call('ZREMRANGEBYSCORE', LOG, '-inf', now - 90000000)
-redis.call('ZREM', CON, client)
-redis.call('HDEL', LEASE, client)
-if next_rank >= 0 then register(next_rank) end
+drop(b, client)
+if next_rank >= 0 then
+  register(next_rank)
+  redis.call('HSET', P .. 'cw:' .. b, client, window)
+end
 promote(st, now, b)
 local reply = { 1, st.epoch, st.seq, st.rem, st.mc, busy_until(st, b) - now }
 redis.call('SET', P .. 'r:' .. nonce, cjson.encode(reply), 'PX', 120000)

@@ -5,7 +5,7 @@ local st, now = open(true)
 if not st then return 0 end
 local CON = P .. 'c:' .. b
 local head = redis.call('ZRANGE', CON, 0, 0)[1]
-if redis.call('ZREM', CON, client) == 0 then return 0 end
-redis.call('HDEL', P .. 'cl:' .. b, client)
+if not redis.call('ZSCORE', CON, client) then return 0 end
+drop(b, client)
 if head == client then promote(st, now, b) end
 return 1

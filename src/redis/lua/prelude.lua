@@ -10,12 +10,18 @@
 --   log    ZSET   grants of the last 25 h (score: grant time): recent grants for sync
 --   c:b    ZSET   processes waiting for bucket b, lowest score first: rank * 2^40 + seq
 --   cl:b   HASH   their leases: when the head must have come back
+--   cw:b   HASH   their delivery windows (ms): how long a grant may take to reach them
 --   r:n    STRING the reply of a grant with nonce n (a retried call never spends twice)
 --   ev     channel  wake-ups only, never needed for safety
+--   p:c    channel  process c subscribes to it while it lives: its subscriber count
+--                   (PUBSUB NUMSUB) drops to 0 the moment its connection closes
 local P = KEYS[1]
 local STATE, BKT, LOG, EV = P .. 'state', P .. 'bkt', P .. 'log', P .. 'ev'
 local RANK = 1099511627776 -- 2^40: a contender's rank above its sequence number
 local FAR = 1125899906842624 -- 2^50 ms: "not judged" leases, "never" waits
+-- The next in line looks at the head this long (ms) after the head's own window has
+-- passed since the bucket freed: the head's call should have arrived by then.
+local CHECK = 5
 local NUMBERS = { 'mc', 'iv', 'hold', 'total', 'rem', 'reset_at', 'win', 'need', 'quiet',
   'hwm', 'epoch', 'seq', 'cseq', 'rsv', 'slack' }
 
@@ -73,13 +79,45 @@ local function busy_until(st, b)
   return busy
 end
 
+-- Whether process c still has its subscription open: a process whose connections
+-- closed (killed: its kernel closed its sockets) is passed at once. A silent loss
+-- (host down, partition) keeps its count until Redis's keepalive notices: the lease
+-- is the fallback for that.
+local function alive(c)
+  return tonumber(redis.call('PUBSUB', 'NUMSUB', P .. 'p:' .. c)[2]) > 0
+end
+
+-- The delivery window of contender c of bucket b (ms).
+local function window_of(b, c)
+  return tonumber(redis.call('HGET', P .. 'cw:' .. b, c)) or 0
+end
+
+-- Contender c leaves bucket b's line.
+local function drop(b, c)
+  redis.call('ZREM', P .. 'c:' .. b, c)
+  redis.call('HDEL', P .. 'cl:' .. b, c)
+  redis.call('HDEL', P .. 'cw:' .. b, c)
+end
+
+-- When (ms from now) the next in line should look whether the head came back: once
+-- the bucket freed and the head's call had time to arrive (its window covers its
+-- round trip). A live head that is late keeps its lease.
+local function check_in(st, now, b, head)
+  return math.max(busy_until(st, b) - now, 0) + window_of(b, head) + CHECK
+end
+
 -- The first contender of bucket b becomes its head: it must come back (ask again)
--- within `slack` of the bucket freeing, or the others pass it by. Tells it when.
+-- within `slack` of the bucket freeing, or the others pass it by. Tells it when, and
+-- tells the next in line when to look whether it came back:
+-- `n <bucket> <head> <wait> <second> <check>` (second and check absent when alone).
 local function promote(st, now, b)
-  local head = redis.call('ZRANGE', P .. 'c:' .. b, 0, 0)[1]
+  local first = redis.call('ZRANGE', P .. 'c:' .. b, 0, 1)
+  local head, second = first[1], first[2]
   if head then
     local busy = busy_until(st, b)
     redis.call('HSET', P .. 'cl:' .. b, head, math.max(busy, now) + st.slack)
-    redis.call('PUBLISH', EV, 'n ' .. b .. ' ' .. head .. ' ' .. math.max(busy - now, 0))
+    local note = 'n ' .. b .. ' ' .. head .. ' ' .. math.max(busy - now, 0)
+    if second then note = note .. ' ' .. second .. ' ' .. check_in(st, now, b, head) end
+    redis.call('PUBLISH', EV, note)
   end
 end

@@ -32,7 +32,7 @@ else
       if kind == 'l' then quiet = math.max(quiet, tonumber(raw[i + 1]) or 0) end
     end
     redis.call('DEL', BKT)
-    for b = 0, st.mc - 1 do redis.call('DEL', P .. 'c:' .. b, P .. 'cl:' .. b) end
+    for b = 0, st.mc - 1 do redis.call('DEL', P .. 'c:' .. b, P .. 'cl:' .. b, P .. 'cw:' .. b) end
   end
 end
 local recent = redis.call('ZCOUNT', LOG, now - grace, '+inf')
