@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use fake_discord::FakeDiscord;
 use identify_queue::redis::{Options, Queue};
-use identify_queue::{Config, Error, SessionStartLimit};
+use identify_queue::{Config, SessionStartLimit};
 use redis_server::Server;
 
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -112,7 +112,7 @@ fn ask_limit(discord: SocketAddr) -> Result<SessionStartLimit, String> {
 }
 
 /// The worker process: acquires its shards, one task each, and sends IDENTIFY to the
-/// fake Discord with each permit. A permit lost to a failover is asked for again.
+/// fake Discord with each permit. Any `acquire` error fails the worker.
 #[test]
 #[ignore = "the entry point of the worker processes that the other tests start"]
 fn worker() {
@@ -147,13 +147,12 @@ fn worker() {
                 let worker = work.worker;
                 let hold = work.hold_forever.is_some();
                 tokio::spawn(async move {
-                    let permit = loop {
-                        match queue.acquire(shard).await {
-                            Ok(permit) => break permit,
-                            Err(Error::GrantLost(_)) => continue,
-                            Err(e) => panic!("worker {worker}, shard {shard}: {e}"),
-                        }
-                    };
+                    // No error is the caller's business here: a grant lost to a fault
+                    // is asked again by the queue itself (SPEC 6 rule 8).
+                    let permit = queue
+                        .acquire(shard)
+                        .await
+                        .unwrap_or_else(|e| panic!("worker {worker}, shard {shard}: {e}"));
                     let mut stream = TcpStream::connect(discord).unwrap();
                     writeln!(stream, "IDENTIFY {shard} {worker}").unwrap();
                     if hold {
@@ -296,6 +295,57 @@ fn a_worker_killed_while_waiting_delays_no_one() {
             .iter()
             .all(|a| a.at < killed || a.worker == 1)
     );
+}
+
+/// SPEC 6 rule 9: a process killed while next in line for a bucket is passed within a
+/// round trip of the bucket freeing (its connections closed: Redis sees its
+/// subscription gone), not after its lease (300 ms here: the head grace).
+#[test]
+fn a_worker_killed_while_next_in_line_is_passed_within_a_round_trip() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(false);
+    let discord = FakeDiscord::start(100, 1);
+    // One bucket: the two workers take turns.
+    let mut victim = work(&server.url(), &discord, 0, 0..10).spawn();
+    let survivor = work(&server.url(), &discord, 1, 10..16).spawn();
+    // Once both are in turn, a survivor's IDENTIFY means the victim is next in line.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        let arrivals = discord.arrivals();
+        let turns = arrivals.iter().filter(|a| a.worker == 0).count() >= 2
+            && arrivals.iter().filter(|a| a.worker == 1).count() >= 2;
+        if let Some(last) = arrivals.last().filter(|a| turns && a.worker == 1) {
+            break *last;
+        }
+        assert!(Instant::now() < deadline, "no turns: {arrivals:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let killed = Instant::now();
+    let from_survivor = || discord.arrivals().iter().filter(|a| a.worker == 1).count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while from_survivor() < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    finish(vec![survivor]);
+    let arrivals = discord.arrivals();
+    let next = arrivals
+        .iter()
+        .find(|a| a.at > before.at && a.shard != before.shard)
+        .expect("an IDENTIFY after the kill");
+    let gap = next.at - before.at;
+    eprintln!(
+        "worker killed while next in line ({:?} after the bucket's last IDENTIFY): the next IDENTIFY {gap:?} after that one",
+        killed - before.at
+    );
+    assert_eq!(from_survivor(), 6);
+    assert_eq!(next.worker, 1);
+    assert!(
+        gap <= INTERVAL + Duration::from_millis(100),
+        "the bucket's next IDENTIFY came {gap:?} after its last"
+    );
+    assert_eq!(discord.violations(1, INTERVAL), Vec::<String>::new());
 }
 
 #[test]

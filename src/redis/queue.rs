@@ -20,6 +20,8 @@ use crate::{Config, Error, Priority, SessionStartLimit, ShardId};
 const WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 /// `reset_after` beyond this means "never" (the scripts' far future).
 const NEVER_MS: u128 = 1 << 50;
+/// Round trips measured on each new link before it is used.
+const PINGS: usize = 4;
 
 /// A queue whose budget and buckets are shared, through Redis, by every process of a
 /// bot that connects with the same namespace. Clone it freely: clones share one
@@ -520,13 +522,31 @@ impl Inner {
     /// Opens a link to the master: a connection, and a subscription to the wake-up
     /// channel and to this queue's own channel (its subscriber count tells the others
     /// that this process lives).
+    ///
+    /// Then loads the scripts and measures the round trip (a few `PING`s), so that
+    /// the first calls carry a true delivery window.
     pub(super) async fn open_link(&self) -> Result<Link, String> {
         let alive = format!("{}p:{}", self.prefix, self.client);
-        Link::open(
+        let mut link = Link::open(
             &self.target,
             &[&self.channel, &alive],
             self.response_timeout(),
         )
-        .await
+        .await?;
+        let failed = |e: redis::RedisError| format!("{}: {e}", self.url);
+        self.scripts
+            .load(&mut link.connection)
+            .await
+            .map_err(failed)?;
+        for _ in 0..PINGS {
+            let sent = Instant::now();
+            let _: String = redis::cmd("PING")
+                .query_async(&mut link.connection)
+                .await
+                .map_err(failed)?;
+            self.lock().measured(sent, Instant::now());
+        }
+        self.lock().stats.commands += 1 + PINGS as u64;
+        Ok(link)
     }
 }

@@ -6,12 +6,9 @@
 
 use redis::Script;
 
-/// Builds one script: the shebang (Redis 7 flags), the prelude, the body.
-fn script(flags: &str, body: &str) -> Script {
-    Script::new(&format!(
-        "#!lua{flags}\n{}\n{body}",
-        include_str!("lua/prelude.lua")
-    ))
+/// The source of one script: the shebang (Redis 7 flags), the prelude, the body.
+fn source(flags: &str, body: &str) -> String {
+    format!("#!lua{flags}\n{}\n{body}", include_str!("lua/prelude.lua"))
 }
 
 /// The compiled set, one per queue.
@@ -22,19 +19,46 @@ pub(super) struct Scripts {
     pub(super) leave: Script,
     pub(super) sync: Script,
     pub(super) status: Script,
+    /// Every script's source, to load them all in one round trip.
+    sources: Vec<String>,
 }
 
 impl Scripts {
     pub(super) fn new() -> Self {
-        Self {
-            acquire: script("", include_str!("lua/acquire.lua")),
-            release: script("", include_str!("lua/release.lua")),
-            touch: script("", include_str!("lua/touch.lua")),
-            leave: script("", include_str!("lua/leave.lua")),
-            sync: script("", include_str!("lua/sync.lua")),
+        let sources = [
+            source("", include_str!("lua/acquire.lua")),
+            source("", include_str!("lua/release.lua")),
+            source("", include_str!("lua/touch.lua")),
+            source("", include_str!("lua/leave.lua")),
+            source("", include_str!("lua/sync.lua")),
             // Read only: runs on a master that refuses writes (no replica in reach).
-            status: script(" flags=no-writes", include_str!("lua/status.lua")),
+            source(" flags=no-writes", include_str!("lua/status.lua")),
+        ];
+        let [acquire, release, touch, leave, sync, status] =
+            sources.clone().map(|s| Script::new(&s));
+        Self {
+            acquire,
+            release,
+            touch,
+            leave,
+            sync,
+            status,
+            sources: sources.into(),
         }
+    }
+
+    /// Loads every script into the server's cache in one round trip, so that the
+    /// calls that follow are one round trip each (a missing script costs three: the
+    /// refusal, the load, the call), and the round trips they measure are true.
+    pub(super) async fn load(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for source in &self.sources {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
+        }
+        pipe.query_async(connection).await
     }
 }
 

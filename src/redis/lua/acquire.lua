@@ -66,8 +66,8 @@ if head ~= client then
   -- grant's notification comes first in both cases, unless the head is gone.
   local wait = lease - now
   if redis.call('ZRANGE', CON, 1, 1)[1] == client then
-    local check = check_in(st, now, b, head)
-    if check > 0 and now + check < lease then wait = check end
+    local check = check_at(st, b, head, lease)
+    if now < check then wait = check - now end
   end
   return { 2, math.min(wait, FAR), 0, 0, st.mc }
 end

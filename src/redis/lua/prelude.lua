@@ -99,11 +99,12 @@ local function drop(b, c)
   redis.call('HDEL', P .. 'cw:' .. b, c)
 end
 
--- When (ms from now) the next in line should look whether the head came back: once
--- the bucket freed and the head's call had time to arrive (its window covers its
--- round trip). A live head that is late keeps its lease.
-local function check_in(st, now, b, head)
-  return math.max(busy_until(st, b) - now, 0) + window_of(b, head) + CHECK
+-- When the next in line should look whether the head came back: once the head was
+-- due (its lease less the slack: when the bucket freed, or when it was promoted) and
+-- its call had time to arrive (its window covers its round trip). A live head that
+-- is late keeps its lease.
+local function check_at(st, b, head, lease)
+  return lease - st.slack + window_of(b, head) + CHECK
 end
 
 -- The first contender of bucket b becomes its head: it must come back (ask again)
@@ -115,9 +116,10 @@ local function promote(st, now, b)
   local head, second = first[1], first[2]
   if head then
     local busy = busy_until(st, b)
-    redis.call('HSET', P .. 'cl:' .. b, head, math.max(busy, now) + st.slack)
+    local lease = math.max(busy, now) + st.slack
+    redis.call('HSET', P .. 'cl:' .. b, head, lease)
     local note = 'n ' .. b .. ' ' .. head .. ' ' .. math.max(busy - now, 0)
-    if second then note = note .. ' ' .. second .. ' ' .. check_in(st, now, b, head) end
+    if second then note = note .. ' ' .. second .. ' ' .. (check_at(st, b, head, lease) - now) end
     redis.call('PUBLISH', EV, note)
   end
 end
