@@ -138,6 +138,18 @@ pub(super) enum Outgoing {
     Leave { bucket: u32 },
 }
 
+/// What a poll of a shard's future finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Taken {
+    /// The permit, within its window: the request is done.
+    Permit(Token),
+    /// Not yet. `touch`: a grant came but its window passed, and the driver must now
+    /// keep its bucket busy (a touch) before it can be handed over.
+    Pending { touch: bool },
+    /// The request is not here (never made, or already done).
+    Gone,
+}
+
 /// What the driver does after an acquire answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Next {
@@ -359,6 +371,25 @@ impl Local {
             .and_then(|waiter| waiter.waker.take())
         {
             waker.wake();
+        }
+    }
+
+    /// The future of `shard` polls at `now`: its permit if granted and still within
+    /// its window (implementation detail 2), else whether a touch must be sent.
+    pub(super) fn take(&mut self, shard: ShardId, now: Instant) -> Taken {
+        let Some(waiter) = self.waiters.get_mut(&shard) else {
+            return Taken::Gone;
+        };
+        match &mut waiter.phase {
+            Phase::Waiting => Taken::Pending { touch: false },
+            Phase::Granted(granted) if now <= granted.fresh_until => {
+                let token = granted.token;
+                self.waiters.remove(&shard);
+                Taken::Permit(token)
+            }
+            Phase::Granted(granted) => Taken::Pending {
+                touch: !std::mem::replace(&mut granted.touch_asked, true),
+            },
         }
     }
 
@@ -679,3 +710,6 @@ impl Local {
         next
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use tokio::time::Instant;
 
-use super::local::Phase;
+use super::local::Taken;
 use super::queue::Inner;
 use super::scripts::Token;
 use crate::{Error, ShardId};
@@ -72,34 +72,29 @@ impl Future for Acquire {
         this.inner.ensure_driver();
         let now = Instant::now();
         let mut local = this.inner.lock();
-        let Some(waiter) = local.waiters.get_mut(&this.shard) else {
-            this.done = true;
-            return Poll::Ready(Err(Error::GrantLost(this.shard)));
-        };
-        match &mut waiter.phase {
-            Phase::Waiting => {}
-            Phase::Granted(granted) if now <= granted.fresh_until => {
-                let token = granted.token;
-                local.waiters.remove(&this.shard);
+        match local.take(this.shard, now) {
+            Taken::Permit(token) => {
                 drop(local);
                 this.done = true;
                 return Poll::Ready(Ok(Permit::new(&this.inner, this.shard, token, now)));
             }
-            Phase::Granted(granted) => {
-                // Taken late: the driver first keeps the bucket busy for an interval
-                // from now (spacing counts from delivery), then wakes us.
-                if !granted.touch_asked {
-                    granted.touch_asked = true;
-                    this.inner.wake.notify_one();
-                }
+            Taken::Gone => {
+                this.done = true;
+                return Poll::Ready(Err(Error::GrantLost(this.shard)));
             }
+            // Taken late: the driver first keeps the bucket busy until an interval
+            // after a new window (spacing counts from delivery), then wakes us.
+            Taken::Pending { touch: true } => this.inner.wake.notify_one(),
+            Taken::Pending { touch: false } => {}
         }
-        if !waiter
-            .waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            waiter.waker = Some(cx.waker().clone());
+        if let Some(waiter) = local.waiters.get_mut(&this.shard) {
+            if !waiter
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                waiter.waker = Some(cx.waker().clone());
+            }
         }
         Poll::Pending
     }
