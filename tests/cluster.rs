@@ -389,6 +389,8 @@ async fn hold_mode_frees_a_bucket_on_release_for_the_other_process() {
         .hold_until_release(Duration::from_secs(5));
     let a = bot_queue(&server, limit(100, 1), held.clone()).await;
     let b = bot_queue(&server, limit(100, 1), held).await;
+    // What connecting cost (the scripts loaded, the round trip measured, the sync).
+    let connected = b.stats().commands;
     let permit = a.acquire(0).await.unwrap();
     let other = spawn_acquire(&b, 1);
     sleep(3 * INTERVAL).await;
@@ -400,9 +402,9 @@ async fn hold_mode_frees_a_bucket_on_release_for_the_other_process() {
         .unwrap()
         .unwrap();
     assert!(other >= released);
-    // Woken by the notification, not by polling: its connect, one ask while held,
-    // one after the release (and a touch or two if this machine is slow to poll).
-    assert!(b.stats().commands <= 6, "{:?}", b.stats());
+    // Woken by the notification, not by polling: one ask while held, one after the
+    // release (and a touch or two if this machine is slow to poll).
+    assert!(b.stats().commands - connected <= 4, "{:?}", b.stats());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

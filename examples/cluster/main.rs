@@ -14,7 +14,12 @@
 //! port in a temp dir: Debian/Ubuntu `apt-get install redis-server`, macOS
 //! `brew install redis`. The interval is short (200 ms) so that the run takes seconds;
 //! the queue does not care.
+//!
+//! `--rtt-ms 20` puts a network between the workers and Redis: a proxy on loopback
+//! that delays every chunk by half of it each way (`--jitter-ms` more or less).
 
+#[path = "../../tests/support/fault_proxy.rs"]
+mod fault_proxy;
 mod run;
 
 use std::process::ExitCode;
@@ -28,6 +33,8 @@ usage: cluster [options]
   --interval-ms MS  spacing per bucket (default 200)
   --budget B        session starts left (default: the shards)
   --url URL         Redis to use (default: $REDIS_URL, else a redis-server of its own)
+  --rtt-ms MS       round trip added between the workers and Redis by a proxy (default 0)
+  --jitter-ms MS    jitter of each way through the proxy (default 0)
   --bars N          progress rows (default 10)";
 
 fn main() -> ExitCode {
@@ -65,6 +72,8 @@ fn parent(args: &[String]) -> Result<bool, String> {
         interval: Duration::from_millis(200),
         budget: 0,
         idle: Duration::from_secs(1),
+        round_trip: Duration::ZERO,
+        jitter: Duration::ZERO,
     };
     let mut bars = 10;
     let mut rest = args.iter();
@@ -81,6 +90,8 @@ fn parent(args: &[String]) -> Result<bool, String> {
             "--interval-ms" => plan.interval = Duration::from_millis(number(value()?)?.into()),
             "--budget" => plan.budget = number(value()?)?,
             "--url" => plan.url = value()?.clone(),
+            "--rtt-ms" => plan.round_trip = Duration::from_millis(number(value()?)?.into()),
+            "--jitter-ms" => plan.jitter = Duration::from_millis(number(value()?)?.into()),
             "--bars" => bars = number(value()?)?,
             _ => return Err(format!("unknown option {flag}")),
         }
@@ -100,8 +111,21 @@ fn parent(args: &[String]) -> Result<bool, String> {
         None
     };
     println!(
-        "cluster: {} shards in {} worker processes, max_concurrency {}, interval {:?}, budget {}, Redis {}",
-        plan.shards, plan.workers, plan.max_concurrency, plan.interval, plan.budget, plan.url
+        "cluster: {} shards in {} worker processes, max_concurrency {}, interval {:?}, budget {}, Redis {}{}",
+        plan.shards,
+        plan.workers,
+        plan.max_concurrency,
+        plan.interval,
+        plan.budget,
+        plan.url,
+        if plan.round_trip.is_zero() {
+            String::new()
+        } else {
+            format!(
+                " through a proxy adding {:?} of round trip (± {:?} each way)",
+                plan.round_trip, plan.jitter
+            )
+        }
     );
     let started = Instant::now();
     let mut shown = 0;
@@ -131,7 +155,7 @@ fn parent(args: &[String]) -> Result<bool, String> {
         outcome.makespan.as_secs_f64(),
         outcome.optimum.as_secs_f64(),
         over(outcome.optimum),
-        run::spacing(plan.interval),
+        run::spacing(plan.interval, outcome.window),
         outcome.optimum_kept.as_secs_f64(),
         over(outcome.optimum_kept),
     );
@@ -142,6 +166,10 @@ fn parent(args: &[String]) -> Result<bool, String> {
         outcome.commands as f64 / grants as f64,
         outcome.idle_commands,
         plan.idle
+    );
+    println!(
+        "network         round trip {:?} measured by the workers, delivery window {:?}; {} units spent without an IDENTIFY",
+        outcome.measured_round_trip, outcome.window, outcome.wasted
     );
     if outcome.violations.is_empty() {
         println!(

@@ -14,14 +14,16 @@ use std::time::{Duration, Instant};
 use identify_queue::redis::{Health, Options, Queue};
 use identify_queue::{Config, SessionStartLimit};
 
+use crate::fault_proxy::FaultProxy;
+
 /// Two IDENTIFYs granted exactly an interval apart may arrive closer by this much:
 /// loopback delivery between busy processes.
 pub const JITTER: Duration = Duration::from_millis(40);
 
-/// The spacing the cluster queue keeps for `interval` (no margin): see
-/// `identify_queue::redis::Queue::spacing`.
-pub fn spacing(interval: Duration) -> Duration {
-    interval + identify_queue::redis::DELIVERY_WINDOW + Duration::from_millis(1)
+/// The spacing the cluster queue keeps for `interval` (no margin) and a delivery
+/// `window`: see `identify_queue::redis::Queue::spacing`.
+pub fn spacing(interval: Duration, window: Duration) -> Duration {
+    interval + window + Duration::from_millis(1)
 }
 
 /// One run's shape.
@@ -38,6 +40,10 @@ pub struct Plan {
     /// After the last grant, how long to keep every worker waiting (with shards left
     /// beyond the budget) while counting the commands they send.
     pub idle: Duration,
+    /// Added between every worker and Redis by a fault proxy (half each way; zero: no
+    /// proxy), with jitter of up to this much each way.
+    pub round_trip: Duration,
+    pub jitter: Duration,
 }
 
 /// What one run measured.
@@ -49,10 +55,16 @@ pub struct Outcome {
     /// The same for a perfect queue: `ceil(n / C) - 1` intervals.
     pub optimum: Duration,
     /// The same at the spacing the cluster keeps on purpose (the interval plus the
-    /// delivery window and a millisecond, `Queue::spacing`).
+    /// workers' mean delivery window and a millisecond, `Queue::spacing`).
     pub optimum_kept: Duration,
     /// Redis commands the workers sent (scripts, WAIT, leases), over the grants.
     pub commands: u64,
+    /// Units spent without an IDENTIFY: grants undelivered, unacknowledged or
+    /// orphaned, over all workers.
+    pub wasted: u64,
+    /// The workers' mean delivery window and measured round trip.
+    pub window: Duration,
+    pub measured_round_trip: Duration,
     /// Commands every process sent while all of them only waited (`idle`).
     pub idle_commands: u64,
     pub violations: Vec<String>,
@@ -70,7 +82,7 @@ pub fn run(plan: &Plan, mut progress: impl FnMut(u32, u32)) -> Result<Outcome, S
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let discord = listener.local_addr().map_err(|e| e.to_string())?;
     let arrivals: Arc<Mutex<Vec<Arrival>>> = Default::default();
-    let commands: Arc<Mutex<HashMap<u32, (u64, u64)>>> = Default::default();
+    let commands: Arc<Mutex<HashMap<u32, Report>>> = Default::default();
     {
         let (arrivals, commands) = (arrivals.clone(), commands.clone());
         let (budget, max_concurrency) = (plan.budget, plan.max_concurrency);
@@ -84,8 +96,19 @@ pub fn run(plan: &Plan, mut progress: impl FnMut(u32, u32)) -> Result<Outcome, S
         });
     }
     let expected = plan.shards.min(plan.budget);
+    // The network between the workers and Redis, if any.
+    let proxy = if plan.round_trip.is_zero() {
+        None
+    } else {
+        let proxy = FaultProxy::start_to(redis_address(&plan.url)?);
+        proxy.set_delay(plan.round_trip / 2, plan.jitter);
+        Some(proxy)
+    };
+    let url = proxy
+        .as_ref()
+        .map_or_else(|| plan.url.clone(), FaultProxy::url);
     let mut children: Vec<Child> = (0..plan.workers)
-        .map(|worker| spawn_worker(plan, worker, discord))
+        .map(|worker| spawn_worker(plan, &url, worker, discord))
         .collect::<Result<_, _>>()?;
     let started = Instant::now();
     let deadline = started
@@ -118,32 +141,64 @@ pub fn run(plan: &Plan, mut progress: impl FnMut(u32, u32)) -> Result<Outcome, S
     }
     let idle_to = poll_counts(&commands, plan.workers, 2);
     kill(&mut children);
+    drop(proxy);
     let mut arrivals = arrivals.lock().unwrap().clone();
     arrivals.sort_by_key(|a| a.at);
     let rounds = expected.div_ceil(plan.max_concurrency).saturating_sub(1);
+    let reports: Vec<Report> = commands.lock().unwrap().values().copied().collect();
+    let workers = reports.len().max(1) as u32;
+    let window = reports.iter().map(|r| r.window).sum::<Duration>() / workers;
     Ok(Outcome {
         identifies: arrivals.len() as u32,
         makespan: arrivals
             .last()
             .map_or(Duration::ZERO, |l| l.at - arrivals[0].at),
         optimum: plan.interval * rounds,
-        optimum_kept: spacing(plan.interval) * rounds,
+        optimum_kept: spacing(plan.interval, window) * rounds,
         commands: idle_from,
         idle_commands: idle_to.saturating_sub(idle_from),
+        wasted: reports.iter().map(|r| r.wasted).sum(),
+        window,
+        measured_round_trip: reports.iter().map(|r| r.round_trip).sum::<Duration>() / workers,
         violations: judge(&arrivals, plan),
     })
 }
 
+/// A worker's report: its command count (at `round` 1, when all it could get was
+/// granted; at 2, after the idle time), units it wasted, its window and round trip.
+#[derive(Clone, Copy, Debug, Default)]
+struct Report {
+    round: u64,
+    commands: u64,
+    wasted: u64,
+    window: Duration,
+    round_trip: Duration,
+}
+
+/// `host:port` of a `redis://host:port[/db]` URL.
+fn redis_address(url: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| format!("a round trip needs a redis:// URL, not {url:?}"))?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    let host = host.rsplit('@').next().unwrap_or(host);
+    host.to_socket_addrs()
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}: no address"))
+}
+
 /// Waits until every worker reported its command count for `round`; their sum.
-fn poll_counts(commands: &Mutex<HashMap<u32, (u64, u64)>>, workers: u32, round: u64) -> u64 {
+fn poll_counts(commands: &Mutex<HashMap<u32, Report>>, workers: u32, round: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         {
             let counts = commands.lock().unwrap();
-            if counts.values().filter(|&&(r, _)| r >= round).count() as u32 >= workers
+            if counts.values().filter(|r| r.round >= round).count() as u32 >= workers
                 || Instant::now() > deadline
             {
-                return counts.values().map(|&(_, c)| c).sum();
+                return counts.values().map(|r| r.commands).sum();
             }
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -184,11 +239,12 @@ fn judge(arrivals: &[Arrival], plan: &Plan) -> Vec<String> {
 }
 
 /// One connection: `IDENTIFY <shard>`, `LIMIT` (answers Discord's
-/// session_start_limit by its own count) or `COMMANDS <worker> <round> <count>`.
+/// session_start_limit by its own count) or `COMMANDS <worker> <round> <count>
+/// <wasted> <window_us> <round_trip_us>`.
 fn serve(
     stream: TcpStream,
     arrivals: &Mutex<Vec<Arrival>>,
-    commands: &Mutex<HashMap<u32, (u64, u64)>>,
+    commands: &Mutex<HashMap<u32, Report>>,
     budget: u32,
     max_concurrency: u32,
 ) {
@@ -212,18 +268,26 @@ fn serve(
             );
             let _ = (&stream).write_all(reply.as_bytes());
         }
-        ["COMMANDS", worker, round, count] => {
-            if let (Ok(worker), Ok(round), Ok(count)) =
-                (worker.parse(), round.parse(), count.parse())
+        ["COMMANDS", worker, numbers @ ..] => {
+            let numbers: Vec<u64> = numbers.iter().filter_map(|n| n.parse().ok()).collect();
+            if let (Ok(worker), &[round, commands_sent, wasted, window, round_trip]) =
+                (worker.parse(), numbers.as_slice())
             {
-                commands.lock().unwrap().insert(worker, (round, count));
+                let report = Report {
+                    round,
+                    commands: commands_sent,
+                    wasted,
+                    window: Duration::from_micros(window),
+                    round_trip: Duration::from_micros(round_trip),
+                };
+                commands.lock().unwrap().insert(worker, report);
             }
         }
         _ => {}
     }
 }
 
-fn spawn_worker(plan: &Plan, worker: u32, discord: SocketAddr) -> Result<Child, String> {
+fn spawn_worker(plan: &Plan, url: &str, worker: u32, discord: SocketAddr) -> Result<Child, String> {
     let shards: Vec<String> = (0..plan.shards)
         .filter(|shard| shard % plan.workers == worker)
         .map(|shard| shard.to_string())
@@ -231,7 +295,7 @@ fn spawn_worker(plan: &Plan, worker: u32, discord: SocketAddr) -> Result<Child, 
     Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .arg("--worker")
         .args([
-            plan.url.clone(),
+            url.to_owned(),
             plan.namespace.clone(),
             worker.to_string(),
             discord.to_string(),
@@ -313,22 +377,28 @@ pub fn worker(args: &[String]) -> Result<(), String> {
                 break;
             }
         }
-        tell(
-            discord,
-            format!("COMMANDS {id} 1 {}\n", queue.stats().commands),
-        );
+        tell(discord, report(id, 1, &queue));
         let stdin = tokio::task::spawn_blocking(|| {
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
         });
         let _ = stdin.await;
-        tell(
-            discord,
-            format!("COMMANDS {id} 2 {}\n", queue.stats().commands),
-        );
+        tell(discord, report(id, 2, &queue));
         std::future::pending::<()>().await;
         Ok(())
     })
+}
+
+/// A worker's `COMMANDS` line.
+fn report(id: u32, round: u64, queue: &Queue) -> String {
+    let stats = queue.stats();
+    format!(
+        "COMMANDS {id} {round} {} {} {} {}\n",
+        stats.commands,
+        stats.undelivered + stats.unacknowledged + stats.orphaned,
+        stats.window.as_micros(),
+        stats.round_trip.as_micros()
+    )
 }
 
 /// A `redis-server` of our own, on a free loopback port, in a temp dir.

@@ -24,7 +24,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::time::{Instant, sleep_until};
 
 use super::link::Link;
-use super::local::{Next, Outgoing};
+use super::local::Outgoing;
 use super::queue::Inner;
 use super::scripts::{Answer, NeedLimit, answer};
 use super::status::Health;
@@ -235,31 +235,71 @@ async fn send_outbox(
 
 /// Spacing counts from delivery: a grant not taken within its window keeps its bucket
 /// busy until it is (a touch, carrying this process's window); one whose touch Redis
-/// refuses is void, and its shard asks again.
+/// refuses is void, and its shard asks again. Every due touch goes out at once.
 async fn touch_late_grants(
     inner: &Arc<Inner>,
-    connection: &mut MultiplexedConnection,
+    connection: &MultiplexedConnection,
 ) -> Result<(), String> {
-    let due = inner.lock().due_touches(Instant::now());
-    for (shard, token) in due {
-        let window = inner.lock().window();
-        let sent = Instant::now();
-        let kept: i64 = inner
-            .scripts
-            .touch
-            .key(&inner.prefix)
-            .arg(shard)
-            .arg(token.epoch)
-            .arg(token.seq)
-            .arg(window.as_millis() as u64)
-            .invoke_async(connection)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut local = inner.lock();
-        local.stats.commands += 1;
-        local.touched(shard, token, kept == 1, sent, window, Instant::now());
+    let (due, window) = {
+        let local = inner.lock();
+        (local.due_touches(Instant::now()), local.window())
+    };
+    if due.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let calls = due.iter().map(|&(shard, token)| {
+        let mut connection = connection.clone();
+        async move {
+            let mut invocation = inner.scripts.touch.prepare_invoke();
+            invocation
+                .key(&inner.prefix)
+                .arg(shard)
+                .arg(token.epoch)
+                .arg(token.seq)
+                .arg(window.as_millis() as u64);
+            invocation.invoke_async::<i64>(&mut connection).await
+        }
+    });
+    let sent = Instant::now();
+    let replies = in_order(calls.collect()).await;
+    let mut local = inner.lock();
+    let mut failure = None;
+    for (&(shard, token), (reply, arrived)) in due.iter().zip(replies) {
+        match reply {
+            Ok(kept) => {
+                local.stats.commands += 1;
+                local.touched(shard, token, kept == 1, sent, window, arrived);
+            }
+            Err(e) => failure = failure.or(Some(e.to_string())),
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Polls `futures` in their order on every pass until all are done (so that calls on a
+/// multiplexed connection are sent, pipelined, in that order, and Redis runs them in
+/// that order); each output comes with the instant it was ready.
+async fn in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<(F::Output, Instant)> {
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<(F::Output, Instant)>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some((value, Instant::now())),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// The shared state needs Discord's word. With a limit source, one process fetches
@@ -333,43 +373,81 @@ async fn fetch_limit(
     Ok(true)
 }
 
-/// Asks for the head of every bucket whose time came, oldest head first (the budget
-/// goes to the oldest of this process).
+/// Asks for the head of every bucket whose time came, all at once (one round trip,
+/// however many buckets), oldest head first: Redis runs them in that order, so the
+/// budget goes to the oldest of this process.
 async fn ask_heads(
     inner: &Arc<Inner>,
     connection: &mut MultiplexedConnection,
 ) -> Result<(), String> {
-    let due = inner.lock().due_heads(Instant::now());
-    for ((rank, _, shard), index) in due {
-        let (nonce, next_rank, window) = {
-            let mut local = inner.lock();
-            let Some((nonce, next_rank)) = local.ask(index, shard, inner.nonce()) else {
+    let (asks, window) = {
+        let mut local = inner.lock();
+        let window = local.window();
+        let due = local.due_heads(Instant::now());
+        let asks: Vec<_> = due
+            .into_iter()
+            .filter_map(|((rank, _, shard), index)| {
+                let (nonce, next_rank) = local.ask(index, shard, inner.nonce())?;
+                Some((index, shard, rank, nonce, next_rank))
+            })
+            .collect();
+        (asks, window)
+    };
+    if asks.is_empty() {
+        return Ok(());
+    }
+    let calls = asks.iter().map(|(_, shard, rank, nonce, next_rank)| {
+        let mut connection = connection.clone();
+        async move {
+            let mut invocation = inner.scripts.acquire.prepare_invoke();
+            invocation
+                .key(&inner.prefix)
+                .arg(&inner.client)
+                .arg(shard)
+                .arg(nonce)
+                .arg(rank)
+                .arg(next_rank)
+                .arg(window.as_millis() as u64);
+            invocation.invoke_async::<Vec<i64>>(&mut connection).await
+        }
+    });
+    let sent = Instant::now();
+    let replies = in_order(calls.collect()).await;
+    let mut answers = Vec::with_capacity(asks.len());
+    let mut failure = None;
+    for ((index, shard, ..), (reply, arrived)) in asks.iter().zip(replies) {
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                // Its bucket keeps the nonce: asked again, a grant it made comes back.
+                failure = failure.or(Some(e.to_string()));
                 continue;
-            };
-            (nonce, next_rank, local.window())
+            }
         };
-        let sent = Instant::now();
-        let reply: Vec<i64> = inner
-            .scripts
-            .acquire
-            .key(&inner.prefix)
-            .arg(&inner.client)
-            .arg(shard)
-            .arg(&nonce)
-            .arg(rank)
-            .arg(next_rank)
-            .arg(window.as_millis() as u64)
-            .invoke_async(connection)
-            .await
-            .map_err(|e| e.to_string())?;
         inner.lock().stats.commands += 1;
-        let Some(answer) = answer(&reply) else {
-            return Err(format!(
-                "unexpected reply from the acquire script: {reply:?}"
-            ));
-        };
-        if let Answer::Grant { .. } = answer {
-            if inner.options.replicas > 0 && !acknowledged(inner, connection).await? {
+        match answer(&reply) {
+            Some(answer) => answers.push((*index, *shard, answer, arrived)),
+            None => {
+                failure = failure.or(Some(format!(
+                    "unexpected reply from the acquire script: {reply:?}"
+                )))
+            }
+        }
+    }
+    // With replicas, permits are handed over only after a `WAIT` for every grant of
+    // this batch (one covers them all): the window covers both round trips.
+    let granted = answers
+        .iter()
+        .any(|(.., answer, _)| matches!(answer, Answer::Grant { .. }));
+    let mut acknowledged_at = None;
+    if granted && inner.options.replicas > 0 {
+        let acked = acknowledged(inner, connection).await?;
+        acknowledged_at = Some((acked, Instant::now()));
+    }
+    let mut local = inner.lock();
+    for (index, shard, answer, arrived) in answers {
+        let arrived = match (&answer, acknowledged_at) {
+            (Answer::Grant { .. }, Some((false, _))) => {
                 // Not on enough replicas: a failover could forget it. Never acted on;
                 // its unit counts as spent. No more grants until the replicas catch
                 // up (each one would be spent the same way).
@@ -377,21 +455,17 @@ async fn ask_heads(
                     shard,
                     "a grant was not acknowledged by the replicas: not acted on, its unit spent",
                 );
-                inner.lock().unacknowledged(index, Instant::now());
-                return Ok(());
+                local.unacknowledged(index, Instant::now());
+                continue;
             }
-        }
-        // With replicas, the permit is handed over after the `WAIT`: the window covers
-        // both round trips.
-        let arrived = Instant::now();
-        let next = inner
-            .lock()
-            .answered(index, shard, answer, sent, window, arrived);
-        if next == Next::Stop {
-            break;
-        }
+            (Answer::Grant { .. }, Some((true, at))) => at,
+            _ => arrived,
+        };
+        // Every answer is applied, even after one that stops the round (a grant in it
+        // spent a unit).
+        local.answered(index, shard, answer, sent, window, arrived);
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 /// `WAIT` for the configured replicas: did they all get this connection's writes?

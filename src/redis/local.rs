@@ -81,8 +81,11 @@ impl Granted {
         Self {
             token,
             fresh_until: sent + window,
-            // Early enough that the touch arrives while the bucket is still busy.
-            touch_at: sent + spacing / 2,
+            // After the window (the future had its chance to take the permit), and
+            // while Redis still keeps the bucket busy (until `spacing` after the
+            // window). A touch that arrives later is still right: Redis accepts it only
+            // if no grant followed in the bucket.
+            touch_at: sent + window + spacing / 2,
             touch_asked: false,
             late_touches: 0,
         }

@@ -70,10 +70,15 @@ impl FaultProxy {
     /// Listens on a free loopback port and forwards to `127.0.0.1:target`, with no
     /// delay until told.
     pub fn start(target: u16) -> Self {
+        Self::start_to(([127, 0, 0, 1], target).into())
+    }
+
+    /// [`start`](Self::start), forwarding to `upstream`.
+    pub fn start_to(upstream: SocketAddr) -> Self {
         let (cuts, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             path: Mutex::new(Path::default()),
-            seed: Mutex::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(target)),
+            seed: Mutex::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(upstream.port())),
             cuts,
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
@@ -88,7 +93,6 @@ impl FaultProxy {
                 .expect("the proxy's runtime");
             runtime.block_on(async move {
                 let listener = TcpListener::from_std(listener).expect("a tokio listener");
-                let upstream: SocketAddr = ([127, 0, 0, 1], target).into();
                 let accept = async {
                     while let Ok((client, _)) = listener.accept().await {
                         tokio::spawn(connection(client, upstream, serving.clone()));
