@@ -158,9 +158,9 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
-    /// Cluster mode: the shard was granted, but the grant was lost before its permit
-    /// was taken (the future was not polled while Redis failed over, or could not be
-    /// reached to keep its bucket busy). Its unit is spent; ask again.
+    /// Cluster mode: a future polled for a request its queue no longer holds. Not
+    /// expected: a grant that cannot be delivered in time is spent and asked again by
+    /// the queue itself, and its `acquire` keeps waiting. Ask again.
     GrantLost(ShardId),
 }
 
@@ -212,9 +212,7 @@ impl fmt::Display for Error {
             }
             Self::GrantLost(shard) => write!(
                 f,
-                "shard {shard} was granted, but the grant was lost before its permit was \
-                 taken (Redis failed over or could not be reached): its session start is \
-                 spent, request it again"
+                "shard {shard}: its request is no longer in its queue: request it again"
             ),
         }
     }

@@ -379,3 +379,39 @@ async fn a_grant_undelivered_through_a_stall_is_asked_again() {
     let snapshot = near.snapshot().await.unwrap().unwrap();
     assert_eq!(snapshot.remaining, 7);
 }
+
+/// A process whose round trip is longer than the spacing says so, and is still served
+/// (its own grants pay for its distance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_slower_than_the_spacing_says_so_and_is_still_served() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(false);
+    let proxy = FaultProxy::start(server.port);
+    proxy.set_delay(ms(150), ms(0));
+    let interval = ms(100);
+    let limit = SessionStartLimit {
+        total: 1000,
+        remaining: 10,
+        reset_after: Duration::from_secs(3600),
+        max_concurrency: 1,
+    };
+    let queue = Queue::connect(
+        proxy.url(),
+        "bot",
+        limit,
+        Config::default().interval(interval),
+    )
+    .await
+    .unwrap();
+    match queue.health() {
+        identify_queue::redis::Health::SlowLink { round_trip, window } => {
+            assert!(round_trip >= ms(300), "{round_trip:?}");
+            assert!(window > round_trip, "{window:?}");
+        }
+        other => panic!("health {other:?}"),
+    }
+    let first = queue.acquire(0).await.unwrap().granted_at();
+    let second = queue.acquire(1).await.unwrap().granted_at();
+    assert!(second - first >= interval);
+    assert_eq!(queue.stats().undelivered, 0);
+}

@@ -1,12 +1,17 @@
-//! The driver: one tokio task per queue that owns the connection to Redis. It asks for
-//! the head of each bucket when that bucket may be free, keeps late permits' buckets
-//! busy, sends releases, and gets Discord's word when the shared state needs it.
+//! The driver: one tokio task per queue that owns the connection to Redis. It does
+//! the I/O for the process side (`local.rs`, which decides, with the clock passed in):
+//! it asks for the head of each bucket when that bucket may be free, keeps late
+//! permits' buckets busy, sends releases, and gets Discord's word when the shared
+//! state needs it.
 //!
 //! # Implementation details
 //!
 //! 1. **Redis decides, the process orders.** Only a script's `Grant` answer makes a
 //!    grant; the local queues only choose which shard of this process asks next
-//!    (priority, then request order), one call per bucket head at a time.
+//!    (priority, then request order), one call per bucket head at a time. The calls of
+//!    one round (every due head, every due touch) go out together, pipelined on the
+//!    one connection in that order: a round costs one round trip, however many
+//!    buckets, and Redis runs them in the order the budget should go.
 //! 2. **No polling loop.** A bucket is asked again at the instant Redis named (a
 //!    relative wait added to this process's clock after the answer arrived, so it errs
 //!    late), or earlier when a notification says its turn came; the timer is only the
@@ -15,6 +20,10 @@
 //!    returns the grant it made, never a second one.
 //! 4. **Fail closed.** Without a connection nothing is granted; the waiting requests
 //!    wait, and every bucket asks again once connected.
+//! 5. **Every call carries the window and measures the round trip.** The window sent
+//!    is the one its answer is judged by (`Local::answered`, `Local::touched`); a new
+//!    link loads the scripts and measures a few `PING`s first, so that no call pays for
+//!    a script load and the first window is true.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;

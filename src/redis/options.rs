@@ -114,8 +114,10 @@ impl Options {
     }
 
     /// How long a process next in line for a bucket may take to come back once the
-    /// bucket frees (1 s by default); after that, the others pass it by (its process
-    /// died or stalls).
+    /// bucket frees (1 s by default); after that, the others pass it by. This is the
+    /// fallback for a silent loss (host down, a partition, a stalled process): a
+    /// process that died with its connections closed is passed at once, once its
+    /// window has passed. Keep it above the round trip of your farthest process.
     pub fn head_grace(mut self, grace: Duration) -> Self {
         self.head_grace = grace;
         self
