@@ -39,6 +39,29 @@ const ROUNDS: u32 = SHARDS / MAX_CONCURRENCY;
 /// the machine's two cores are not shared between runs.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// One test's world: a server, a fake Discord, and the processes; one at a time.
+struct Network {
+    processes: Vec<Process>,
+    discord: FakeDiscord,
+    _server: Server,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Network {
+    /// A server, a fake Discord, and a process per path (one-way delay, jitter).
+    async fn start(paths: &[(Duration, Duration)]) -> Self {
+        let serial = SERIAL.lock().await;
+        let server = Server::start(false);
+        let discord = FakeDiscord::start(SHARDS + 32, MAX_CONCURRENCY);
+        Self {
+            processes: processes(&server, paths).await,
+            discord,
+            _server: server,
+            _serial: serial,
+        }
+    }
+}
+
 /// One process: its queue, behind its own path to Redis.
 struct Process {
     queue: Queue,
@@ -199,14 +222,13 @@ fn ms(n: u64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_trip_of_10_ms_stalls_nothing() {
-    let _serial = SERIAL.lock().await;
-    let server = Server::start(false);
-    let discord = FakeDiscord::start(SHARDS + 32, MAX_CONCURRENCY);
-    let processes = processes(&server, &[(ms(5), ms(0)); 4]).await;
-    let outcome = run(&processes, &discord, async {}).await;
+    let Network {
+        processes, discord, ..
+    } = &Network::start(&[(ms(5), ms(0)); 4]).await;
+    let outcome = run(processes, discord, async {}).await;
     judge(
         "round trip 10 ms",
-        &discord,
+        discord,
         &outcome,
         ms(10),
         Duration::ZERO,
@@ -219,15 +241,14 @@ async fn a_round_trip_of_10_ms_stalls_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_trip_of_60_ms_with_jitter_stalls_nothing() {
-    let _serial = SERIAL.lock().await;
-    let server = Server::start(false);
-    let discord = FakeDiscord::start(SHARDS + 32, MAX_CONCURRENCY);
     // 30 ± 5 ms each way: 60 ± 10 ms round trips.
-    let processes = processes(&server, &[(ms(30), ms(5)); 4]).await;
-    let outcome = run(&processes, &discord, async {}).await;
+    let Network {
+        processes, discord, ..
+    } = &Network::start(&[(ms(30), ms(5)); 4]).await;
+    let outcome = run(processes, discord, async {}).await;
     judge(
         "round trip 60 ms ± 10 ms",
-        &discord,
+        discord,
         &outcome,
         ms(70),
         Duration::ZERO,
@@ -236,9 +257,6 @@ async fn a_round_trip_of_60_ms_with_jitter_stalls_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_and_far_processes_are_all_served_in_turn() {
-    let _serial = SERIAL.lock().await;
-    let server = Server::start(false);
-    let discord = FakeDiscord::start(SHARDS + 32, MAX_CONCURRENCY);
     // Two next to Redis, two 20 ms away each way.
     let paths = [
         (ms(0), ms(0)),
@@ -246,11 +264,13 @@ async fn near_and_far_processes_are_all_served_in_turn() {
         (ms(20), ms(0)),
         (ms(20), ms(0)),
     ];
-    let processes = processes(&server, &paths).await;
-    let outcome = run(&processes, &discord, async {}).await;
+    let Network {
+        processes, discord, ..
+    } = &Network::start(&paths).await;
+    let outcome = run(processes, discord, async {}).await;
     judge(
         "two near, two 40 ms away",
-        &discord,
+        discord,
         &outcome,
         ms(40),
         Duration::ZERO,
@@ -279,29 +299,27 @@ async fn near_and_far_processes_are_all_served_in_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_of_every_link_mid_run_loses_no_shard() {
-    let _serial = SERIAL.lock().await;
-    let server = Server::start(false);
-    let discord = FakeDiscord::start(SHARDS + 32, MAX_CONCURRENCY);
-    let processes = processes(&server, &[(ms(1), ms(0)); 4]).await;
+    let Network {
+        processes, discord, ..
+    } = &Network::start(&[(ms(1), ms(0)); 4]).await;
     let stall = ms(1500);
     let fault = async {
         while discord.arrivals().len() < 16 {
             tokio::time::sleep(ms(5)).await;
         }
-        for process in &processes {
+        for process in processes {
             process.proxy.stall(stall);
         }
     };
-    let outcome = run(&processes, &discord, fault).await;
-    judge("a 1.5 s stall mid-run", &discord, &outcome, ms(2), stall);
+    let outcome = run(processes, discord, fault).await;
+    judge("a 1.5 s stall mid-run", discord, &outcome, ms(2), stall);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_partitioned_mid_run_the_others_go_on() {
-    let _serial = SERIAL.lock().await;
-    let server = Server::start(false);
-    let discord = FakeDiscord::start(SHARDS + 32, MAX_CONCURRENCY);
-    let processes = processes(&server, &[(ms(1), ms(0)); 4]).await;
+    let Network {
+        processes, discord, ..
+    } = &Network::start(&[(ms(1), ms(0)); 4]).await;
     let partition = ms(3000);
     let window = Arc::new(Mutex::new(None));
     let fault = async {
@@ -312,10 +330,10 @@ async fn one_process_partitioned_mid_run_the_others_go_on() {
         let from = std::time::Instant::now();
         *window.lock().unwrap() = Some((from, from + partition));
     };
-    let outcome = run(&processes, &discord, fault).await;
+    let outcome = run(processes, discord, fault).await;
     judge(
         "one process partitioned for 3 s",
-        &discord,
+        discord,
         &outcome,
         ms(2),
         partition,
