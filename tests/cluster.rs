@@ -131,10 +131,10 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
                 "bot",
                 limit(10, 1),
                 config(),
-                Options::default().reserve(2),
+                Options::default().head_grace(Duration::ZERO),
             )
             .await,
-            "reserve",
+            "head_grace",
         ),
         (
             Queue::connect(

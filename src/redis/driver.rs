@@ -272,6 +272,9 @@ async fn touch_late_grants(
     let sent = Instant::now();
     let replies = in_order(calls.collect()).await;
     let mut local = inner.lock();
+    if let Some(first) = first_answer(&replies) {
+        local.measured(sent, first);
+    }
     let mut failure = None;
     for (&(shard, token), (reply, arrived)) in due.iter().zip(replies) {
         match reply {
@@ -283,6 +286,15 @@ async fn touch_late_grants(
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// When a round of pipelined calls was first answered: its one round trip sample.
+fn first_answer<T, E>(replies: &[(Result<T, E>, Instant)]) -> Option<Instant> {
+    replies
+        .iter()
+        .filter(|(reply, _)| reply.is_ok())
+        .map(|&(_, at)| at)
+        .min()
 }
 
 /// Polls `futures` in their order on every pass until all are done (so that calls on a
@@ -371,7 +383,7 @@ async fn fetch_limit(
         return Ok(false);
     }
     inner
-        .sync(connection, limit)
+        .sync(connection, limit, Duration::ZERO)
         .await
         .map_err(|e| e.to_string())?;
     let _: Result<i64, _> = redis::cmd("DEL")
@@ -422,6 +434,7 @@ async fn ask_heads(
     });
     let sent = Instant::now();
     let replies = in_order(calls.collect()).await;
+    let first = first_answer(&replies);
     let mut answers = Vec::with_capacity(asks.len());
     let mut failure = None;
     for ((index, shard, ..), (reply, arrived)) in asks.iter().zip(replies) {
@@ -454,6 +467,11 @@ async fn ask_heads(
         acknowledged_at = Some((acked, Instant::now()));
     }
     let mut local = inner.lock();
+    // One sample for the round: to its first answer, or with replicas to the `WAIT`'s
+    // (the permits are handed over after it, so the window must cover both).
+    if let Some(answered) = acknowledged_at.map(|(_, at)| at).or(first) {
+        local.measured(sent, answered);
+    }
     for (index, shard, answer, arrived) in answers {
         let arrived = match (&answer, acknowledged_at) {
             (Answer::Grant { .. }, Some((false, _))) => {

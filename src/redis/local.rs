@@ -222,7 +222,9 @@ impl Local {
         self.round_trip.window()
     }
 
-    /// A call sent at `sent` was answered at `now`.
+    /// A round of calls sent at `sent` was first answered at `now`: one sample per
+    /// round, since pipelined calls share one round trip (a stalled round must not
+    /// count as many stalls).
     pub(super) fn measured(&mut self, sent: Instant, now: Instant) {
         let before = self.window();
         self.round_trip.sample(now.saturating_duration_since(sent));
@@ -470,7 +472,6 @@ impl Local {
         window: Duration,
         now: Instant,
     ) -> Next {
-        self.measured(sent, now);
         if let Some(bucket) = self.buckets.get_mut(&index) {
             bucket.pending = None;
         }
@@ -579,7 +580,6 @@ impl Local {
         window: Duration,
         now: Instant,
     ) {
-        self.measured(sent, now);
         self.stats.touches += 1;
         let spacing = self.settings.spacing;
         let Some(waiter) = self.waiters.get_mut(&shard) else {

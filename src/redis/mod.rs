@@ -46,10 +46,11 @@
 //! - **One clock**, Redis's (`TIME` in the scripts); processes receive durations.
 //! - **The budget comes from Discord's word only**: `connect`'s and `update`'s limit,
 //!   the [`Options::limit_source`], or the reset instant Discord announced (it refills
-//!   to `total`). A word sets the budget less the grants of the last
-//!   [`Options::grace`] (Discord may not have counted them yet). When Redis lost the
-//!   state or may have lost writes (restarted, failed over: a new *epoch*), no process
-//!   grants until Discord's word comes again, and no bucket frees for an interval.
+//!   to `total` less the grants near it). See [the budget's
+//!   accounting](#the-budgets-accounting). When Redis lost the state or part of it, or
+//!   may have lost writes (restarted, failed over, demoted and promoted again: a new
+//!   *epoch*), no process grants until Discord's word comes again, and no bucket frees
+//!   for an interval.
 //! - **A process that dies** loses nothing for the others: its waiting requests vanish
 //!   with it, its holds end at their timeout, its spent units stay spent. Each process
 //!   subscribes to a channel of its own while it lives; a head of line whose channel
@@ -75,6 +76,43 @@
 //! - **Fail closed.** Redis unreachable or without state: no grants; waiting
 //!   `acquire`s keep waiting and are served after recovery; [`Queue::health`] says what
 //!   they wait for. A call retried after a lost answer never spends twice.
+//!
+//! # The budget's accounting
+//!
+//! Discord counts a unit when an IDENTIFY *arrives*, and its word (`remaining`,
+//! `reset_after`) is as old as the time since it was read. Between the two lie grants
+//! whose IDENTIFY is on its way, permits not yet taken, and words in flight. Redis
+//! counts a unit as spent when it grants it, and keeps every grant in a log scored by
+//! the latest instant its permit may reach its shard (the end of the delivery window;
+//! each touch, and each retried answer, moves it later). [`Options::grace`] (`G`)
+//! bounds the rest: how old a word may be when applied, plus how long an IDENTIFY
+//! may take to arrive after its permit was handed over.
+//!
+//! - **A word** read at `r` (applied now; `r` = now less its age, see
+//!   [`Queue::update_with_age`]) sets the budget to its `remaining` less every grant
+//!   whose log instant is after `r - G`: those Discord may not have counted when it
+//!   answered. A permit still untaken is touched, so its instant is recent, so it is
+//!   subtracted however long ago it was granted. A grant counted by Discord and
+//!   subtracted too costs one unit until the next word: the safe side.
+//! - **A reset** is at `r + reset_after` (a word's), or at the first arrival after
+//!   the previous reset plus 24 hours, which is at the latest `G` after the grant that
+//!   opens the window. Redis refills at that latest instant, to `total` less the
+//!   grants whose log instant falls within `G` before it: they may count in Discord's
+//!   new window. It never refills earlier, nor subtracts less.
+//! - **The state is whole or missing.** A server that may evict keys without a TTL
+//!   (`maxmemory-policy allkeys-*`) is refused; a state whose buckets or log went
+//!   missing on their own (a generation and a count that must match) is treated as
+//!   missing; a server whose process or replication history changed is a new epoch
+//!   (and epochs never repeat). Then nothing is granted until Discord's word, which
+//!   counts what Redis forgot.
+//!
+//! So at any instant, the units Redis may still grant in a Discord window are at most
+//! what Discord's latest word left, less every grant Discord may not have counted: no
+//! unit is counted as available twice, in one process or across all of them. What
+//! the safe side costs: up to `G` of grants held back at each word, and `G` added to
+//! each reset (30 s by default). Redis is the one clock: a forward step of its clock
+//! would refill early (run it with NTP slewing, not stepping); a backward step is
+//! absorbed (time waits at its high-water mark).
 //!
 //! Monitoring: [`Queue::snapshot`] (budget, reset, each bucket's next free instant,
 //! the epoch), [`Queue::health`], [`Queue::stats`] (commands, touches, undelivered

@@ -84,7 +84,9 @@ impl Options {
     /// One that is not acknowledged within the [`replica_timeout`](Self::replica_timeout)
     /// is not acted on, and its unit counts as spent. A replica down then stalls grants:
     /// set `count` to the replicas you can afford to wait for. Zero (the default) for a
-    /// single server.
+    /// single server. With a Sentinel URL, zero is refused unless the master sets
+    /// `min-replicas-to-write` to 1 or more: a master cut off from the others by a
+    /// partition must not go on granting to the processes that still reach it.
     pub fn replicas(mut self, count: u32) -> Self {
         self.replicas = count;
         self
@@ -96,18 +98,25 @@ impl Options {
         self
     }
 
-    /// Units never granted (zero by default), allowed only with
-    /// [`replicas`](Self::replicas): they cover a grant that a promoted replica never
-    /// saw.
+    /// Units never granted (zero by default): they cover grants that Redis may forget
+    /// it made. With [`replicas`](Self::replicas), a grant a promoted replica never
+    /// saw; on a single server, the grants of the last second with AOF's
+    /// `appendfsync everysec` (or since the last snapshot with RDB alone) when it
+    /// restarts. A single server with `appendfsync always` forgets none.
     pub fn reserve(mut self, units: u32) -> Self {
         self.reserve = units;
         self
     }
 
-    /// How far back Discord's word may lag (30 s by default): when a limit arrives,
-    /// grants recorded within this period before it are subtracted from its
-    /// `remaining`, since Discord may not have counted them yet. Hand the queue limits
-    /// read within this period.
+    /// The uncertainty of Discord's count (30 s by default): how old a word may be
+    /// when it is applied, plus how long an IDENTIFY may take to arrive after its
+    /// permit reached the shard. Grants that reached their shards within it before a
+    /// word was read are subtracted from its `remaining` (Discord may not have counted
+    /// them yet); a reset is refilled at the latest instant it may be, less the grants
+    /// within it before (they may count in Discord's new window). The cost: the units
+    /// of up to `grace` of grants held back until the next word, and `grace` added to
+    /// each reset. Hand the queue limits read within this period (or say their age:
+    /// [`Queue::update_with_age`](super::Queue::update_with_age)).
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
@@ -139,14 +148,6 @@ impl Options {
 
     /// Checks the options, naming the first bad one.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.reserve > 0 && self.replicas == 0 {
-            return Err(Error::InvalidOption {
-                option: "reserve",
-                reason: "a reserve of units needs replicas (`Options::replicas`): a single \
-                         server loses no acknowledged grant"
-                    .to_owned(),
-            });
-        }
         if self.replicas > 0 && self.replica_timeout.is_zero() {
             return Err(Error::InvalidOption {
                 option: "replica_timeout",

@@ -70,7 +70,10 @@ pub(super) struct Inner {
 
 impl Queue {
     /// Connects to Redis and applies `limit`, Discord's word just read, to the shared
-    /// budget (less the grants of the last [`grace`](Options::grace)).
+    /// budget (less the grants Discord may not have counted: see
+    /// [`update`](Self::update)). A limit read a while ago (before a retry loop around
+    /// `connect`, say) should be re-read, or applied with
+    /// [`update_with_age`](Self::update_with_age) once connected.
     ///
     /// `url` is `redis://host:port/db` for one server, or
     /// `redis+sentinel://host:port,host:port/master-name[/db]` for Sentinel, which is
@@ -81,8 +84,10 @@ impl Queue {
     /// last process to connect (or update) sets the spacing, the hold timeout and the
     /// head grace that Redis applies to all of them.
     ///
-    /// Errors, changing nothing: a bad `limit`, `config`, `namespace` or `url`, or
-    /// Redis out of reach (the error says why).
+    /// Errors, changing nothing: a bad `limit`, `config`, `namespace` or `url`; Redis
+    /// out of reach, or a server that may evict the state (the error says why); a
+    /// Sentinel URL without a fence against a cut-off master
+    /// ([`Options::replicas`]).
     pub async fn connect(
         url: impl AsRef<str>,
         namespace: impl AsRef<str>,
@@ -153,7 +158,10 @@ impl Queue {
             .await
             .map_err(|reason| inner.unreachable(reason))?;
         let mut connection = link.connection.clone();
-        inner.sync(&mut connection, limit).await?;
+        if matches!(inner.target, Target::Sentinel { .. }) && inner.options.replicas == 0 {
+            minority_fence(&mut connection).await?;
+        }
+        inner.sync(&mut connection, limit, Duration::ZERO).await?;
         // The driver goes on with this connection.
         inner.start_driver(Some(link));
         Ok(Self {
@@ -230,12 +238,27 @@ impl Queue {
     }
 
     /// Discord's word: a fresh `session_start_limit` (e.g. after re-reading
-    /// `/gateway/bot`) sets the shared budget, less the grants of the last
-    /// [`grace`](Options::grace), and resumes grants paused for lack of it. A new
-    /// `max_concurrency` re-keys every process's buckets.
+    /// `/gateway/bot`, just now) sets the shared budget, less the grants Discord may
+    /// not have counted (see [the budget's
+    /// accounting](super#the-budgets-accounting)), and resumes grants paused for lack
+    /// of it. A new `max_concurrency` re-keys every process's buckets.
     ///
     /// Errors, changing nothing: a bad limit, or Redis out of reach.
     pub async fn update(&self, limit: SessionStartLimit) -> Result<(), Error> {
+        self.update_with_age(limit, Duration::ZERO).await
+    }
+
+    /// [`update`](Self::update) with a word read `age` ago (a limit read at start-up
+    /// and applied after a retry loop, say): the grants that reached their shards
+    /// within [`grace`](Options::grace) before it was *read* are subtracted, and its
+    /// `reset_after` counts from the read.
+    ///
+    /// Errors, changing nothing: a bad limit, or Redis out of reach.
+    pub async fn update_with_age(
+        &self,
+        limit: SessionStartLimit,
+        age: Duration,
+    ) -> Result<(), Error> {
         limit.validate()?;
         let connection = self.inner.connection();
         let mut connection = match connection {
@@ -249,7 +272,7 @@ impl Queue {
                 link.connection
             }
         };
-        self.inner.sync(&mut connection, limit).await?;
+        self.inner.sync(&mut connection, limit, age).await?;
         self.inner.wake.notify_one();
         Ok(())
     }
@@ -375,6 +398,34 @@ fn check_namespace(namespace: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// With Sentinel, a master cut off from the others (a partition) keeps serving the
+/// processes that still reach it while the others promote a replica: both sides would
+/// grant. A grant must then need a replica on the majority side: `Options::replicas`
+/// (grants wait for `WAIT`), or the master's `min-replicas-to-write` (it refuses writes
+/// without a replica in reach). Refuses the connection if neither is set.
+async fn minority_fence(connection: &mut MultiplexedConnection) -> Result<(), Error> {
+    let refuse = |found: String| Error::InvalidOption {
+        option: "replicas",
+        reason: format!(
+            "with Sentinel, a master cut off from the others would keep granting: set \
+             `Options::replicas` to 1 or more, or `min-replicas-to-write` to 1 or more on \
+             the master ({found})"
+        ),
+    };
+    let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("min-replicas-to-write")
+        .query_async(connection)
+        .await;
+    match reply {
+        Ok(pair) => match pair.get(1).and_then(|v| v.parse::<u32>().ok()) {
+            Some(n) if n >= 1 => Ok(()),
+            _ => Err(refuse(format!("min-replicas-to-write is {pair:?}"))),
+        },
+        Err(e) => Err(refuse(format!("CONFIG GET failed: {e}"))),
+    }
+}
+
 /// A name for this queue among the contenders: process id, time, and a counter.
 fn client_id() -> String {
     static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -467,6 +518,7 @@ impl Inner {
         &self,
         connection: &mut MultiplexedConnection,
         limit: SessionStartLimit,
+        age: Duration,
     ) -> Result<(), Error> {
         let reset_after = if limit.reset_after.as_millis() >= NEVER_MS {
             -1
@@ -488,6 +540,7 @@ impl Inner {
             .arg(millis_up(WINDOW))
             .arg(self.options.reserve)
             .arg(millis_up(self.options.head_grace))
+            .arg(age.as_millis().min(NEVER_MS) as u64)
             .invoke_async(connection)
             .await
             .map_err(|e| self.unreachable(e.to_string()))?;

@@ -110,12 +110,25 @@ fn touches_answered_too_late_too_often_give_the_grant_up() {
         assert_eq!(local.take(0, now), Taken::Pending { touch: true });
         let window = local.window();
         // Each answer comes after its window (which widens with each late sample).
+        local.measured(now, now + window + ms(1));
         local.touched(0, token(1), true, now, window, now + window + ms(1));
         now += window + ms(1);
     }
     assert_eq!(local.stats.undelivered, 1);
     assert_eq!(local.take(0, now), Taken::Pending { touch: false });
     assert!(local.window() > DELIVERY_WINDOW);
+}
+
+#[test]
+fn a_stalled_round_is_one_sample() {
+    let start = Instant::now();
+    let mut local = Local::new(settings(), 1, 100);
+    for _ in 0..20 {
+        local.measured(start, start + ms(2));
+    }
+    // One round of many calls, stalled 1.5 s: one sample, not one per call.
+    local.measured(start, start + ms(1500));
+    assert!(local.window() <= ms(30), "{:?}", local.window());
 }
 
 #[test]

@@ -27,6 +27,9 @@ if done then
   if reply[2] == st.epoch and redis.call('HGET', BKT, 'g:' .. b) == reply[2] .. ':' .. reply[3] then
     local free = tonumber(redis.call('HGET', BKT, 'f:' .. b)) or 0
     redis.call('HSET', BKT, 'f:' .. b, math.max(free, now + st.iv + window))
+    -- Counted from its delivery: a word applied after it subtracts it.
+    redis.call('ZADD', LOG, 'GT', now + window, reply[2] .. ':' .. reply[3] .. ':' .. shard)
+    count_log()
     reply[6] = busy_until(st, b) - now
     return reply
   end
@@ -86,15 +89,20 @@ end
 
 st.rem = st.rem - 1
 st.seq = st.seq + 1
-if st.reset_at < 0 then st.reset_at = now + st.win end
+-- The first grant after a refill opens the next window. Discord opens it when this
+-- IDENTIFY arrives (within `grace`, delivery included): its reset is at the latest
+-- a window and a grace from now.
+if st.reset_at < 0 then st.reset_at = now + st.win + st.grace end
 redis.call('HSET', STATE, 'rem', st.rem, 'seq', st.seq, 'reset_at', st.reset_at)
 local token = st.epoch .. ':' .. st.seq
 -- Spacing counts from delivery: the permit reaches its shard within `window` of
 -- this call's sending (so of now), and the next grant comes an interval after that.
 redis.call('HSET', BKT, 'f:' .. b, now + st.iv + window, 'g:' .. b, token)
 if st.hold > 0 then redis.call('HSET', BKT, 'h:' .. b, token, 'l:' .. b, now + window + st.hold) end
-redis.call('ZADD', LOG, now, token .. ':' .. shard)
+-- Scored by the latest instant the permit may reach its shard (touches move it on).
+redis.call('ZADD', LOG, now + window, token .. ':' .. shard)
 redis.call('ZREMRANGEBYSCORE', LOG, '-inf', now - 90000000)
+count_log()
 drop(b, client)
 if next_rank >= 0 then
   register(next_rank)

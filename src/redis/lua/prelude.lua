@@ -6,8 +6,10 @@
 -- Keys:
 --   state  HASH   the shared budget and settings (fields in `NUMBERS`, plus `runid`)
 --   bkt    HASH   per bucket b: f:b free-at, g:b last grant's token, h:b holder token
---                 and l:b its lease end (hold mode)
---   log    ZSET   grants of the last 25 h (score: grant time): recent grants for sync
+--                 and l:b its lease end (hold mode); `gen`, the state's generation
+--   log    ZSET   grants of the last 25 h (score: the latest instant its permit may
+--                 reach its shard, moved by touches and retries): recent grants for
+--                 sync and for the refill; its size is kept in state (`logn`)
 --   c:b    ZSET   processes waiting for bucket b, lowest score first: rank * 2^40 + seq
 --   cl:b   HASH   their leases: when the head must have come back
 --   cw:b   HASH   their delivery windows (ms): how long a grant may take to reach them
@@ -23,15 +25,41 @@ local FAR = 1125899906842624 -- 2^50 ms: "not judged" leases, "never" waits
 -- passed since the bucket freed: the head's call should have arrived by then.
 local CHECK = 5
 local NUMBERS = { 'mc', 'iv', 'hold', 'total', 'rem', 'reset_at', 'win', 'need', 'quiet',
-  'hwm', 'epoch', 'seq', 'cseq', 'rsv', 'slack' }
+  'hwm', 'epoch', 'seq', 'cseq', 'rsv', 'slack', 'grace', 'gen', 'logn' }
 
 local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The server's identity, and whether it may hold the state at all. The identity is
+-- the process (`run_id`) and its replication history (`master_replid`, which changes
+-- when a server is promoted, also a demoted and re-promoted one that kept its run_id):
+-- a new identity may have lost writes. A server whose eviction policy may drop keys
+-- without a TTL (allkeys-*) could lose part of the state: refused (error), so nothing
+-- is granted and the error says why.
 local function server_id()
-  return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+  local info = redis.call('INFO', 'server', 'replication', 'memory')
+  local policy = string.match(info, 'maxmemory_policy:([%w-]+)') or 'noeviction'
+  if policy ~= 'noeviction' and string.sub(policy, 1, 9) ~= 'volatile-' then
+    error('identify-queue: maxmemory-policy ' .. policy .. ' may evict the queue state: ' ..
+      'use noeviction or a volatile-* policy (its keys have no TTL)')
+  end
+  return (string.match(info, 'run_id:(%w+)') or '') .. ':' ..
+    (string.match(info, 'master_replid:(%w+)') or '')
+end
+
+-- A new epoch: unique even when a restart lost the last bump (a millisecond stamp).
+local function next_epoch(epoch, now)
+  return math.max(epoch + 1, now)
+end
+
+-- The log's size after adding or trimming, kept in the state so that a log lost on
+-- its own (evicted, deleted) is noticed.
+local function count_log()
+  local n = redis.call('ZCARD', LOG)
+  redis.call('HSET', STATE, 'logn', n)
+  return n
 end
 
 local function load_state()
@@ -51,19 +79,32 @@ local function open(writes)
   local now = clock()
   local st = load_state()
   if not st then return nil, now end
+  -- Part of the state lost on its own (an eviction, a deleted key): as good as
+  -- missing. Discord's word recreates it.
+  if st.gen ~= (tonumber(redis.call('HGET', BKT, 'gen')) or -1)
+      or st.logn ~= redis.call('ZCARD', LOG) then
+    if writes then
+      redis.call('DEL', STATE)
+      redis.call('PUBLISH', EV, 'e lost')
+    end
+    return nil, now
+  end
   if now < st.hwm then now = st.hwm elseif writes then redis.call('HSET', STATE, 'hwm', now) end
   local id = writes and server_id()
   if id and id ~= st.runid then
-    st.epoch = st.epoch + 1
+    st.epoch = next_epoch(st.epoch, now)
     st.need = 2
     st.quiet = math.max(st.quiet, now + st.iv)
     redis.call('HSET', STATE, 'runid', id, 'epoch', st.epoch, 'need', 2, 'quiet', st.quiet)
     redis.call('PUBLISH', EV, 'e ' .. st.epoch)
   end
   if st.reset_at >= 0 and now >= st.reset_at then
-    -- Discord's announced reset: the budget refills to `total`; the next window opens
-    -- with the next grant.
-    st.rem = st.total
+    -- Discord's reset, at the latest instant it may be (`reset_at`): the budget
+    -- refills to `total`, less the grants that may count in Discord's new window
+    -- (delivered within `grace` before it: Discord's reset may have come that much
+    -- earlier). The next window opens with the next grant.
+    local near = redis.call('ZCOUNT', LOG, st.reset_at - st.grace, '+inf')
+    st.rem = math.max(st.total - near, 0)
     st.reset_at = -1
     if writes then redis.call('HSET', STATE, 'rem', st.rem, 'reset_at', -1) end
   end

@@ -1,25 +1,36 @@
--- Discord's word: a fresh session_start_limit. It sets the budget, less the grants of
--- the last `grace` ms (Discord may not have counted them yet: they are subtracted
--- twice rather than counted as available twice). Creates the state when missing.
+-- Discord's word: a fresh session_start_limit, read `age` ms ago. It sets the budget,
+-- less the grants that reached their shards within `grace` before the word was read
+-- (Discord may not have counted them yet: they are subtracted twice rather than
+-- counted as available twice). Discord's reset is at `reset_after` from the read, so
+-- at the latest that from now less the age; the refill then subtracts the grants
+-- near it (see `open`). Creates the state when missing (or partly lost).
 -- ARGV: total, remaining, reset_after (-1: never), max_concurrency, interval, hold,
--- grace, window, reserve, slack. Reply: {remaining, reset_in (-1: none), epoch, mc}.
+-- grace, window, reserve, slack, age. Reply: {remaining, reset_in (-1: none), epoch, mc}.
 local total, remaining, reset_after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local mc, iv, hold, grace = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local win, rsv, slack = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local age = tonumber(ARGV[11]) or 0
 local now = clock()
 local id = server_id()
 local st = load_state()
-local epoch, quiet
+if st and (st.gen ~= (tonumber(redis.call('HGET', BKT, 'gen')) or -1)
+    or st.logn ~= redis.call('ZCARD', LOG)) then
+  -- Partly lost (evicted, deleted): as good as missing.
+  st = nil
+end
+local epoch, quiet, gen
 if not st then
   -- Missing: its grants are unknown, the latest may have been a moment ago.
   epoch = now
   quiet = now + iv
+  gen = now
 else
+  gen = st.gen
   now = math.max(now, st.hwm)
   epoch = st.epoch
   quiet = math.max(st.quiet, now)
   if st.need ~= 0 or st.runid ~= id then
-    if st.runid ~= id then epoch = epoch + 1 end
+    if st.runid ~= id then epoch = next_epoch(epoch, now) end
     quiet = math.max(quiet, now + iv)
   end
   if st.mc ~= mc then
@@ -35,19 +46,22 @@ else
     for b = 0, st.mc - 1 do redis.call('DEL', P .. 'c:' .. b, P .. 'cl:' .. b, P .. 'cw:' .. b) end
   end
 end
-local recent = redis.call('ZCOUNT', LOG, now - grace, '+inf')
+local read = now - age
+local recent = redis.call('ZCOUNT', LOG, read - grace, '+inf')
 local rem, reset_at
 if reset_after < 0 then
   rem, reset_at = math.max(remaining - recent, 0), now + FAR
 elseif reset_after == 0 then
   rem, reset_at = math.max(total - recent, 0), -1
 else
-  rem, reset_at = math.max(remaining - recent, 0), now + reset_after
+  rem, reset_at = math.max(remaining - recent, 0), math.max(read + reset_after, now)
 end
 redis.call('HSET', STATE, 'mc', mc, 'iv', iv, 'hold', hold, 'total', total, 'rem', rem,
   'reset_at', reset_at, 'win', win, 'need', 0, 'quiet', quiet, 'hwm', now,
-  'runid', id, 'epoch', epoch, 'rsv', rsv, 'slack', slack)
+  'runid', id, 'epoch', epoch, 'rsv', rsv, 'slack', slack, 'grace', grace, 'gen', gen)
 if not st then redis.call('HSET', STATE, 'seq', 0, 'cseq', 0) end
+redis.call('HSET', BKT, 'gen', gen)
+count_log()
 redis.call('PUBLISH', EV, 's')
 local reset_in = -1
 if reset_at >= 0 then reset_in = reset_at - now end

@@ -1,0 +1,462 @@
+//! The budget in cluster mode is never overspent (SPEC 3.11 across processes, 6.3):
+//! each finding of the safety review (`F1`..`F9`) as a test against real
+//! `redis-server` processes, shaped so that it fails without its fix.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::time::Duration;
+
+use identify_queue::redis::{Health, NeedLimit, Options, Queue};
+use identify_queue::{Config, SessionStartLimit};
+use redis_server::Server;
+use tokio::time::{Instant, sleep, timeout};
+
+const INTERVAL: Duration = Duration::from_millis(100);
+
+fn limit(
+    total: u32,
+    remaining: u32,
+    reset_after: Duration,
+    max_concurrency: u32,
+) -> SessionStartLimit {
+    SessionStartLimit {
+        total,
+        remaining,
+        reset_after,
+        max_concurrency,
+    }
+}
+
+fn hour() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn options(grace: Duration) -> Options {
+    Options::default().grace(grace)
+}
+
+async fn queue(server: &Server, limit: SessionStartLimit, options: Options) -> Queue {
+    Queue::connect_with(
+        server.url(),
+        "bot",
+        limit,
+        Config::default().interval(INTERVAL),
+        options,
+    )
+    .await
+    .unwrap()
+}
+
+async fn remaining(queue: &Queue) -> u32 {
+    queue.snapshot().await.unwrap().expect("state").remaining
+}
+
+/// F2, the review's program through the public API: the four `acquire` futures made
+/// up front, shard 0 awaited and started, a word read 3 s later with Discord's count
+/// (which has only shard 0), then shards 1..3 awaited. Their grants were made before
+/// the word but reach their shards after it: Discord had not counted them, so the word
+/// must not hand their units out again. Before the fix: Discord 6, Redis 9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_word_read_while_grants_wait_untaken_does_not_count_them_twice() {
+    let server = Server::start(false);
+    let queue = queue(
+        &server,
+        limit(1000, 10, hour(), 4),
+        options(Duration::from_secs(1)),
+    )
+    .await;
+    sleep(INTERVAL * 2).await; // a fresh state's quiet interval
+    let mut discord_remaining = 10;
+    let mut waiting: Vec<_> = (0..4).map(|shard| queue.acquire(shard)).collect();
+    let rest = waiting.split_off(1);
+    let first = waiting.pop().unwrap();
+    drop(first.await.unwrap());
+    discord_remaining -= 1; // shard 0 identified
+    sleep(Duration::from_secs(3)).await; // starting shard 0
+    queue
+        .update(limit(1000, discord_remaining, hour(), 4))
+        .await
+        .unwrap();
+    for acquire in rest {
+        drop(acquire.await.unwrap());
+        discord_remaining -= 1;
+    }
+    let ours = remaining(&queue).await;
+    eprintln!("Discord's remaining: {discord_remaining}   Redis's remaining: {ours}");
+    assert!(
+        ours <= discord_remaining,
+        "Discord {discord_remaining}, Redis {ours}"
+    );
+    assert!(queue.stats().touches >= 3, "{:?}", queue.stats());
+}
+
+/// F1: a word read 1 s before it was applied says the budget resets in 2 s, so
+/// Discord resets 1 s after the sync. The grants made after Discord's reset come out
+/// of the old budget but count in Discord's new window; Redis's refill must not hand
+/// out a full budget again in that window. Before the fix: 6 grants after Discord's
+/// reset in a window of 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refill_after_a_late_word_leaves_out_the_grants_near_the_reset() {
+    let server = Server::start(false);
+    let queue = queue(
+        &server,
+        limit(3, 3, hour(), 1),
+        options(Duration::from_secs(1)),
+    )
+    .await;
+    sleep(INTERVAL * 2).await;
+    // Read 1 s ago (as far as the queue knows: now), applied now.
+    queue
+        .update(limit(3, 3, Duration::from_millis(2000), 1))
+        .await
+        .unwrap();
+    let discord_reset = Instant::now() + Duration::from_millis(1000);
+    sleep(Duration::from_millis(1100)).await; // past Discord's reset
+    let mut after_reset = 0;
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    for shard in 0.. {
+        match timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            queue.acquire(shard),
+        )
+        .await
+        {
+            Ok(permit) => {
+                assert!(permit.unwrap().granted_at() >= discord_reset);
+                after_reset += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    eprintln!("grants in Discord's window of 3 after its reset: {after_reset}");
+    assert_eq!(after_reset, 3);
+    assert_eq!(remaining(&queue).await, 0);
+}
+
+/// F1's mirror: the first grant after a refill opens the next window, but Discord
+/// opens it when that IDENTIFY arrives: Redis's next reset is placed a grace later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_window_is_placed_at_the_latest_arrival() {
+    let server = Server::start(false);
+    let grace = Duration::from_secs(5);
+    // reset_after 0: the window opens with the next grant.
+    let queue = queue(&server, limit(10, 10, Duration::ZERO, 1), options(grace)).await;
+    sleep(INTERVAL * 2).await;
+    drop(queue.acquire(0).await.unwrap());
+    let reset_in = queue.snapshot().await.unwrap().unwrap().reset_in.unwrap();
+    let day = Duration::from_secs(24 * 3600);
+    assert!(
+        reset_in > day + grace - Duration::from_secs(1),
+        "{reset_in:?}"
+    );
+    assert!(reset_in <= day + grace, "{reset_in:?}");
+}
+
+/// F5: a word read a while ago subtracts the grants made within the grace before it
+/// was read, not before it was applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_word_subtracts_the_grants_before_its_reading() {
+    let server = Server::start(false);
+    let queue = queue(
+        &server,
+        limit(1000, 10, hour(), 2),
+        options(Duration::from_secs(1)),
+    )
+    .await;
+    sleep(INTERVAL * 2).await;
+    drop(queue.acquire(0).await.unwrap());
+    drop(queue.acquire(1).await.unwrap());
+    sleep(Duration::from_millis(2000)).await;
+    // Read 2.5 s ago (before the grants), applied now: Discord had not counted them.
+    queue
+        .update_with_age(limit(1000, 10, hour(), 2), Duration::from_millis(2500))
+        .await
+        .unwrap();
+    assert_eq!(remaining(&queue).await, 8);
+    // The same word as if just read: they are older than the grace, Discord counted
+    // them.
+    queue.update(limit(1000, 8, hour(), 2)).await.unwrap();
+    assert_eq!(remaining(&queue).await, 8);
+}
+
+/// F3: a server whose eviction policy may drop keys without a TTL is refused (the
+/// error names the setting), at connect and at once when it changes under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_may_evict_the_state_is_refused() {
+    let server = Server::start_with(
+        false,
+        &["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"],
+    );
+    let error = Queue::connect(
+        server.url(),
+        "bot",
+        limit(1000, 10, hour(), 1),
+        Config::default().interval(INTERVAL),
+    )
+    .await
+    .expect_err("allkeys-lru refused")
+    .to_string();
+    assert!(error.contains("maxmemory-policy allkeys-lru"), "{error}");
+    // A volatile policy never evicts keys without a TTL: accepted.
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
+    let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
+    sleep(INTERVAL * 2).await;
+    drop(queue.acquire(0).await.unwrap());
+    // Changed under load: nothing more is granted, and health says why.
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-random"]);
+    let waiting = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.acquire(1).await.map(|p| p.granted_at()) }
+    });
+    sleep(INTERVAL * 4).await;
+    assert!(!waiting.is_finished(), "granted on an evicting server");
+    match queue.health() {
+        Health::Unreachable { reason } => assert!(reason.contains("maxmemory-policy"), "{reason}"),
+        other => panic!("health {other:?}"),
+    }
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once the policy is safe")
+        .unwrap()
+        .unwrap();
+}
+
+/// F3: a key of the state lost on its own (as an eviction does) makes the whole state
+/// count as missing: nothing is granted until Discord's word, and then not before an
+/// interval. Before the fix: the bucket read as free at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn part_of_the_state_lost_counts_as_all_of_it() {
+    for key in ["iq:{bot}:bkt", "iq:{bot}:log"] {
+        let server = Server::start(false);
+        let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
+        sleep(INTERVAL * 2).await;
+        drop(queue.acquire(0).await.unwrap());
+        server.cli(&["DEL", key]);
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.acquire(1).await.map(|p| p.granted_at()) }
+        });
+        sleep(INTERVAL * 3).await;
+        assert!(
+            !waiting.is_finished(),
+            "{key} lost: granted without Discord's word"
+        );
+        assert_eq!(
+            queue.health(),
+            Health::NeedsLimit(NeedLimit::StateMissing),
+            "{key}"
+        );
+        let word = Instant::now();
+        queue.update(limit(1000, 9, hour(), 1)).await.unwrap();
+        let granted = timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            granted >= word + INTERVAL,
+            "{key}: granted {:?} after the word",
+            granted - word
+        );
+    }
+}
+
+/// F4: a server demoted and promoted again keeps its run_id but not its replication
+/// id: it may have lost writes, so it is a new epoch (Discord's word first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_and_repromoted_server_is_a_new_epoch() {
+    let server = Server::start(false);
+    let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
+    sleep(INTERVAL * 2).await;
+    drop(queue.acquire(0).await.unwrap());
+    let before = queue.snapshot().await.unwrap().unwrap().epoch;
+    let run_id = |server: &Server| {
+        server
+            .cli(&["INFO", "server"])
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:").map(str::to_owned))
+    };
+    let id = run_id(&server);
+    let nowhere = redis_server::free_port().to_string();
+    server.cli(&["REPLICAOF", "127.0.0.1", &nowhere]);
+    server.cli(&["REPLICAOF", "NO", "ONE"]);
+    assert_eq!(run_id(&server), id, "the same process");
+    let waiting = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.acquire(1).await.map(|p| p.granted_at()) }
+    });
+    sleep(INTERVAL * 5).await;
+    assert!(
+        !waiting.is_finished(),
+        "granted without Discord's word after a promotion"
+    );
+    assert_eq!(queue.health(), Health::NeedsLimit(NeedLimit::NewServer));
+    queue.update(limit(1000, 9, hour(), 1)).await.unwrap();
+    timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let after = queue.snapshot().await.unwrap().unwrap().epoch;
+    assert!(after > before, "epoch {before} -> {after}");
+}
+
+/// F8: epochs never repeat, even when a restart loses the bump of the one before: a
+/// new epoch is at least the server's clock in milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_are_unique_stamps() {
+    let mut server = Server::start(true);
+    let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
+    // The AOF's fsync, and enough time that the creation stamp plus one is stale.
+    sleep(Duration::from_millis(2100)).await;
+    server.restart();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let waiting = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.acquire(0).await.is_ok() }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue.health() != Health::NeedsLimit(NeedLimit::NewServer) {
+        assert!(Instant::now() < deadline, "health {:?}", queue.health());
+        sleep(Duration::from_millis(20)).await;
+    }
+    let epoch = queue.snapshot().await.unwrap().unwrap().epoch;
+    assert!(
+        epoch >= now_ms - 1000,
+        "epoch {epoch} is not a stamp ({now_ms})"
+    );
+    waiting.abort();
+}
+
+/// F9: a touch for a grant of an earlier epoch is refused, even when the grant's record
+/// survived (a failover that replicated it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_touch_of_an_earlier_epoch_is_refused() {
+    let server = Server::start(false);
+    let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
+    sleep(INTERVAL * 2).await;
+    let permit = queue.acquire(0).await.unwrap();
+    let (epoch, seq) = permit.token();
+    let touch = redis::Script::new(&format!(
+        "#!lua\n{}\n{}",
+        include_str!("../src/redis/lua/prelude.lua"),
+        include_str!("../src/redis/lua/touch.lua")
+    ));
+    let client = redis::Client::open(server.url()).unwrap();
+    let connection = client.get_multiplexed_async_connection().await.unwrap();
+    let call = |epoch: i64| {
+        let mut invocation = touch.prepare_invoke();
+        invocation
+            .key("iq:{bot}:")
+            .arg(0)
+            .arg(epoch)
+            .arg(seq)
+            .arg(5);
+        let mut connection = connection.clone();
+        async move {
+            invocation
+                .invoke_async::<i64>(&mut connection)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(call(epoch).await, 1, "the grant's own epoch");
+    // Its record says epoch E; the state moves to E + 1 as a failover would, keeping
+    // the record.
+    redis::cmd("HSET")
+        .arg("iq:{bot}:state")
+        .arg("epoch")
+        .arg(epoch + 1)
+        .query_async::<i64>(&mut connection.clone())
+        .await
+        .unwrap();
+    assert_eq!(call(epoch).await, 0, "a grant of an earlier epoch");
+}
+
+/// F6: a reserve on a single server (which forgets the last second of grants with
+/// AOF `everysec` when it restarts) is allowed, and kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_on_a_single_server_is_kept() {
+    let server = Server::start(true);
+    let queue = queue(
+        &server,
+        limit(1000, 4, hour(), 4),
+        Options::default().reserve(2),
+    )
+    .await;
+    sleep(INTERVAL * 2).await;
+    drop(queue.acquire(0).await.unwrap());
+    drop(queue.acquire(1).await.unwrap());
+    let third = queue.acquire(2);
+    assert!(
+        timeout(INTERVAL * 3, third).await.is_err(),
+        "the reserve was granted"
+    );
+    assert_eq!(remaining(&queue).await, 2);
+    assert!(
+        matches!(queue.health(), Health::NoBudget { .. }),
+        "{:?}",
+        queue.health()
+    );
+}
+
+/// F4: with Sentinel, a master cut off from the others keeps serving the processes
+/// that still reach it while the others promote a replica. A grant must need a replica
+/// on the majority side: `Options::replicas`, or the master's `min-replicas-to-write`.
+/// Without either, `connect` refuses, naming the option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_without_a_minority_fence_is_refused() {
+    let master = Server::start(false);
+    let replica = Server::start_with(
+        false,
+        &["--replicaof", "127.0.0.1", &master.port.to_string()],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !master
+        .cli(&["INFO", "replication"])
+        .is_some_and(|info| info.contains("connected_slaves:1") && info.contains("online"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not sync"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sentinel = Server::sentinel("iq", master.port);
+    let url = format!("redis+sentinel://127.0.0.1:{}/iq", sentinel.port);
+    let connect = |options: Options| {
+        Queue::connect_with(
+            url.clone(),
+            "bot",
+            limit(1000, 10, hour(), 1),
+            Config::default().interval(INTERVAL),
+            options,
+        )
+    };
+    let error = connect(Options::default())
+        .await
+        .expect_err("no fence")
+        .to_string();
+    assert!(
+        error.contains("`replicas`") && error.contains("min-replicas-to-write"),
+        "{error}"
+    );
+    assert_eq!(
+        master.cli(&["DBSIZE"]).unwrap().trim(),
+        "0",
+        "nothing written"
+    );
+    // Either fence will do.
+    drop(connect(Options::default().replicas(1)).await.unwrap());
+    master.cli(&["CONFIG", "SET", "min-replicas-to-write", "1"]);
+    let queue = connect(Options::default()).await.unwrap();
+    sleep(INTERVAL * 2).await;
+    drop(queue.acquire(0).await.unwrap());
+    drop(replica);
+}
