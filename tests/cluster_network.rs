@@ -433,3 +433,29 @@ async fn a_link_slower_than_the_spacing_says_so_and_is_still_served() {
     assert!(second - first >= interval);
     assert_eq!(queue.stats().undelivered, 0);
 }
+
+/// Every connection of one process cut mid-run (both ends see them close, as when a
+/// middlebox resets them): Redis passes it if it was next in line, it reconnects, a
+/// call whose answer was lost is asked again with its nonce, and every shard is
+/// served once, with no `acquire` error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_cut_off_mid_run_reconnects_and_loses_nothing() {
+    let Network {
+        processes, discord, ..
+    } = &Network::start(&[(ms(1), ms(0)); 4]).await;
+    let fault = async {
+        while discord.arrivals().len() < 12 {
+            tokio::time::sleep(ms(5)).await;
+        }
+        processes[0].proxy.cut();
+    };
+    let outcome = run(processes, discord, fault).await;
+    judge(
+        "one process's links cut",
+        discord,
+        &outcome,
+        ms(2),
+        Duration::ZERO,
+    );
+    assert!(outcome.stats[0].connections >= 2, "{:?}", outcome.stats[0]);
+}

@@ -627,7 +627,8 @@ impl Local {
 
     /// A notification from the channel (see `lua/prelude.lua`):
     /// `n <bucket> <head> <wait> [<second> <check>]` (the bucket's next process, and the
-    /// one after it), `s` (Discord's word applied), `e <epoch>` (a new server process).
+    /// one after it), `s` (Discord's word applied), `e <epoch>` (a new server) or
+    /// `e lost` (part of the state lost).
     pub(super) fn noticed(&mut self, payload: &str, now: Instant) {
         let mut words = payload.split(' ');
         match words.next() {
@@ -666,10 +667,15 @@ impl Local {
             }
             Some("s") => self.synced(now),
             Some("e") => {
-                tracing::warn!(
-                    epoch = words.next().unwrap_or(""),
-                    "Redis is a new server process (restart or failover): waiting for Discord's word",
-                );
+                match words.next() {
+                    Some("lost") => tracing::warn!(
+                        "part of the shared state was lost (evicted or deleted): waiting for Discord's word",
+                    ),
+                    epoch => tracing::warn!(
+                        epoch = epoch.unwrap_or(""),
+                        "Redis is a new server (restart, failover or promotion): waiting for Discord's word",
+                    ),
+                }
                 // The next answer says what it needs.
                 self.retry_all(now);
             }

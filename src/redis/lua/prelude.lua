@@ -14,7 +14,9 @@
 --   cl:b   HASH   their leases: when the head must have come back
 --   cw:b   HASH   their delivery windows (ms): how long a grant may take to reach them
 --   r:n    STRING the reply of a grant with nonce n (a retried call never spends twice)
---   ev     channel  wake-ups only, never needed for safety
+--   ev     channel  wake-ups only, never needed for safety: `n ...` a bucket's next
+--                   process (see `promote`), `s` Discord's word applied, `e <epoch>`
+--                   a new server, `e lost` part of the state lost
 --   p:c    channel  process c subscribes to it while it lives: its subscriber count
 --                   (PUBSUB NUMSUB) drops to 0 the moment its connection closes
 local P = KEYS[1]
