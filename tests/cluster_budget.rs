@@ -36,8 +36,9 @@ fn options(grace: Duration) -> Options {
     Options::default().grace(grace)
 }
 
+/// A queue of the bot `bot` on `server`, past a fresh state's quiet interval.
 async fn queue(server: &Server, limit: SessionStartLimit, options: Options) -> Queue {
-    Queue::connect_with(
+    let queue = Queue::connect_with(
         server.url(),
         "bot",
         limit,
@@ -45,7 +46,18 @@ async fn queue(server: &Server, limit: SessionStartLimit, options: Options) -> Q
         options,
     )
     .await
-    .unwrap()
+    .unwrap();
+    sleep(INTERVAL * 2).await;
+    queue
+}
+
+/// `shard` acquired in a task of its own: resolves to when its permit was taken.
+fn spawn_acquire(
+    queue: &Queue,
+    shard: u32,
+) -> tokio::task::JoinHandle<Result<Instant, identify_queue::Error>> {
+    let queue = queue.clone();
+    tokio::spawn(async move { queue.acquire(shard).await.map(|p| p.granted_at()) })
 }
 
 async fn remaining(queue: &Queue) -> u32 {
@@ -66,7 +78,6 @@ async fn a_word_read_while_grants_wait_untaken_does_not_count_them_twice() {
         options(Duration::from_secs(1)),
     )
     .await;
-    sleep(INTERVAL * 2).await; // a fresh state's quiet interval
     let mut discord_remaining = 10;
     let mut waiting: Vec<_> = (0..4).map(|shard| queue.acquire(shard)).collect();
     let rest = waiting.split_off(1);
@@ -105,7 +116,6 @@ async fn the_refill_after_a_late_word_leaves_out_the_grants_near_the_reset() {
         options(Duration::from_secs(1)),
     )
     .await;
-    sleep(INTERVAL * 2).await;
     // Read 1 s ago (as far as the queue knows: now), applied now.
     queue
         .update(limit(3, 3, Duration::from_millis(2000), 1))
@@ -142,7 +152,6 @@ async fn the_next_window_is_placed_at_the_latest_arrival() {
     let grace = Duration::from_secs(5);
     // reset_after 0: the window opens with the next grant.
     let queue = queue(&server, limit(10, 10, Duration::ZERO, 1), options(grace)).await;
-    sleep(INTERVAL * 2).await;
     drop(queue.acquire(0).await.unwrap());
     let reset_in = queue.snapshot().await.unwrap().unwrap().reset_in.unwrap();
     let day = Duration::from_secs(24 * 3600);
@@ -164,7 +173,6 @@ async fn an_old_word_subtracts_the_grants_before_its_reading() {
         options(Duration::from_secs(1)),
     )
     .await;
-    sleep(INTERVAL * 2).await;
     drop(queue.acquire(0).await.unwrap());
     drop(queue.acquire(1).await.unwrap());
     sleep(Duration::from_millis(2000)).await;
@@ -201,14 +209,10 @@ async fn a_server_that_may_evict_the_state_is_refused() {
     // A volatile policy never evicts keys without a TTL: accepted.
     server.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
     let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
-    sleep(INTERVAL * 2).await;
     drop(queue.acquire(0).await.unwrap());
     // Changed under load: nothing more is granted, and health says why.
     server.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-random"]);
-    let waiting = tokio::spawn({
-        let queue = queue.clone();
-        async move { queue.acquire(1).await.map(|p| p.granted_at()) }
-    });
+    let waiting = spawn_acquire(&queue, 1);
     sleep(INTERVAL * 4).await;
     assert!(!waiting.is_finished(), "granted on an evicting server");
     match queue.health() {
@@ -231,13 +235,9 @@ async fn part_of_the_state_lost_counts_as_all_of_it() {
     for key in ["iq:{bot}:bkt", "iq:{bot}:log"] {
         let server = Server::start(false);
         let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
-        sleep(INTERVAL * 2).await;
         drop(queue.acquire(0).await.unwrap());
         server.cli(&["DEL", key]);
-        let waiting = tokio::spawn({
-            let queue = queue.clone();
-            async move { queue.acquire(1).await.map(|p| p.granted_at()) }
-        });
+        let waiting = spawn_acquire(&queue, 1);
         sleep(INTERVAL * 3).await;
         assert!(
             !waiting.is_finished(),
@@ -269,7 +269,6 @@ async fn part_of_the_state_lost_counts_as_all_of_it() {
 async fn a_demoted_and_repromoted_server_is_a_new_epoch() {
     let server = Server::start(false);
     let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
-    sleep(INTERVAL * 2).await;
     drop(queue.acquire(0).await.unwrap());
     let before = queue.snapshot().await.unwrap().unwrap().epoch;
     let run_id = |server: &Server| {
@@ -284,10 +283,7 @@ async fn a_demoted_and_repromoted_server_is_a_new_epoch() {
     server.cli(&["REPLICAOF", "127.0.0.1", &nowhere]);
     server.cli(&["REPLICAOF", "NO", "ONE"]);
     assert_eq!(run_id(&server), id, "the same process");
-    let waiting = tokio::spawn({
-        let queue = queue.clone();
-        async move { queue.acquire(1).await.map(|p| p.granted_at()) }
-    });
+    let waiting = spawn_acquire(&queue, 1);
     sleep(INTERVAL * 5).await;
     assert!(
         !waiting.is_finished(),
@@ -317,10 +313,7 @@ async fn epochs_are_unique_stamps() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let waiting = tokio::spawn({
-        let queue = queue.clone();
-        async move { queue.acquire(0).await.is_ok() }
-    });
+    let waiting = spawn_acquire(&queue, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while queue.health() != Health::NeedsLimit(NeedLimit::NewServer) {
         assert!(Instant::now() < deadline, "health {:?}", queue.health());
@@ -340,7 +333,6 @@ async fn epochs_are_unique_stamps() {
 async fn a_touch_of_an_earlier_epoch_is_refused() {
     let server = Server::start(false);
     let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
-    sleep(INTERVAL * 2).await;
     let permit = queue.acquire(0).await.unwrap();
     let (epoch, seq) = permit.token();
     let touch = redis::Script::new(&format!(
@@ -390,7 +382,6 @@ async fn a_reserve_on_a_single_server_is_kept() {
         Options::default().reserve(2),
     )
     .await;
-    sleep(INTERVAL * 2).await;
     drop(queue.acquire(0).await.unwrap());
     drop(queue.acquire(1).await.unwrap());
     let third = queue.acquire(2);
