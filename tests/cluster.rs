@@ -595,3 +595,23 @@ async fn acquire_all_yields_every_permit_in_grant_order() {
     assert_spaced(&log, 2, INTERVAL);
     assert!(queue.is_empty());
 }
+
+/// `eta` of a waiting shard: its bucket's next instant plus a spacing (the interval and
+/// this process's window) for each shard ahead of it in this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eta_of_a_waiting_shard_counts_the_shards_ahead() {
+    let server = Server::start(false);
+    let queue = bot_queue(&server, limit(100, 1), config()).await;
+    sleep(SPACING).await; // the fresh state's quiet interval
+    let first = queue.acquire(0).await.unwrap().granted_at();
+    let _second = queue.acquire(1);
+    let _third = queue.acquire(2);
+    let (second, third) = timeout(Duration::from_secs(1), async {
+        (queue.eta(1).unwrap(), queue.eta(2).unwrap())
+    })
+    .await
+    .expect("eta answers");
+    assert_eq!(third - second, queue.spacing());
+    assert!(second >= first, "{:?}", second - first);
+    assert_eq!(queue.eta(3), None);
+}

@@ -329,7 +329,9 @@ impl Queue {
         let bucket = local.buckets.get(&local.bucket_of(shard))?;
         let ahead = bucket.queue.range(..waiter.key(shard)).count() as u32;
         let head_at = bucket.next_try.unwrap_or_else(Instant::now);
-        Some(head_at + self.spacing().saturating_mul(ahead))
+        // `spacing()` would take the lock again (not reentrant): read it here.
+        let spacing = self.inner.interval + local.window();
+        Some(head_at + spacing.saturating_mul(ahead))
     }
 
     /// The spacing Redis keeps between two grants of a bucket made for this process:
