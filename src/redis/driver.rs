@@ -408,7 +408,7 @@ async fn ask_heads(
         let asks: Vec<_> = due
             .into_iter()
             .filter_map(|((rank, _, shard), index)| {
-                let (nonce, next_rank) = local.ask(index, shard, inner.nonce())?;
+                let (nonce, next_rank) = local.ask(index, shard, || inner.nonce())?;
                 Some((index, shard, rank, nonce, next_rank))
             })
             .collect();
@@ -488,8 +488,8 @@ async fn ask_heads(
             (Answer::Grant { .. }, Some((true, at))) => at,
             _ => arrived,
         };
-        // Every answer is applied, even after one that stops the round (a grant in it
-        // spent a unit).
+        // Every answer is applied, also those after a refusal for the budget or
+        // Discord's word (a grant among them spent a unit).
         local.answered(index, shard, answer, sent, window, arrived);
     }
     failure.map_or(Ok(()), Err)

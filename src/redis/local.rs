@@ -153,15 +153,6 @@ pub(super) enum Taken {
     Gone,
 }
 
-/// What the driver does after an acquire answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Next {
-    /// Ask for the other due heads.
-    Continue,
-    /// The others would get the same answer (no budget, no Discord's word): stop.
-    Stop,
-}
-
 pub(super) struct Local {
     pub(super) settings: Settings,
     pub(super) max_concurrency: u32,
@@ -228,14 +219,21 @@ impl Local {
     pub(super) fn measured(&mut self, sent: Instant, now: Instant) {
         let before = self.window();
         self.round_trip.sample(now.saturating_duration_since(sent));
-        self.stats.round_trip = self.round_trip.smoothed();
-        self.stats.window = self.window();
         if self.window() >= before * 2 && self.window() > Duration::from_millis(20) {
             tracing::debug!(
                 round_trip = ?self.round_trip.smoothed(),
                 window = ?self.window(),
                 "round trip to Redis grew: delivery window widened",
             );
+        }
+    }
+
+    /// The counters, with the round trip and the window as they are now.
+    pub(super) fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            round_trip: self.round_trip.smoothed(),
+            window: self.window(),
+            ..self.stats
         }
     }
 
@@ -405,7 +403,7 @@ impl Local {
 
     /// The heads to ask Redis for now, oldest first (the budget goes to the oldest of
     /// this process); none while the budget is known to be spent.
-    pub(super) fn due_heads(&mut self, now: Instant) -> Vec<(Key, u32)> {
+    pub(super) fn due_heads(&self, now: Instant) -> Vec<(Key, u32)> {
         if self
             .no_budget
             .is_some_and(|until| until.is_none_or(|t| now < t))
@@ -423,13 +421,13 @@ impl Local {
     }
 
     /// The acquire call for the head `shard` of bucket `index`, if it still is the head:
-    /// the nonce (the lost call's, when retrying it) and the rank of the next shard of
-    /// this process in the bucket (-1: none).
+    /// the nonce (the lost call's, when retrying it, else a `fresh` one) and the rank of
+    /// the next shard of this process in the bucket (-1: none).
     pub(super) fn ask(
         &mut self,
         index: u32,
         shard: ShardId,
-        fresh: String,
+        fresh: impl FnOnce() -> String,
     ) -> Option<(String, i64)> {
         self.no_budget = None;
         let bucket = self.buckets.get_mut(&index)?;
@@ -441,8 +439,9 @@ impl Local {
         let nonce = match &bucket.pending {
             Some((pending, nonce)) if *pending == shard => nonce.clone(),
             _ => {
-                bucket.pending = Some((shard, fresh.clone()));
-                fresh
+                let nonce = fresh();
+                bucket.pending = Some((shard, nonce.clone()));
+                nonce
             }
         };
         Some((nonce, next_rank))
@@ -471,7 +470,7 @@ impl Local {
         sent: Instant,
         window: Duration,
         now: Instant,
-    ) -> Next {
+    ) {
         if let Some(bucket) = self.buckets.get_mut(&index) {
             bucket.pending = None;
         }
@@ -504,11 +503,10 @@ impl Local {
                         // Its future went while the call was out: spent, and released.
                         self.stats.orphaned += 1;
                         self.release(shard, token, now);
-                        return Next::Continue;
+                        return;
                     }
                 }
                 self.rekey(max_concurrency, now);
-                Next::Continue
             }
             Answer::Wait {
                 wait,
@@ -520,7 +518,6 @@ impl Local {
                     bucket.next_try = Some(now + millis(wait));
                 }
                 self.rekey(max_concurrency, now);
-                Next::Continue
             }
             Answer::Budget {
                 wait,
@@ -539,7 +536,6 @@ impl Local {
                     bucket.next_try = Some(until.unwrap_or(now));
                 }
                 self.rekey(max_concurrency, now);
-                Next::Stop
             }
             Answer::NeedLimit(need) => {
                 self.stats.refusals += 1;
@@ -552,7 +548,6 @@ impl Local {
                 if let Some(bucket) = self.buckets.get_mut(&index) {
                     bucket.next_try = Some(now);
                 }
-                Next::Stop
             }
         }
     }

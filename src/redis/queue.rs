@@ -347,7 +347,7 @@ impl Queue {
     /// Counters: commands sent, grants, refusals, touches, undelivered grants, the
     /// round trip and the delivery window.
     pub fn stats(&self) -> ClusterStats {
-        self.inner.lock().stats
+        self.inner.lock().stats()
     }
 
     /// Marks `shard` as served (its grant reached the shard): the twilight

@@ -39,7 +39,7 @@ fn grant(seq: i64, max_concurrency: u32, next_wait: u64) -> Answer {
 fn ask_and_answer(local: &mut Local, index: u32, answer: Answer, sent: Instant, now: Instant) {
     let shard = local.buckets[&index].queue.first().unwrap().2;
     let window = local.window();
-    local.ask(index, shard, "nonce".to_owned()).unwrap();
+    local.ask(index, shard, || "nonce".to_owned()).unwrap();
     local.answered(index, shard, answer, sent, window, now);
 }
 
@@ -171,7 +171,7 @@ fn a_link_slower_than_the_spacing_says_so() {
         local.measured(start, start + ms(300));
     }
     assert!(matches!(local.health(), Health::SlowLink { round_trip, .. } if round_trip == ms(300)));
-    assert_eq!(local.stats.round_trip, ms(300));
+    assert_eq!(local.stats().round_trip, ms(300));
 }
 
 /// What the test does next.
@@ -302,7 +302,7 @@ impl World {
                 }
                 for (i, ((_, _, shard), index)) in due.into_iter().enumerate() {
                     let window = self.local.window();
-                    if self.local.ask(index, shard, "n".to_owned()).is_none() {
+                    if self.local.ask(index, shard, || "n".to_owned()).is_none() {
                         continue;
                     }
                     let sent = now - ms(rtt);
@@ -333,12 +333,11 @@ impl World {
                         },
                         Kind::Need => Answer::NeedLimit(NeedLimit::StateMissing),
                     };
-                    if self.local.answered(index, shard, answer, sent, window, now) == Next::Stop {
-                        break;
-                    }
+                    // As the driver does: every answer of the round is applied.
+                    self.local.answered(index, shard, answer, sent, window, now);
                 }
-                // A round that stopped for the budget or Discord's word resumes later
-                // (the reset, the word): here, at once.
+                // A round refused for Discord's word resumes once the word comes: here,
+                // at once.
                 if self.local.need.take().is_some() {
                     self.local.synced(now);
                 }
