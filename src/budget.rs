@@ -1,5 +1,35 @@
-//! The daily budget of session starts and its 24 h window.
+//! The daily budget of session starts, its 24 h window, and what we cannot know of
+//! Discord's count (SPEC 3.11).
+//!
+//! # The accounting
+//!
+//! Discord counts an IDENTIFY when it *arrives*, opens its 24 h window with the first
+//! arrival after a reset, and tells us its count (a *word*: `remaining`,
+//! `reset_after`) some time after reading it. `grace` bounds what we cannot see: how
+//! old a word may be when it is applied (unless its age is given) plus how long an
+//! IDENTIFY may take from its delivery to its arrival. So a grant is counted from its
+//! *delivery* (the instant its shard may send IDENTIFY), and:
+//!
+//! - **a word** sets the budget to its `remaining`, less the deliveries within `grace`
+//!   before it was read, less the grants not delivered yet (either may arrive after
+//!   the read);
+//! - **a reset** is taken at the latest instant it may be (a word's read plus its
+//!   `reset_after`; a day and a grace after the delivery that opened the window), and
+//!   refills to `total` less every delivery that may arrive after Discord's earliest
+//!   reset (`count_from`) and less the undelivered grants;
+//! - **a window that may be open already**: when such a refill subtracted deliveries,
+//!   one of them may have opened Discord's next window (it arrived after Discord's
+//!   reset), or none did and our next delivery will. Both stay possible: the next
+//!   refill is a day and a grace after the later of the two openings, and counts from
+//!   a day less a grace after the earlier one. Deliveries are logged for as long as a
+//!   refill or a word may count them.
+//!
+//! Every rule errs on Discord's side: our `remaining` is never above what Discord may
+//! have left, whichever of the possible arrivals and resets happened. The cost is
+//! units held back (up to `grace` of deliveries per word and per reset) and resets
+//! taken up to `grace` late.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::limit::SessionStartLimit;
@@ -8,42 +38,150 @@ use crate::time::Moment;
 /// Length of Discord's session start window.
 pub(crate) const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Session starts left, and when they come back.
-#[derive(Clone, Copy, Debug)]
+/// The oldest word a scheduler applies: deliveries are logged this far back (and a
+/// grace), so that an older word's count could not be corrected.
+pub const MAX_WORD_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// Session starts left, when they come back, and the deliveries that may still count.
+#[derive(Clone, Debug)]
 pub(crate) struct Budget {
     total: u32,
     remaining: u32,
-    window: Window,
+    grace: Duration,
+    next: Next,
+    /// Whether grants wait for [`delivered`](Self::delivered) to count as delivered
+    /// (an adapter that hands permits over later); otherwise a grant is delivered at
+    /// its own instant.
+    deferred: bool,
+    /// Grants made but not delivered yet: every word and refill subtracts them.
+    undelivered: u32,
+    deliveries: Deliveries,
 }
 
+/// What comes next for the budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Window {
-    /// `remaining` goes back to `total` at this moment.
-    ResetsAt(Moment),
-    /// The budget was refilled; Discord opens the next 24 h window with the first
-    /// IDENTIFY after that, so the reset instant is not known until then.
-    OpensOnNextGrant,
+enum Next {
+    /// Discord said it never resets.
+    Never,
+    /// Refill at `at`, the latest instant Discord's reset may be, to `total` less the
+    /// deliveries after `count_from` (`None`: all of them) and the undelivered grants.
+    Reset {
+        at: Instant,
+        count_from: Option<Instant>,
+        /// Discord's window may not be open yet: then the next delivery opens it, and
+        /// its reset comes a day (and a grace) after that delivery at the latest.
+        unopened: bool,
+    },
+    /// Discord's window is not open: nothing delivered since counts in it. The next
+    /// delivery opens it.
+    Unopened,
 }
 
 impl Budget {
-    /// The budget `limit` describes as of `now` (a limit that must have been validated).
-    pub(crate) fn new(limit: &SessionStartLimit, now: Instant) -> Self {
+    /// The budget `limit` describes, read and applied at `now` (a limit that must have
+    /// been validated), with `grace` for what cannot be seen of Discord's count.
+    pub(crate) fn new(limit: &SessionStartLimit, grace: Duration, now: Instant) -> Self {
         let mut budget = Self {
             total: limit.total,
             remaining: limit.remaining,
-            window: Window::ResetsAt(Moment::after(now, limit.reset_after)),
+            grace,
+            next: Next::Unopened,
+            deferred: false,
+            undelivered: 0,
+            deliveries: Deliveries::default(),
         };
-        budget.refresh(now);
+        budget.apply_word(limit, Some(now), now);
         budget
     }
 
-    /// Applies a reset that has come by `now`.
-    pub(crate) fn refresh(&mut self, now: Instant) {
-        if let Window::ResetsAt(reset) = self.window {
-            if reset.has_passed(now) {
-                self.remaining = self.total;
-                self.window = Window::OpensOnNextGrant;
+    /// Applies Discord's word `limit`, read at `read` (`None`: longer ago than any
+    /// instant), at `now`: SPEC 3.11's first rule.
+    pub(crate) fn apply_word(
+        &mut self,
+        limit: &SessionStartLimit,
+        read: Option<Instant>,
+        now: Instant,
+    ) {
+        self.total = limit.total;
+        let count_from = read.and_then(|read| read.checked_sub(self.grace));
+        if limit.reset_after == Duration::MAX {
+            self.remaining = self.less_uncounted(limit.remaining, count_from);
+            self.next = Next::Never;
+        } else if limit.remaining >= limit.total {
+            // Nothing counted: Discord's window is not open, its `reset_after` says
+            // nothing. That is a refill at the read.
+            // (An age beyond the clock's origin counts everything, and takes the
+            // reset at `now` plus: later than any it may be.)
+            self.refill(count_from, read.unwrap_or(now));
+        } else {
+            self.remaining = self.less_uncounted(limit.remaining, count_from);
+            let at = Moment::after(read.unwrap_or(now), limit.reset_after);
+            self.next = reset_at(at, at, self.grace, false);
+        }
+        self.refresh(now);
+    }
+
+    /// `units` less the deliveries after `count_from` and the undelivered grants.
+    fn less_uncounted(&self, units: u32, count_from: Option<Instant>) -> u32 {
+        units
+            .saturating_sub(self.deliveries.count_after(count_from))
+            .saturating_sub(self.undelivered)
+    }
+
+    /// Refills at `at`, the latest instant of a reset from which the deliveries after
+    /// `count_from` may count in Discord's new window.
+    fn refill(&mut self, count_from: Option<Instant>, at: Instant) {
+        let (remaining, next) = self.refilled(count_from, at);
+        self.remaining = remaining;
+        self.next = next;
+    }
+
+    /// What a refill at `at` counting from `count_from` leaves: the units and what
+    /// comes next.
+    fn refilled(&self, count_from: Option<Instant>, at: Instant) -> (u32, Next) {
+        let remaining = self.less_uncounted(self.total, count_from);
+        let next = match self.deliveries.span_after(count_from) {
+            // Nothing delivered may count in Discord's new window: it opens with our
+            // next delivery. (An undelivered grant opens it when it is delivered.)
+            None => Next::Unopened,
+            // One of them may have opened it, at the earliest at `first`; or none did.
+            Some((first, last)) => reset_at(
+                Moment::after(at.max(last), self.grace.saturating_add(DAY)),
+                Moment::after(first, DAY),
+                self.grace,
+                true,
+            ),
+        };
+        (remaining, next)
+    }
+
+    /// The units and what comes next at `now`, every reset due by then applied.
+    fn projected(&self, now: Instant) -> (u32, Next) {
+        let (mut remaining, mut next) = (self.remaining, self.next);
+        // Each refill that counts a delivery counts from a day after the first it
+        // counted: it ends when no delivery is left to count.
+        while let Next::Reset { at, count_from, .. } = next {
+            if at > now {
+                break;
             }
+            (remaining, next) = self.refilled(count_from, at);
+        }
+        (remaining, next)
+    }
+
+    /// Applies the resets that have come by `now`, and forgets the deliveries that no
+    /// word or refill can count any more.
+    pub(crate) fn refresh(&mut self, now: Instant) {
+        (self.remaining, self.next) = self.projected(now);
+        let oldest_word = now
+            .checked_sub(MAX_WORD_AGE)
+            .and_then(|read| read.checked_sub(self.grace));
+        let keep_after = match self.next {
+            Next::Reset { count_from, .. } => count_from.min(oldest_word),
+            Next::Never | Next::Unopened => oldest_word,
+        };
+        if let Some(keep_after) = keep_after {
+            self.deliveries.forget_until(keep_after);
         }
     }
 
@@ -52,10 +190,9 @@ impl Budget {
         self.remaining
     }
 
-    /// The budget as it will be at `now`, without changing this one.
-    pub(crate) fn as_of(mut self, now: Instant) -> Self {
-        self.refresh(now);
-        self
+    /// Units left at `now`, without changing this budget.
+    pub(crate) fn remaining_at(&self, now: Instant) -> u32 {
+        self.projected(now).0
     }
 
     /// The total per window.
@@ -63,30 +200,177 @@ impl Budget {
         self.total
     }
 
-    /// When the budget goes back to `total`: `None` while the next window waits for its
-    /// first grant (a full budget, nothing to wait for).
-    pub(crate) fn resets_at(&self) -> Option<Moment> {
-        match self.window {
-            Window::ResetsAt(reset) => Some(reset),
-            Window::OpensOnNextGrant => None,
+    /// When the budget refills next as of `now`: `None` while Discord's window is not
+    /// open (nothing to wait for), `Some(Never)` when it never does.
+    pub(crate) fn resets_at(&self, now: Instant) -> Option<Moment> {
+        match self.projected(now).1 {
+            Next::Never => Some(Moment::Never),
+            Next::Reset { at, .. } => Some(Moment::At(at)),
+            Next::Unopened => None,
         }
     }
 
-    /// When at least one unit is there: `None` for now, else the reset.
-    pub(crate) fn unit_available_at(&self) -> Option<Moment> {
-        if self.remaining > 0 {
-            None
-        } else {
-            // Empty means a window is open (a refilled budget has `total >= 1` units).
-            Some(self.resets_at().unwrap_or(Moment::Never))
+    /// When at least one unit is there, as of `now`: `None` at once, else the first
+    /// refill that leaves one (`Never`: none will without new input).
+    pub(crate) fn unit_available_at(&self, now: Instant) -> Option<Moment> {
+        let (remaining, mut next) = self.projected(now);
+        if remaining > 0 {
+            return None;
         }
+        loop {
+            match next {
+                Next::Reset { at, count_from, .. } => {
+                    let (remaining, after) = self.refilled(count_from, at);
+                    if remaining > 0 {
+                        return Some(Moment::At(at));
+                    }
+                    next = after;
+                }
+                // Spent, and nothing refills it without a delivery, an abandoned
+                // grant or a word.
+                _ => return Some(Moment::Never),
+            }
+        }
+    }
+
+    /// Makes grants wait for [`delivered`](Self::delivered) or
+    /// [`abandoned`](Self::abandoned).
+    pub(crate) fn defer_deliveries(&mut self) {
+        self.deferred = true;
+    }
+
+    /// Grants made and not yet delivered or abandoned.
+    pub(crate) fn undelivered(&self) -> u32 {
+        self.undelivered
     }
 
     /// Spends one unit for a grant at `now`. The caller checked `remaining() > 0`.
     pub(crate) fn spend(&mut self, now: Instant) {
         self.remaining = self.remaining.saturating_sub(1);
-        if self.window == Window::OpensOnNextGrant {
-            self.window = Window::ResetsAt(Moment::after(now, DAY));
+        if self.deferred {
+            self.undelivered = self.undelivered.saturating_add(1);
+        } else {
+            self.deliver(now);
+        }
+    }
+
+    /// An undelivered grant reached its shard at `now`: whether there was one.
+    pub(crate) fn delivered(&mut self, now: Instant) -> bool {
+        if self.undelivered == 0 {
+            return false;
+        }
+        self.undelivered -= 1;
+        self.deliver(now);
+        true
+    }
+
+    /// An undelivered grant will never reach its shard: its unit stays spent, but a
+    /// budget refilled while Discord's window is not open no longer holds a unit back
+    /// for it. Whether there was one.
+    pub(crate) fn abandoned(&mut self) -> bool {
+        if self.undelivered == 0 {
+            return false;
+        }
+        self.undelivered -= 1;
+        if self.next == Next::Unopened {
+            // Nothing was delivered since Discord's reset: Discord has counted nothing,
+            // and only the undelivered grants may still arrive.
+            self.remaining = self
+                .remaining
+                .max(self.total.saturating_sub(self.undelivered));
+        }
+        true
+    }
+
+    /// Logs a delivery at `now`; the first one after a refill may open Discord's window.
+    fn deliver(&mut self, now: Instant) {
+        self.deliveries.push(now);
+        // Discord's reset comes a day after the arrival that opened its window.
+        let opened_at_latest = Moment::after(now, self.grace.saturating_add(DAY));
+        self.next = match self.next {
+            Next::Unopened => {
+                reset_at(opened_at_latest, Moment::after(now, DAY), self.grace, false)
+            }
+            Next::Reset {
+                at,
+                count_from,
+                unopened: true,
+            } => match opened_at_latest {
+                // Either an earlier delivery opened it (`count_from` covers that) or
+                // this one does: the later reset of the two.
+                Moment::At(latest) => Next::Reset {
+                    at: at.max(latest),
+                    count_from,
+                    unopened: false,
+                },
+                Moment::Never => Next::Never,
+            },
+            next => next,
+        };
+    }
+}
+
+/// A refill at `at` counting from `count_from`, or `Never` when `at` does not fit in
+/// an instant.
+fn reset_at(at: Moment, count_from: Moment, grace: Duration, unopened: bool) -> Next {
+    match (at, count_from) {
+        (Moment::At(at), Moment::At(from)) => Next::Reset {
+            at,
+            count_from: from.checked_sub(grace),
+            unopened,
+        },
+        // A reset that never comes counts nothing (and `count_from` never passes `at`).
+        _ => Next::Never,
+    }
+}
+
+/// Deliveries in time order, with a running count, so that the number after an
+/// instant costs a binary search.
+#[derive(Clone, Debug, Default)]
+struct Deliveries {
+    /// (instant, deliveries up to and including it since the log began).
+    log: VecDeque<(Instant, u64)>,
+    /// Deliveries forgotten (the running count before the first entry kept).
+    forgotten: u64,
+}
+
+impl Deliveries {
+    fn push(&mut self, at: Instant) {
+        match self.log.back_mut() {
+            Some((last, count)) if *last >= at => *count += 1,
+            Some(&mut (_, count)) => self.log.push_back((at, count + 1)),
+            None => self.log.push_back((at, self.forgotten + 1)),
+        }
+    }
+
+    /// The number delivered after `from` (`None`: all kept).
+    fn count_after(&self, from: Option<Instant>) -> u32 {
+        let Some(&(_, total)) = self.log.back() else {
+            return 0;
+        };
+        let index = from.map_or(0, |from| self.log.partition_point(|&(at, _)| at <= from));
+        let before = match index {
+            0 => self.forgotten,
+            index => self.log[index - 1].1,
+        };
+        u32::try_from(total - before).unwrap_or(u32::MAX)
+    }
+
+    /// The first and last delivery after `from`, if any.
+    fn span_after(&self, from: Option<Instant>) -> Option<(Instant, Instant)> {
+        let index = from.map_or(0, |from| self.log.partition_point(|&(at, _)| at <= from));
+        let first = self.log.get(index)?.0;
+        Some((first, self.log.back()?.0))
+    }
+
+    /// Forgets the deliveries at or before `until`.
+    fn forget_until(&mut self, until: Instant) {
+        while let Some(&(at, count)) = self.log.front() {
+            if at > until {
+                break;
+            }
+            self.forgotten = count;
+            self.log.pop_front();
         }
     }
 }

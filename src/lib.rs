@@ -123,7 +123,10 @@ mod scheduler;
 mod shard_map;
 mod time;
 
-pub use limit::{Config, DISCORD_INTERVAL, Error, SessionStartLimit, ShardId};
+pub use budget::MAX_WORD_AGE;
+pub use limit::{
+    Config, DEFAULT_GRACE, DISCORD_INTERVAL, Error, MAX_GRACE, SessionStartLimit, ShardId,
+};
 pub use priority::Priority;
 pub use scheduler::{Decision, Scheduler};
 

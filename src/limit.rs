@@ -52,6 +52,7 @@ impl SessionStartLimit {
 pub struct Config {
     pub(crate) interval: Duration,
     pub(crate) hold_timeout: Option<Duration>,
+    pub(crate) grace: Duration,
 }
 
 impl Default for Config {
@@ -59,9 +60,16 @@ impl Default for Config {
         Self {
             interval: DISCORD_INTERVAL,
             hold_timeout: None,
+            grace: DEFAULT_GRACE,
         }
     }
 }
+
+/// The default [`Config::grace`]: 30 s.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// The longest [`Config::grace`]: an hour.
+pub const MAX_GRACE: Duration = Duration::from_secs(60 * 60);
 
 /// Discord's spacing between two IDENTIFYs of one bucket.
 pub const DISCORD_INTERVAL: Duration = Duration::from_secs(5);
@@ -82,6 +90,36 @@ impl Config {
         self
     }
 
+    /// How uncertain Discord's count is (30 s by default, at most an hour; SPEC 3.11):
+    /// the longest a word (`session_start_limit`) may be old when it is applied, plus
+    /// the longest an IDENTIFY may take to arrive once its permit reached the shard.
+    ///
+    /// Discord counts an IDENTIFY when it arrives and reports its count some time after
+    /// reading it, so within `grace` of a word or of a reset the scheduler cannot tell
+    /// whether a grant is counted yet, and takes the safe side: a word sets the budget
+    /// to its `remaining` less the grants delivered within `grace` before it was read
+    /// (say how old a word is with
+    /// [`update_with_age`](crate::Scheduler::update_with_age)), and a reset refills at
+    /// the latest instant it may be, less the grants delivered within `grace` before
+    /// it (they may count in Discord's new window).
+    ///
+    /// **What it costs**: the units of the grants delivered within `grace` before a
+    /// word or a reset are held back until the next reset (at most `max_concurrency`
+    /// per interval of `grace`: 96 units with `max_concurrency` 16 and 30 s, and none
+    /// when nothing was granted then), and a reset opened by a grant comes `grace` after
+    /// Discord's. A grace shorter than the real uncertainty may overspend; zero is
+    /// SPEC 3.1's budget, exact only where words are read and IDENTIFYs arrive at the
+    /// scheduler's instants.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The configured [`grace`](Self::grace).
+    pub fn get_grace(&self) -> Duration {
+        self.grace
+    }
+
     /// The configured interval.
     pub fn get_interval(&self) -> Duration {
         self.interval
@@ -96,6 +134,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         if self.interval.is_zero() {
             return Err(Error::ZeroInterval);
+        }
+        if self.grace > MAX_GRACE {
+            return Err(Error::GraceTooLong(self.grace));
         }
         Ok(())
     }
@@ -119,6 +160,13 @@ pub enum Error {
     },
     /// The interval was zero: Discord requires time between IDENTIFYs of a bucket.
     ZeroInterval,
+    /// The grace was longer than [`MAX_GRACE`]: Discord's count cannot be that
+    /// uncertain for a scheduler to work with.
+    GraceTooLong(Duration),
+    /// A word (`session_start_limit`) was applied with an age above
+    /// [`MAX_WORD_AGE`](crate::MAX_WORD_AGE): too old to correct for the grants made
+    /// since. Read it from Discord again.
+    WordTooOld(Duration),
     /// The shard was requested while an earlier request of it still waits.
     AlreadyQueued(ShardId),
     /// Every sequence number is taken by a queued shard (about 4 billion of them).
@@ -182,6 +230,16 @@ impl fmt::Display for Error {
             ),
             Self::ZeroInterval => f.write_str(
                 "invalid config: `interval` is zero, it must be positive (Discord's is 5 s)",
+            ),
+            Self::GraceTooLong(grace) => write!(
+                f,
+                "invalid config: `grace` is {grace:?}, it must be at most an hour (30 s is \
+                 the default)"
+            ),
+            Self::WordTooOld(age) => write!(
+                f,
+                "invalid session start limit: its `age` is {age:?}, more than an hour: \
+                 read it from Discord again"
             ),
             Self::AlreadyQueued(shard) => write!(
                 f,

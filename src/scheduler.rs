@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::bucket_table::BucketTable;
 use crate::buckets::{Bucket, BucketId, Entry, Hold, Order, Standing, rank_of};
-use crate::budget::{Budget, DAY};
+use crate::budget::{Budget, DAY, MAX_WORD_AGE};
 use crate::limit::{Config, Error, SessionStartLimit, ShardId};
 use crate::priority::Priority;
 use crate::shard_map::{Seq, ShardMap};
@@ -107,7 +107,7 @@ impl Scheduler {
         config.validate()?;
         Ok(Self {
             max_concurrency: limit.max_concurrency,
-            budget: Budget::new(&limit, now),
+            budget: Budget::new(&limit, config.grace, now),
             config,
             clock: now,
             queued: ShardMap::default(),
@@ -309,13 +309,72 @@ impl Scheduler {
     /// last interval whose shard maps to it has aged the interval (and, in hold mode,
     /// every hold on it has ended).
     pub fn update(&mut self, limit: SessionStartLimit, now: Instant) -> Result<(), Error> {
+        self.update_with_age(limit, Duration::ZERO, now)
+    }
+
+    /// [`update`](Self::update) with a word read `age` before `now` (a limit read at
+    /// start-up and applied after a retry loop, say): its `reset_after` counts from the
+    /// read, and the grants delivered within [`grace`](Config::grace) before the read
+    /// are subtracted from its `remaining` (SPEC 3.11). With `update`, the age is taken
+    /// as zero and the grace must cover it.
+    ///
+    /// Errors, changing nothing: a bad limit, or an `age` above [`MAX_WORD_AGE`].
+    pub fn update_with_age(
+        &mut self,
+        limit: SessionStartLimit,
+        age: Duration,
+        now: Instant,
+    ) -> Result<(), Error> {
         limit.validate()?;
+        if age > MAX_WORD_AGE {
+            return Err(Error::WordTooOld(age));
+        }
         self.advance(now);
-        self.budget = Budget::new(&limit, self.clock);
+        let read = self.clock.checked_sub(age);
+        self.budget.apply_word(&limit, read, self.clock);
         if limit.max_concurrency != self.max_concurrency {
             self.rekey(limit.max_concurrency);
         }
         Ok(())
+    }
+
+    /// From now on, a grant counts as delivered (its IDENTIFY on its way to Discord)
+    /// only when [`delivered`](Self::delivered) says so, and a word or a reset
+    /// subtracts the grants not delivered yet (SPEC 3.11). For adapters that hand
+    /// grants over later than they are made; without it, a grant is delivered at its
+    /// own instant.
+    pub fn defer_deliveries(&mut self) {
+        self.budget.defer_deliveries();
+    }
+
+    /// With [`defer_deliveries`](Self::defer_deliveries): a grant reached its shard at
+    /// `now` (which grant does not matter to the budget). Returns whether a grant was
+    /// undelivered; when it returns false nothing changed.
+    pub fn delivered(&mut self, now: Instant) -> bool {
+        if self.budget.undelivered() == 0 {
+            return false;
+        }
+        self.advance(now);
+        self.budget.delivered(self.clock)
+    }
+
+    /// With [`defer_deliveries`](Self::defer_deliveries): a grant will never reach its
+    /// shard (its future was dropped). Its unit stays spent; while Discord's window is
+    /// surely not open, a unit held back for it comes back. Returns whether a grant
+    /// was undelivered; when it returns false nothing changed.
+    pub fn abandoned(&mut self, now: Instant) -> bool {
+        if self.budget.undelivered() == 0 {
+            return false;
+        }
+        self.advance(now);
+        self.budget.abandoned()
+    }
+
+    /// Grants made and not yet [`delivered`](Self::delivered) or
+    /// [`abandoned`](Self::abandoned) (always 0 without
+    /// [`defer_deliveries`](Self::defer_deliveries)).
+    pub fn undelivered(&self) -> u32 {
+        self.budget.undelivered()
     }
 
     /// Number of queued (not yet granted) shards.
@@ -359,7 +418,7 @@ impl Scheduler {
             (Moment::At(free), Some(spacing)) => Moment::after(free, spacing),
             _ => Moment::Never,
         };
-        if let Some(unit) = self.budget.as_of(at).unit_available_at() {
+        if let Some(unit) = self.budget.unit_available_at(at) {
             eta = eta.max(unit);
         }
         Some(wake_at(eta, at))
@@ -383,14 +442,14 @@ impl Scheduler {
     /// Session starts left at `now` (a reset due by then counted in), without changing
     /// anything.
     pub fn remaining(&self, now: Instant) -> u32 {
-        self.budget.as_of(self.clock.max(now)).remaining()
+        self.budget.remaining_at(self.clock.max(now))
     }
 
     /// When the budget goes back to `total`, as of the latest instant seen: `None`
     /// when it never does, or when it has just been refilled and the next 24 h window
     /// opens with the next grant.
     pub fn resets_at(&self) -> Option<Instant> {
-        match self.budget.resets_at() {
+        match self.budget.resets_at(self.clock) {
             Some(Moment::At(at)) => Some(at),
             _ => None,
         }
@@ -402,15 +461,14 @@ impl Scheduler {
     /// grant; `Duration::MAX` when it never resets).
     pub fn limit(&self, now: Instant) -> SessionStartLimit {
         let at = self.clock.max(now);
-        let budget = self.budget.as_of(at);
-        let reset_after = match budget.resets_at() {
+        let reset_after = match self.budget.resets_at(at) {
             Some(Moment::At(reset)) => reset.saturating_duration_since(at),
             Some(Moment::Never) => Duration::MAX,
             None => DAY,
         };
         SessionStartLimit {
-            total: budget.total(),
-            remaining: budget.remaining(),
+            total: self.budget.total(),
+            remaining: self.budget.remaining_at(at),
             reset_after,
             max_concurrency: self.max_concurrency,
         }
@@ -492,7 +550,7 @@ impl Scheduler {
         } else {
             self.earliest_waiting()
         };
-        let eligible = match self.budget.unit_available_at() {
+        let eligible = match self.budget.unit_available_at(self.clock) {
             Some(unit) => bucket_free.max(unit),
             None => bucket_free,
         };

@@ -103,7 +103,17 @@ impl World {
             config = config.hold_until_release(timeout);
         }
         let scheduler = Scheduler::with_config(setup.limit, config, start).expect("valid");
-        let model = Model::new(setup.limit, setup.interval, setup.hold_timeout, start).unwrap();
+        // The queue tells its scheduler of each delivery (SPEC 3.11): so does the test.
+        let grace = Config::default().get_grace();
+        let model = Model::new(
+            setup.limit,
+            setup.interval,
+            setup.hold_timeout,
+            grace,
+            true,
+            start,
+        )
+        .unwrap();
         Self {
             setup,
             queue: Queue::new(scheduler),
@@ -151,7 +161,7 @@ impl World {
             Op::Advance(by) => self.advance(by),
             Op::Update(limit) => {
                 let actual = self.queue.update(limit);
-                let expected = self.model.update(limit, self.now);
+                let expected = self.model.update(limit, Duration::ZERO, self.now);
                 assert_eq!(actual, expected, "{}", self.context());
                 if actual.is_ok() {
                     self.max_concurrency = limit.max_concurrency;
@@ -179,6 +189,7 @@ impl World {
             }
             (Poll::Ready(Ok(permit)), Ok(Expect::Grant(granted))) => {
                 assert_eq!(granted, shard, "{}", self.context());
+                assert!(self.model.delivered(self.now));
                 self.latest.insert(shard, id);
                 self.delivered(id, permit, self.now);
             }
@@ -226,9 +237,12 @@ impl World {
                     granted.checked_add(timeout).is_some_and(|end| end <= now)
                 });
                 match result {
-                    Err(Error::HoldExpired(s)) if expired && s == shard => {}
+                    Err(Error::HoldExpired(s)) if expired && s == shard => {
+                        assert!(self.model.abandoned(now));
+                    }
                     Ok(permit) if !expired => {
                         assert_eq!(permit.shard(), shard);
+                        assert!(self.model.delivered(now));
                         // Delivery: busy an interval from now (the cooldown covers a
                         // delivery at the grant's own instant).
                         if self.setup.hold_timeout.is_none() || now > granted {
@@ -301,6 +315,9 @@ impl World {
         let task = self.tasks.remove(index);
         let (shard, state, id) = (task.shard, task.state, task.id);
         drop(task);
+        if let State::Granted(_) = state {
+            assert!(self.model.abandoned(self.now), "{}", self.context());
+        }
         match state {
             State::Waiting => assert!(self.model.cancel(shard), "{}", self.context()),
             // Undelivered: its unit stays spent, its bucket frees at the drop.

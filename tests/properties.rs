@@ -29,6 +29,19 @@ fn step() -> impl Strategy<Value = Step> {
         2 => Just(Step::AfterDeadline),
         1 => (0..8 * MS).prop_map(|n| Step::Back(Duration::from_nanos(n))),
         1 => duration().prop_map(Step::Forward),
+        // About a day: the reset of a window a delivery opened (SPEC 3.11).
+        1 => (0..60 * MS).prop_map(|n| Step::Forward(DAY - Duration::from_millis(30) + Duration::from_nanos(n))),
+    ]
+}
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A word's age: mostly none, sometimes about a grace, rarely past the oldest allowed.
+fn age() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        3 => Just(Duration::ZERO),
+        2 => (0..30 * MS).prop_map(Duration::from_nanos),
+        1 => Just(Duration::from_secs(3600) + Duration::from_nanos(1)),
     ]
 }
 
@@ -79,7 +92,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => step().prop_map(Op::Drain),
         2 => shard.clone().prop_map(Op::Cancel),
         2 => (shard.clone(), step()).prop_map(|(s, t)| Op::Release(s, t)),
-        1 => (limit(), step()).prop_map(|(l, t)| Op::Update(l, t)),
+        2 => (limit(), age(), step()).prop_map(|(l, a, t)| Op::Update(l, a, t)),
+        2 => step().prop_map(Op::Deliver),
+        1 => step().prop_map(Op::Abandon),
         1 => (shard.clone(), occupation(), step()).prop_map(|(s, o, t)| Op::Occupy(s, o, t)),
     ]
 }
@@ -94,11 +109,19 @@ fn setup() -> impl Strategy<Value = Setup> {
         8 => (1..10 * MS).prop_map(Duration::from_nanos),
         1 => Just(Duration::MAX),
     ];
-    (valid_limit(), interval, hold).prop_map(|(limit, interval, hold_timeout)| Setup {
-        limit,
-        interval,
-        hold_timeout,
-    })
+    let grace = prop_oneof![
+        1 => Just(Duration::ZERO),
+        3 => (1..20 * MS).prop_map(Duration::from_nanos),
+    ];
+    (valid_limit(), interval, hold, grace, any::<bool>()).prop_map(
+        |(limit, interval, hold_timeout, grace, deferred)| Setup {
+            limit,
+            interval,
+            hold_timeout,
+            grace,
+            deferred,
+        },
+    )
 }
 
 proptest! {
@@ -121,7 +144,7 @@ proptest! {
     #[test]
     fn limits_are_validated(limit in limit(), interval in 0u64..3) {
         let start = Instant::now();
-        let setup = Setup { limit, interval: Duration::from_nanos(interval), hold_timeout: None };
+        let setup = Setup::plain(limit, Duration::from_nanos(interval), None);
         match Harness::new(setup, start) {
             Ok(_) => prop_assert!(interval > 0 && limit.max_concurrency > 0 && limit.total > 0 && limit.remaining <= limit.total),
             Err(error) => prop_assert!(error.to_string().contains('`'), "{}", error),

@@ -389,3 +389,123 @@ fn the_queue_is_clone_send_sync_and_its_futures_are_send() {
     sendable::<identify_queue::tokio::Grants>();
     sendable::<identify_queue::tokio::Permit>();
 }
+
+// SPEC 3.11: the queue tells its scheduler when each grant is delivered.
+
+/// Polls `future` once.
+async fn poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {
+    poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut future).poll(cx))).await
+}
+
+/// A grant whose future has not taken it yet may still be sent: a word subtracts it,
+/// however long ago it was made.
+#[tokio::test(start_paused = true)]
+async fn a_word_subtracts_a_permit_not_taken_yet() {
+    let limit = SessionStartLimit {
+        total: 10,
+        remaining: 10,
+        reset_after: Duration::from_secs(86_400),
+        max_concurrency: 1,
+    };
+    let queue = Queue::with_limit(limit, Config::default()).unwrap();
+    let _first = queue.acquire(0).await.unwrap();
+    let mut parked = pin!(queue.acquire(1));
+    assert!(poll_once(parked.as_mut()).await.is_pending());
+    // Shard 1 is granted at 5 s; its future is not polled for a minute.
+    advance(FIVE).await;
+    assert_eq!(queue.len(), 0, "granted");
+    advance(Duration::from_secs(60)).await;
+    assert_eq!(queue.remaining(), 8);
+    // Discord counted shard 0 only: 9 left, less shard 1, which may still come.
+    queue
+        .update(SessionStartLimit {
+            remaining: 9,
+            ..limit
+        })
+        .unwrap();
+    assert_eq!(queue.remaining(), 8);
+    let permit = parked.await.unwrap();
+    assert_eq!(permit.shard(), 1);
+    // Delivered now: a word read within the grace does not count it yet...
+    queue
+        .update(SessionStartLimit {
+            remaining: 9,
+            ..limit
+        })
+        .unwrap();
+    assert_eq!(queue.remaining(), 8);
+    // ...one read after the grace does.
+    advance(Config::default().get_grace() + Duration::from_secs(1)).await;
+    queue
+        .update(SessionStartLimit {
+            remaining: 8,
+            ..limit
+        })
+        .unwrap();
+    assert_eq!(queue.remaining(), 8);
+}
+
+/// A future dropped after its grant never sends its IDENTIFY: while Discord's window
+/// is surely not open, the unit a refill held back for it comes back at the drop.
+#[tokio::test(start_paused = true)]
+async fn a_grant_dropped_untaken_frees_the_unit_held_for_it() {
+    let limit = SessionStartLimit {
+        total: 2,
+        remaining: 0,
+        reset_after: Duration::from_secs(10),
+        max_concurrency: 1,
+    };
+    let queue = Queue::with_limit(limit, Config::default()).unwrap();
+    let mut parked = Box::pin(queue.acquire(0));
+    assert!(poll_once(parked.as_mut()).await.is_pending());
+    // Refilled at 10 s, shard 0 granted then; its future is kept but not polled.
+    advance(Duration::from_secs(50)).await;
+    assert_eq!(queue.remaining(), 1);
+    // Discord's word a minute on: nothing counted, its window not open.
+    queue
+        .update(SessionStartLimit {
+            remaining: 2,
+            ..limit
+        })
+        .unwrap();
+    assert_eq!(queue.remaining(), 1, "shard 0's IDENTIFY may still come");
+    drop(parked);
+    assert_eq!(queue.remaining(), 2, "it never will");
+}
+
+/// A word's age: its reset counts from the read, and an hour is the oldest taken.
+#[tokio::test(start_paused = true)]
+async fn a_word_with_an_age_resets_from_its_read() {
+    let start = Instant::now();
+    let limit = SessionStartLimit {
+        total: 10,
+        remaining: 5,
+        reset_after: Duration::from_secs(100),
+        max_concurrency: 1,
+    };
+    let queue = Queue::with_limit(limit, Config::default()).unwrap();
+    queue
+        .update_with_age(limit, Duration::from_secs(40))
+        .unwrap();
+    assert_eq!(queue.limit().reset_after, Duration::from_secs(60));
+    let old = Duration::from_secs(3601);
+    assert_eq!(
+        queue.update_with_age(limit, old),
+        Err(Error::WordTooOld(old))
+    );
+    // Spent, shard 0 waits for the reset at 60 s (the read's 100 s).
+    queue
+        .update_with_age(
+            SessionStartLimit {
+                remaining: 0,
+                ..limit
+            },
+            Duration::from_secs(40),
+        )
+        .unwrap();
+    let permit = queue.acquire(0).await.unwrap();
+    assert_eq!(
+        Instant::from_std(permit.granted_at()) - start,
+        Duration::from_secs(60)
+    );
+}

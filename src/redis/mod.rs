@@ -84,9 +84,10 @@
 //! whose IDENTIFY is on its way, permits not yet taken, and words in flight. Redis
 //! counts a unit as spent when it grants it, and keeps every grant in a log scored by
 //! the latest instant its permit may reach its shard (the end of the delivery window;
-//! each touch, and each retried answer, moves it later). [`Options::grace`] (`G`)
-//! bounds the rest: how old a word may be when applied, plus how long an IDENTIFY
-//! may take to arrive after its permit was handed over.
+//! each touch, and each retried answer, moves it later). [`Config::grace`](crate::Config::grace) (`G`,
+//! the same setting as in one process) bounds the rest: how old a word may be when
+//! applied, plus how long an IDENTIFY may take to arrive after its permit was handed
+//! over.
 //!
 //! - **A word** read at `r` (applied now; `r` = now less its age, see
 //!   [`Queue::update_with_age`]) sets the budget to its `remaining` less every grant
@@ -95,10 +96,19 @@
 //!   subtracted however long ago it was granted. A grant counted by Discord and
 //!   subtracted too costs one unit until the next word: the safe side.
 //! - **A reset** is at `r + reset_after` (a word's), or at the first arrival after
-//!   the previous reset plus 24 hours, which is at the latest `G` after the grant that
-//!   opens the window. Redis refills at that latest instant, to `total` less the
-//!   grants whose log instant falls within `G` before it: they may count in Discord's
-//!   new window. It never refills earlier, nor subtracts less.
+//!   the previous reset plus 24 hours, which is at the latest `G` after the delivery
+//!   of the grant that opens the window (a touch of that grant moves it). Redis
+//!   refills at that latest instant, to `total` less the grants whose log instant
+//!   falls within `G` before it: they may count in Discord's new window. It never
+//!   refills earlier, nor subtracts less. A word that counts nothing (`remaining` =
+//!   `total`) says Discord's window is not open: a refill at its read.
+//! - **A window that may have opened already.** When a refill subtracted a grant,
+//!   that grant may have opened Discord's next window (it arrived after Discord's
+//!   reset), or none did and the next grant will. Both stay possible: the next refill
+//!   comes a day and `G` after the later of the two openings, and subtracts every
+//!   grant logged from a day less `G` after the earlier one. (SPEC 3.11's text, read
+//!   alone, would count only the grants within `G` before that refill: that misses
+//!   the grants between the two possible resets.)
 //! - **The state is whole or missing.** A server that may evict keys without a TTL
 //!   (`maxmemory-policy allkeys-*`) is refused; a state whose buckets or log went
 //!   missing on their own (a generation and a count that must match) is treated as

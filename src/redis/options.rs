@@ -35,7 +35,6 @@ pub struct Options {
     pub(super) replicas: u32,
     pub(super) replica_timeout: Duration,
     pub(super) reserve: u32,
-    pub(super) grace: Duration,
     pub(super) head_grace: Duration,
     pub(super) limit_source: Option<LimitSource>,
 }
@@ -47,7 +46,6 @@ impl Default for Options {
             replicas: 0,
             replica_timeout: Duration::from_millis(500),
             reserve: 0,
-            grace: Duration::from_secs(30),
             head_grace: Duration::from_secs(1),
             limit_source: None,
         }
@@ -61,7 +59,6 @@ impl fmt::Debug for Options {
             .field("replicas", &self.replicas)
             .field("replica_timeout", &self.replica_timeout)
             .field("reserve", &self.reserve)
-            .field("grace", &self.grace)
             .field("head_grace", &self.head_grace)
             .field("limit_source", &self.limit_source.is_some())
             .finish()
@@ -105,20 +102,6 @@ impl Options {
     /// restarts. A single server with `appendfsync always` forgets none.
     pub fn reserve(mut self, units: u32) -> Self {
         self.reserve = units;
-        self
-    }
-
-    /// The uncertainty of Discord's count (30 s by default): how old a word may be
-    /// when it is applied, plus how long an IDENTIFY may take to arrive after its
-    /// permit reached the shard. Grants that reached their shards within it before a
-    /// word was read are subtracted from its `remaining` (Discord may not have counted
-    /// them yet); a reset is refilled at the latest instant it may be, less the grants
-    /// within it before (they may count in Discord's new window). The cost: the units
-    /// of up to `grace` of grants held back until the next word, and `grace` added to
-    /// each reset. Hand the queue limits read within this period (or say their age:
-    /// [`Queue::update_with_age`](super::Queue::update_with_age)).
-    pub fn grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
         self
     }
 

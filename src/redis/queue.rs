@@ -250,7 +250,7 @@ impl Queue {
 
     /// [`update`](Self::update) with a word read `age` ago (a limit read at start-up
     /// and applied after a retry loop, say): the grants that reached their shards
-    /// within [`grace`](Options::grace) before it was *read* are subtracted, and its
+    /// within [`grace`](Config::grace) before it was *read* are subtracted, and its
     /// `reset_after` counts from the read.
     ///
     /// Errors, changing nothing: a bad limit, or Redis out of reach.
@@ -538,7 +538,7 @@ impl Inner {
             .arg(limit.max_concurrency)
             .arg(millis_up(self.interval))
             .arg(hold)
-            .arg(millis_up(self.options.grace))
+            .arg(millis_up(self.config.get_grace()))
             .arg(millis_up(WINDOW))
             .arg(self.options.reserve)
             .arg(millis_up(self.options.head_grace))

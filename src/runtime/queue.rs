@@ -5,7 +5,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::acquire::{Acquire, Grants};
 use super::driver::Driver;
@@ -202,10 +202,22 @@ impl<R: Runtime> Queue<R> {
     }
 
     /// Applies a fresh `session_start_limit` now, waking whoever it makes eligible.
+    ///
+    /// Its `remaining` is taken less the grants that Discord may not have counted
+    /// yet: those delivered within the [`grace`](crate::Config::grace) before it, and
+    /// those not taken by their futures yet (SPEC 3.11).
     pub fn update(&self, limit: SessionStartLimit) -> Result<(), Error> {
+        self.update_with_age(limit, Duration::ZERO)
+    }
+
+    /// [`update`](Self::update) with a limit read `age` ago (say, at start-up, before
+    /// a retry loop): its `reset_after` counts from the read, and the grace reaches
+    /// back from the read. Errors, changing nothing: a bad limit, or an `age` above
+    /// [`MAX_WORD_AGE`](crate::MAX_WORD_AGE).
+    pub fn update_with_age(&self, limit: SessionStartLimit, age: Duration) -> Result<(), Error> {
         self.change(false, |shared, wakeups| {
             let now = R::now();
-            shared.update(limit, now)?;
+            shared.update(limit, age, now)?;
             shared.settle(now, wakeups);
             Ok(())
         })

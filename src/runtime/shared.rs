@@ -41,12 +41,17 @@
 //! 5. **`asked_by` mirrors the scheduler's queue**: a shard is in it exactly when it
 //!    is queued in the scheduler, mapped to the waiter that asked for it, whose
 //!    `queued` counts it.
+//! 6. **The budget counts a grant from its delivery** (SPEC 3.11): the scheduler
+//!    defers deliveries, and each grant it made is told exactly once as
+//!    [`delivered`](Scheduler::delivered) (its permit handed over, `deliver`) or
+//!    [`abandoned`](Scheduler::abandoned) (dropped undelivered, `abandon`; void in hold
+//!    mode). Until then a word or a reset subtracts it: it may still be sent.
 //!
 //! [`Scheduler::occupy`]: crate::Scheduler::occupy
 
 use std::collections::VecDeque;
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::queue::QueueStats;
 use super::waiters::{WaiterId, Waiters};
@@ -147,7 +152,9 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(scheduler: Scheduler) -> Self {
+    pub(super) fn new(mut scheduler: Scheduler) -> Self {
+        // Invariant 6: the budget learns of each grant's delivery from us.
+        scheduler.defer_deliveries();
         Self {
             scheduler,
             asked_by: ShardIndex::default(),
@@ -248,9 +255,18 @@ impl Shared {
         let (interval, hold_timeout) = (config.get_interval(), config.get_hold_timeout());
         if let Some(timeout) = hold_timeout {
             if grant.at.checked_add(timeout).is_some_and(|end| end <= now) {
+                // Void: its shard never sends the IDENTIFY (invariant 6). A unit
+                // held back for it may come back: the queue is asked again.
+                self.scheduler.abandoned(now);
+                self.settle(now, wakeups);
                 return Err(Error::HoldExpired(grant.shard));
             }
         }
+        // From here its IDENTIFY may be sent: Discord may count it (invariant 6). With
+        // the budget spent, the delivery may open Discord's window and so set when it
+        // refills: the deadline is asked again.
+        self.scheduler.delivered(now);
+        let spent = self.scheduler.remaining(now) == 0;
         // Taken at the grant's own instant, the cooldown covers the interval already.
         // Taken later, its bucket is busy until an interval after the delivery (an
         // occupation that replaces the one `catch_up` may have made).
@@ -258,6 +274,8 @@ impl Shared {
         if !(on_time && now == grant.at) {
             self.scheduler
                 .occupy(grant.shard, now.checked_add(interval), now);
+            self.settle(now, wakeups);
+        } else if spent {
             self.settle(now, wakeups);
         }
         let until = now.checked_add(interval);
@@ -287,6 +305,7 @@ impl Shared {
     /// A grant dropped before delivery: its unit stays spent (the safe side), its
     /// bucket frees now (and not before its cooldown).
     fn abandon(&mut self, grant: Grant, now: Instant, wakeups: &mut Wakeups) {
+        self.scheduler.abandoned(now);
         if !self.timer_mode() {
             self.release_at(grant.shard, grant.number, now, wakeups);
         } else if grant.occupies {
@@ -326,9 +345,14 @@ impl Shared {
     }
 
     /// Applies a fresh limit at `now` (the caller settles).
-    pub(super) fn update(&mut self, limit: SessionStartLimit, now: Instant) -> Result<(), Error> {
+    pub(super) fn update(
+        &mut self,
+        limit: SessionStartLimit,
+        age: Duration,
+        now: Instant,
+    ) -> Result<(), Error> {
         let rekeyed = limit.max_concurrency != self.scheduler.max_concurrency();
-        self.scheduler.update(limit, now)?;
+        self.scheduler.update_with_age(limit, age, now)?;
         if rekeyed {
             self.rekeys += 1;
         }

@@ -61,6 +61,13 @@ pub fn setup(u: &mut Unstructured<'_>) -> Result<Setup> {
         } else {
             None
         },
+        // Read last, so that older seeds keep their meaning up to here.
+        grace: if u.is_empty() || u.ratio(1u8, 3)? {
+            Duration::ZERO
+        } else {
+            duration(u)?
+        },
+        deferred: !u.is_empty() && u.arbitrary()?,
     })
 }
 
@@ -84,6 +91,15 @@ pub fn step(u: &mut Unstructured<'_>) -> Result<Step> {
     })
 }
 
+/// A word's age: mostly none, around a grace, or past the oldest allowed.
+pub fn age(u: &mut Unstructured<'_>) -> Result<Duration> {
+    Ok(match u.int_in_range(0u8..=5)? {
+        0..=2 => Duration::ZERO,
+        3 => Duration::from_secs(60 * 60) + Duration::from_nanos(u.int_in_range(0..=1)?),
+        _ => duration(u)?,
+    })
+}
+
 pub fn priority(u: &mut Unstructured<'_>) -> Result<Priority> {
     Ok(if u.ratio(1u8, 4)? {
         Priority::Reconnect
@@ -93,13 +109,15 @@ pub fn priority(u: &mut Unstructured<'_>) -> Result<Priority> {
 }
 
 pub fn op(u: &mut Unstructured<'_>) -> Result<Op> {
-    Ok(match u.int_in_range(0u8..=12)? {
+    Ok(match u.int_in_range(0u8..=14)? {
         0..=3 => Op::Request(shard(u)?, priority(u)?, step(u)?),
         4 | 5 => Op::Poll(step(u)?),
         6 | 7 => Op::Drain(step(u)?),
         8 => Op::Cancel(shard(u)?),
         9 | 10 => Op::Release(shard(u)?, step(u)?),
-        11 => Op::Update(limit(u)?, step(u)?),
+        11 => Op::Update(limit(u)?, age(u)?, step(u)?),
+        13 => Op::Deliver(step(u)?),
+        14 => Op::Abandon(step(u)?),
         _ => Op::Occupy(
             shard(u)?,
             if u.ratio(1u8, 4)? {

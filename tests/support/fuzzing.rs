@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use arbitrary::Unstructured;
-use identify_queue::{Error, Scheduler};
+use identify_queue::{Error, MAX_GRACE, MAX_WORD_AGE, Scheduler};
 
 use super::decode;
 use super::harness::Harness;
@@ -34,6 +34,8 @@ pub fn limits(data: &[u8]) {
     let expected = check_limit(&setup.limit).and_then(|()| {
         if setup.interval.is_zero() {
             Err(Error::ZeroInterval)
+        } else if setup.grace > MAX_GRACE {
+            Err(Error::GraceTooLong(setup.grace))
         } else {
             Ok(())
         }
@@ -61,9 +63,19 @@ pub fn limits(data: &[u8]) {
         let now = start.checked_add(at).unwrap_or(start);
         let _ = scheduler.request(shard, now);
         shard += 1;
+        let Ok(age) = decode::age(&mut u) else {
+            break;
+        };
         let before = format!("{scheduler:?}");
-        let result = scheduler.update(limit, now);
-        check_refusal(result.as_ref().err(), check_limit(&limit).as_ref().err());
+        let result = scheduler.update_with_age(limit, age, now);
+        let expected = check_limit(&limit).and_then(|()| {
+            if age > MAX_WORD_AGE {
+                Err(Error::WordTooOld(age))
+            } else {
+                Ok(())
+            }
+        });
+        check_refusal(result.as_ref().err(), expected.as_ref().err());
         if result.is_err() {
             assert_eq!(
                 before,
@@ -83,7 +95,14 @@ fn check_refusal(actual: Option<&Error>, expected: Option<&Error>) {
     assert_eq!(actual, expected);
     if let Some(error) = actual {
         let message = error.to_string();
-        let field = ["`max_concurrency`", "`total`", "`remaining`", "`interval`"];
+        let field = [
+            "`max_concurrency`",
+            "`total`",
+            "`remaining`",
+            "`interval`",
+            "`grace`",
+            "`age`",
+        ];
         assert!(field.iter().any(|f| message.contains(f)), "{message}");
     }
 }

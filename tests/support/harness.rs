@@ -38,7 +38,12 @@ pub enum Op {
     Drain(Step),
     Cancel(u32),
     Release(u32, Step),
-    Update(SessionStartLimit, Step),
+    /// Discord's word, read this long before the driver's clock.
+    Update(SessionStartLimit, Duration, Step),
+    /// An undelivered grant reaches its shard (deferred deliveries).
+    Deliver(Step),
+    /// An undelivered grant will never reach its shard.
+    Abandon(Step),
     /// Keep the shard's bucket busy until this long after the driver's clock (`None`:
     /// until a later `Occupy` of the shard).
     Occupy(u32, Option<Duration>, Step),
@@ -50,11 +55,30 @@ pub struct Setup {
     pub limit: SessionStartLimit,
     pub interval: Duration,
     pub hold_timeout: Option<Duration>,
+    /// `Config::grace` (SPEC 3.11).
+    pub grace: Duration,
+    /// Grants wait for `delivered` (`Scheduler::defer_deliveries`).
+    pub deferred: bool,
 }
 
 impl Setup {
+    /// A setup with no grace and deliveries at the grant: SPEC 3.1's budget.
+    pub fn plain(
+        limit: SessionStartLimit,
+        interval: Duration,
+        hold_timeout: Option<Duration>,
+    ) -> Self {
+        Self {
+            limit,
+            interval,
+            hold_timeout,
+            grace: Duration::ZERO,
+            deferred: false,
+        }
+    }
+
     pub fn config(&self) -> Config {
-        let config = Config::default().interval(self.interval);
+        let config = Config::default().interval(self.interval).grace(self.grace);
         match self.hold_timeout {
             Some(timeout) => config.hold_until_release(timeout),
             None => config,
@@ -98,8 +122,20 @@ pub struct Harness {
 impl Harness {
     /// Both the scheduler and the model must accept or refuse `setup` alike.
     pub fn new(setup: Setup, start: Instant) -> Result<Self, Error> {
-        let built = Scheduler::with_config(setup.limit, setup.config(), start);
-        let modelled = Model::new(setup.limit, setup.interval, setup.hold_timeout, start);
+        let built = Scheduler::with_config(setup.limit, setup.config(), start).map(|mut s| {
+            if setup.deferred {
+                s.defer_deliveries();
+            }
+            s
+        });
+        let modelled = Model::new(
+            setup.limit,
+            setup.interval,
+            setup.hold_timeout,
+            setup.grace,
+            setup.deferred,
+            start,
+        );
         let (scheduler, model) = match (built, modelled) {
             (Ok(scheduler), Ok(model)) => (scheduler, model),
             (Err(error), Err(expected)) => {
@@ -254,11 +290,38 @@ impl Harness {
                 self.occupied.push((shard, until));
                 self.trace.push(Outcome::Updated);
             }
-            Op::Update(limit, step) => {
+            Op::Deliver(step) | Op::Abandon(step) => {
                 self.move_clock(step);
                 let before = format!("{:?}", self.scheduler);
-                let actual = self.scheduler.update(limit, self.now);
-                let expected = self.model.update(limit, self.now);
+                let (actual, expected) = if matches!(op, Op::Deliver(_)) {
+                    (
+                        self.scheduler.delivered(self.now),
+                        self.model.delivered(self.now),
+                    )
+                } else {
+                    (
+                        self.scheduler.abandoned(self.now),
+                        self.model.abandoned(self.now),
+                    )
+                };
+                assert_eq!(actual, expected, "{context}");
+                if actual {
+                    self.seen = self.seen.max(self.now);
+                } else {
+                    self.check_unchanged(&before, &context);
+                }
+                self.trace.push(Outcome::Flag(actual));
+            }
+            Op::Update(limit, age, step) => {
+                self.move_clock(step);
+                let before = format!("{:?}", self.scheduler);
+                // `update` is `update_with_age(.., ZERO, ..)`: both forms are exercised.
+                let actual = if age.is_zero() {
+                    self.scheduler.update(limit, self.now)
+                } else {
+                    self.scheduler.update_with_age(limit, age, self.now)
+                };
+                let expected = self.model.update(limit, age, self.now);
                 assert_eq!(actual, expected, "{context}: update");
                 match actual {
                     Ok(()) => {
@@ -400,6 +463,11 @@ impl Harness {
             "{context}"
         );
         assert_eq!(self.scheduler.now(), self.seen, "{context}: clock");
+        assert_eq!(
+            self.scheduler.undelivered(),
+            self.model.undelivered(),
+            "{context}: undelivered"
+        );
         assert_eq!(
             self.scheduler.remaining(self.now),
             self.model.remaining_at(self.now),

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod decode;
+pub mod discord_budget;
 pub mod fuzzing;
 pub mod harness;
 pub mod model;

@@ -19,12 +19,27 @@ pub enum Expect {
     Idle,
 }
 
+/// The oldest word a scheduler takes (`identify_queue::MAX_WORD_AGE`, written out).
+const MAX_AGE: Duration = Duration::from_secs(60 * 60);
+/// The longest grace (`identify_queue::MAX_GRACE`, written out).
+const MAX_GRACE: Duration = Duration::from_secs(60 * 60);
+
+/// What the model knows of Discord's next reset (SPEC 3.11).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Window {
-    /// Refill at this instant (`None`: never).
-    ResetsAt(Option<Instant>),
-    /// Refilled; the next window opens with the next grant.
-    OpensOnNextGrant,
+    /// Discord said it never resets.
+    Never,
+    /// Refill at `at` (the latest instant Discord may reset) to `total` less every
+    /// delivery after `from` (`None`: all) and every undelivered grant.
+    /// `maybe_unopened`: Discord's window may not be open; the next delivery may open
+    /// it, and then it resets a day and a grace after that delivery at the latest.
+    Refill {
+        at: Instant,
+        from: Option<Instant>,
+        maybe_unopened: bool,
+    },
+    /// Discord's window is not open; the next delivery opens it.
+    Closed,
 }
 
 #[derive(Clone, Debug)]
@@ -35,6 +50,12 @@ pub struct Model {
     total: u32,
     remaining: u32,
     window: Window,
+    grace: Duration,
+    /// Grants count as delivered only when `delivered` says so.
+    deferred: bool,
+    undelivered: u32,
+    /// Every delivery, in order.
+    pub deliveries: Vec<Instant>,
     pub clock: Instant,
     next_seq: u64,
     /// (order, shard), in request order. The order is (priority class, seq): every
@@ -91,11 +112,16 @@ impl Model {
         limit: SessionStartLimit,
         interval: Duration,
         hold_timeout: Option<Duration>,
+        grace: Duration,
+        deferred: bool,
         now: Instant,
     ) -> Result<Self, Error> {
         check_limit(&limit)?;
         if interval.is_zero() {
             return Err(Error::ZeroInterval);
+        }
+        if grace > MAX_GRACE {
+            return Err(Error::GraceTooLong(grace));
         }
         let mut model = Self {
             interval,
@@ -103,7 +129,11 @@ impl Model {
             max_concurrency: limit.max_concurrency,
             total: 0,
             remaining: 0,
-            window: Window::OpensOnNextGrant,
+            window: Window::Closed,
+            grace,
+            deferred,
+            undelivered: 0,
+            deliveries: Vec::new(),
             clock: now,
             next_seq: 0,
             queue: Vec::new(),
@@ -111,14 +141,77 @@ impl Model {
             holds: Vec::new(),
             occupied: Vec::new(),
         };
-        model.set_budget(&limit);
+        model.word(&limit, Some(now));
         Ok(model)
     }
 
-    fn set_budget(&mut self, limit: &SessionStartLimit) {
+    /// Deliveries after `from` (`None`: all).
+    fn delivered_after(&self, from: Option<Instant>) -> u32 {
+        let count = self
+            .deliveries
+            .iter()
+            .filter(|&&at| from.is_none_or(|from| at > from))
+            .count();
+        u32::try_from(count).unwrap()
+    }
+
+    /// A refill at `at` to `total`, less what may count in Discord's new window
+    /// (deliveries after `from`, undelivered grants). A delivery it counts may have
+    /// opened that window; or none did, and the next delivery will.
+    fn refill(&mut self, at: Instant, from: Option<Instant>) {
+        self.remaining = self
+            .total
+            .saturating_sub(self.delivered_after(from))
+            .saturating_sub(self.undelivered);
+        let counted: Vec<Instant> = self
+            .deliveries
+            .iter()
+            .copied()
+            .filter(|&d| from.is_none_or(|from| d > from))
+            .collect();
+        self.window = match (counted.first(), counted.last()) {
+            (Some(&first), Some(&last)) => {
+                // Opened by `first` at the earliest: Discord resets a day after, and
+                // what is delivered a grace before that may count after it. Opened
+                // by the last counted or by our next delivery at the latest.
+                let latest = at.max(last).checked_add(DAY + self.grace);
+                let earliest = first.checked_add(DAY);
+                match (latest, earliest) {
+                    (Some(latest), Some(earliest)) => Window::Refill {
+                        at: latest,
+                        from: earliest.checked_sub(self.grace),
+                        maybe_unopened: true,
+                    },
+                    _ => Window::Never,
+                }
+            }
+            _ => Window::Closed,
+        };
+    }
+
+    /// Discord's word, read at `read` (`None`: before any instant), applied at the clock.
+    fn word(&mut self, limit: &SessionStartLimit, read: Option<Instant>) {
         self.total = limit.total;
-        self.remaining = limit.remaining;
-        self.window = Window::ResetsAt(self.clock.checked_add(limit.reset_after));
+        let from = read.and_then(|read| read.checked_sub(self.grace));
+        let uncounted = self.delivered_after(from).saturating_add(self.undelivered);
+        let read_at = read.unwrap_or(self.clock);
+        if limit.reset_after == Duration::MAX {
+            self.remaining = limit.remaining.saturating_sub(uncounted);
+            self.window = Window::Never;
+        } else if limit.remaining == limit.total {
+            // Discord counted nothing: its window is not open. A refill at the read.
+            self.refill(read_at, from);
+        } else {
+            self.remaining = limit.remaining.saturating_sub(uncounted);
+            self.window = match read_at.checked_add(limit.reset_after) {
+                Some(at) => Window::Refill {
+                    at,
+                    from: at.checked_sub(self.grace),
+                    maybe_unopened: false,
+                },
+                None => Window::Never,
+            };
+        }
         self.refresh();
     }
 
@@ -128,12 +221,76 @@ impl Model {
     }
 
     fn refresh(&mut self) {
-        if let Window::ResetsAt(Some(reset)) = self.window {
-            if reset <= self.clock {
-                self.remaining = self.total;
-                self.window = Window::OpensOnNextGrant;
+        while let Window::Refill { at, from, .. } = self.window {
+            if at > self.clock {
+                break;
             }
+            self.refill(at, from);
         }
+    }
+
+    /// A grant reaches its shard at the clock.
+    fn deliver(&mut self) {
+        let now = self.clock;
+        self.deliveries.push(now);
+        let latest = now.checked_add(DAY + self.grace);
+        self.window = match (self.window, latest) {
+            (Window::Closed, Some(latest)) => Window::Refill {
+                at: latest,
+                from: (now + DAY).checked_sub(self.grace),
+                maybe_unopened: false,
+            },
+            (
+                Window::Refill {
+                    at,
+                    from,
+                    maybe_unopened: true,
+                },
+                Some(latest),
+            ) => Window::Refill {
+                at: at.max(latest),
+                from,
+                maybe_unopened: false,
+            },
+            (
+                Window::Closed
+                | Window::Refill {
+                    maybe_unopened: true,
+                    ..
+                },
+                None,
+            ) => Window::Never,
+            (window, _) => window,
+        };
+    }
+
+    pub fn delivered(&mut self, now: Instant) -> bool {
+        if self.undelivered == 0 {
+            return false;
+        }
+        self.tick(now);
+        self.undelivered -= 1;
+        self.deliver();
+        true
+    }
+
+    pub fn abandoned(&mut self, now: Instant) -> bool {
+        if self.undelivered == 0 {
+            return false;
+        }
+        self.tick(now);
+        self.undelivered -= 1;
+        if self.window == Window::Closed {
+            // Discord has counted nothing; only the undelivered may still arrive.
+            self.remaining = self
+                .remaining
+                .max(self.total - self.undelivered.min(self.total));
+        }
+        true
+    }
+
+    pub fn undelivered(&self) -> u32 {
+        self.undelivered
     }
 
     pub fn len(&self) -> usize {
@@ -174,14 +331,17 @@ impl Model {
         free
     }
 
-    /// When the budget has a unit (`None`: never).
+    /// When the budget has a unit (`None`: never): the first refill that leaves one.
     fn unit_at(&self) -> Option<Instant> {
-        if self.remaining > 0 {
-            return Some(self.clock);
-        }
-        match self.window {
-            Window::ResetsAt(reset) => reset,
-            Window::OpensOnNextGrant => Some(self.clock),
+        let mut model = self.clone();
+        loop {
+            if model.remaining > 0 {
+                return Some(model.clock);
+            }
+            match model.window {
+                Window::Refill { at, .. } => model.tick(at),
+                Window::Never | Window::Closed => return None,
+            }
         }
     }
 
@@ -231,8 +391,10 @@ impl Model {
 
     fn grant(&mut self, shard: u32) {
         self.remaining -= 1;
-        if self.window == Window::OpensOnNextGrant {
-            self.window = Window::ResetsAt(self.clock.checked_add(DAY));
+        if self.deferred {
+            self.undelivered += 1;
+        } else {
+            self.deliver();
         }
         self.grants.push((self.clock, shard));
         if let Some(timeout) = self.hold_timeout {
@@ -307,11 +469,19 @@ impl Model {
         }
     }
 
-    pub fn update(&mut self, limit: SessionStartLimit, now: Instant) -> Result<(), Error> {
+    pub fn update(
+        &mut self,
+        limit: SessionStartLimit,
+        age: Duration,
+        now: Instant,
+    ) -> Result<(), Error> {
         check_limit(&limit)?;
+        if age > MAX_AGE {
+            return Err(Error::WordTooOld(age));
+        }
         self.tick(now);
         self.max_concurrency = limit.max_concurrency;
-        self.set_budget(&limit);
+        self.word(&limit, self.clock.checked_sub(age));
         Ok(())
     }
 }

@@ -30,6 +30,7 @@ if done then
     -- Counted from its delivery: a word applied after it subtracts it.
     redis.call('ZADD', LOG, 'GT', now + window, reply[2] .. ':' .. reply[3] .. ':' .. shard)
     count_log()
+    moved(st, reply[2] .. ':' .. reply[3], now + window)
     reply[6] = busy_until(st, b) - now
     return reply
   end
@@ -89,19 +90,29 @@ end
 
 st.rem = st.rem - 1
 st.seq = st.seq + 1
--- The first grant after a refill opens the next window. Discord opens it when this
--- IDENTIFY arrives (within `grace`, delivery included): its reset is at the latest
--- a window and a grace from now.
-if st.reset_at < 0 then st.reset_at = now + st.win + st.grace end
-redis.call('HSET', STATE, 'rem', st.rem, 'seq', st.seq, 'reset_at', st.reset_at)
 local token = st.epoch .. ':' .. st.seq
+-- The first grant after a refill opens the next window (or may: `unop`). Discord
+-- opens it when this IDENTIFY arrives, within `grace` of its delivery (at the latest
+-- `now + window`): its reset is at the latest a window and a grace after that.
+local opens = now + window + st.win + st.grace
+if st.reset_at < 0 then
+  st.reset_at, st.cfrom, st.unop = opens, now + st.win - st.grace, 0
+  redis.call('HSET', STATE, 'cfrom', st.cfrom, 'unop', 0, 'opener', token)
+elseif st.unop == 1 then
+  st.reset_at, st.unop = math.max(st.reset_at, opens), 0
+  redis.call('HSET', STATE, 'unop', 0, 'opener', token)
+end
+redis.call('HSET', STATE, 'rem', st.rem, 'seq', st.seq, 'reset_at', st.reset_at)
 -- Spacing counts from delivery: the permit reaches its shard within `window` of
 -- this call's sending (so of now), and the next grant comes an interval after that.
 redis.call('HSET', BKT, 'f:' .. b, now + st.iv + window, 'g:' .. b, token)
 if st.hold > 0 then redis.call('HSET', BKT, 'h:' .. b, token, 'l:' .. b, now + window + st.hold) end
 -- Scored by the latest instant the permit may reach its shard (touches move it on).
 redis.call('ZADD', LOG, now + window, token .. ':' .. shard)
-redis.call('ZREMRANGEBYSCORE', LOG, '-inf', now - 90000000)
+-- Trimmed at 25 h, but never what the next refill counts.
+local keep = now - 90000000
+if st.reset_at >= 0 then keep = math.min(keep, st.cfrom) end
+redis.call('ZREMRANGEBYSCORE', LOG, '-inf', '(' .. keep)
 count_log()
 drop(b, client)
 if next_rank >= 0 then

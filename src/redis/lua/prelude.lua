@@ -4,7 +4,8 @@
 -- this server's clock (`TIME`): the one clock of the cluster; replies carry durations.
 --
 -- Keys:
---   state  HASH   the shared budget and settings (fields in `NUMBERS`, plus `runid`)
+--   state  HASH   the shared budget and settings (fields in `NUMBERS`, plus `runid`
+--                 and `opener`, the token of the grant that opened Discord's window)
 --   bkt    HASH   per bucket b: f:b free-at, g:b last grant's token, h:b holder token
 --                 and l:b its lease end (hold mode); `gen`, the state's generation
 --   log    ZSET   grants of the last 25 h (score: the latest instant its permit may
@@ -27,7 +28,7 @@ local FAR = 1125899906842624 -- 2^50 ms: "not judged" leases, "never" waits
 -- passed since the bucket freed: the head's call should have arrived by then.
 local CHECK = 5
 local NUMBERS = { 'mc', 'iv', 'hold', 'total', 'rem', 'reset_at', 'win', 'need', 'quiet',
-  'hwm', 'epoch', 'seq', 'cseq', 'rsv', 'slack', 'grace', 'gen', 'logn' }
+  'hwm', 'epoch', 'seq', 'cseq', 'rsv', 'slack', 'grace', 'gen', 'logn', 'cfrom', 'unop' }
 
 local function clock()
   local t = redis.call('TIME')
@@ -73,6 +74,49 @@ local function load_state()
   return st
 end
 
+-- Discord's reset, at the latest instant `at` it may be: the budget refills to
+-- `total` less the grants delivered from `from` on (they may count in Discord's new
+-- window). One of them may have opened that window, or none did and the next grant
+-- will: the next refill waits for the later of the two (a window and a grace after
+-- it: `unop` says the next grant may still push it) and counts from a window after
+-- the earlier, less a grace. Nothing delivered from `from`: the next grant opens it.
+local function refill(st, at, from)
+  local near = redis.call('ZCOUNT', LOG, from, '+inf')
+  st.rem = math.max(st.total - near, 0)
+  if near == 0 then
+    st.reset_at, st.unop = -1, 0
+  else
+    local first = tonumber(redis.call('ZRANGEBYSCORE', LOG, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)[2])
+    local last = tonumber(redis.call('ZRANGE', LOG, -1, -1, 'WITHSCORES')[2])
+    st.reset_at = math.max(at, last) + st.grace + st.win
+    st.cfrom = first + st.win - st.grace
+    st.unop = 1
+  end
+end
+
+-- Applies every reset due by `now` (each one that counts a grant counts from a window
+-- after the first it counted: it ends when none is left to count).
+local function refresh(st, now)
+  local changed = false
+  while st.reset_at >= 0 and now >= st.reset_at do
+    refill(st, st.reset_at, st.cfrom)
+    changed = true
+  end
+  return changed
+end
+
+-- A grant's delivery moved on to `at` (a touch, a retried answer): if it opened
+-- Discord's window, Discord's reset may move with it.
+local function moved(st, token, at)
+  if st.reset_at >= 0 and redis.call('HGET', STATE, 'opener') == token then
+    local latest = at + st.win + st.grace
+    if latest > st.reset_at then
+      st.reset_at = latest
+      redis.call('HSET', STATE, 'reset_at', latest)
+    end
+  end
+end
+
 -- The state as of now, or nil when it is missing (Redis restarted empty, or never
 -- synced). A new server process (a restart, a failover) may have lost writes: a new
 -- epoch, nothing granted until Discord's word (need = 2), no bucket free for an
@@ -100,15 +144,9 @@ local function open(writes)
     redis.call('HSET', STATE, 'runid', id, 'epoch', st.epoch, 'need', 2, 'quiet', st.quiet)
     redis.call('PUBLISH', EV, 'e ' .. st.epoch)
   end
-  if st.reset_at >= 0 and now >= st.reset_at then
-    -- Discord's reset, at the latest instant it may be (`reset_at`): the budget
-    -- refills to `total`, less the grants that may count in Discord's new window
-    -- (delivered within `grace` before it: Discord's reset may have come that much
-    -- earlier). The next window opens with the next grant.
-    local near = redis.call('ZCOUNT', LOG, st.reset_at - st.grace, '+inf')
-    st.rem = math.max(st.total - near, 0)
-    st.reset_at = -1
-    if writes then redis.call('HSET', STATE, 'rem', st.rem, 'reset_at', -1) end
+  if refresh(st, now) and writes then
+    redis.call('HSET', STATE, 'rem', st.rem, 'reset_at', st.reset_at, 'cfrom', st.cfrom,
+      'unop', st.unop)
   end
   return st, now
 end

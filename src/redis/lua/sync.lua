@@ -48,16 +48,23 @@ else
 end
 local read = now - age
 local recent = redis.call('ZCOUNT', LOG, read - grace, '+inf')
-local rem, reset_at
+local budget = { total = total, grace = grace, win = win, rem = 0, reset_at = -1, cfrom = 0,
+  unop = 0 }
 if reset_after < 0 then
-  rem, reset_at = math.max(remaining - recent, 0), now + FAR
-elseif reset_after == 0 then
-  rem, reset_at = math.max(total - recent, 0), -1
+  budget.rem, budget.reset_at = math.max(remaining - recent, 0), now + FAR
+elseif remaining >= total then
+  -- Discord counted nothing: its window is not open, and `reset_after` says nothing.
+  -- That is a refill at the read.
+  refill(budget, read, read - grace)
 else
-  rem, reset_at = math.max(remaining - recent, 0), math.max(read + reset_after, now)
+  budget.rem, budget.reset_at = math.max(remaining - recent, 0), read + reset_after
+  budget.cfrom = budget.reset_at - grace
+  refresh(budget, now)
 end
+local rem, reset_at = budget.rem, budget.reset_at
 redis.call('HSET', STATE, 'mc', mc, 'iv', iv, 'hold', hold, 'total', total, 'rem', rem,
-  'reset_at', reset_at, 'win', win, 'need', 0, 'quiet', quiet, 'hwm', now,
+  'reset_at', reset_at, 'cfrom', budget.cfrom, 'unop', budget.unop, 'win', win, 'need', 0,
+  'quiet', quiet, 'hwm', now,
   'runid', id, 'epoch', epoch, 'rsv', rsv, 'slack', slack, 'grace', grace, 'gen', gen)
 if not st then redis.call('HSET', STATE, 'seq', 0, 'cseq', 0) end
 redis.call('HSET', BKT, 'gen', gen)

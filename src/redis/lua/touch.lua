@@ -15,6 +15,7 @@ if redis.call('HGET', BKT, 'g:' .. b) ~= token then return 0 end
 -- Counted from its delivery: a word applied after it subtracts it.
 redis.call('ZADD', LOG, 'GT', now + window, token .. ':' .. shard)
 count_log()
+moved(st, token, now + window)
 local free = tonumber(redis.call('HGET', BKT, 'f:' .. b)) or 0
 redis.call('HSET', BKT, 'f:' .. b, math.max(free, now + st.iv + window))
 -- Hold mode: the hold counts from delivery too.
