@@ -38,8 +38,9 @@ use crate::time::Moment;
 /// Length of Discord's session start window.
 pub(crate) const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The oldest word a scheduler applies: deliveries are logged this far back (and a
-/// grace), so that an older word's count could not be corrected.
+/// The oldest word a scheduler applies (an hour): deliveries are kept this long, and
+/// a grace, so that every word taken subtracts exactly the deliveries after its read
+/// less a grace. An older word is refused: read it from Discord again.
 pub const MAX_WORD_AGE: Duration = Duration::from_secs(60 * 60);
 
 /// Session starts left, when they come back, and the deliveries that may still count.
@@ -109,9 +110,8 @@ impl Budget {
             self.next = Next::Never;
         } else if limit.remaining >= limit.total {
             // Nothing counted: Discord's window is not open, its `reset_after` says
-            // nothing. That is a refill at the read.
-            // (An age beyond the clock's origin counts everything, and takes the
-            // reset at `now` plus: later than any it may be.)
+            // nothing. That is a refill at the read. (A read before the clock's origin
+            // counts every delivery, and is taken as `now`: later, so safe.)
             self.refill(count_from, read.unwrap_or(now));
         } else {
             self.remaining = self.less_uncounted(limit.remaining, count_from);
