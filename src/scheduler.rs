@@ -303,8 +303,12 @@ impl Scheduler {
 
     /// Fresh `session_start_limit` (e.g. after re-reading /gateway/bot).
     ///
-    /// The budget becomes `limit.remaining`, resetting at `now + reset_after` (at once
-    /// if that is zero). A new `max_concurrency` re-keys the queued shards, keeping
+    /// The budget becomes `limit.remaining` less the grants Discord may not have
+    /// counted yet (delivered within [`grace`](Config::grace) before `now`, or not
+    /// delivered at all), resetting at `now + reset_after` (at once if that is zero);
+    /// a word that counts nothing (`remaining == total`) says Discord's window is not
+    /// open, and the next grant opens it (SPEC 3.11). A new `max_concurrency` re-keys
+    /// the queued shards, keeping
     /// their order, and the buckets: a new bucket is free only once every grant of the
     /// last interval whose shard maps to it has aged the interval (and, in hold mode,
     /// every hold on it has ended).

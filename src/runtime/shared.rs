@@ -302,8 +302,10 @@ impl Shared {
         })
     }
 
-    /// A grant dropped before delivery: its unit stays spent (the safe side), its
-    /// bucket frees now (and not before its cooldown).
+    /// A grant dropped before delivery: its unit stays spent (the safe side; only a
+    /// unit a refill held back for it while Discord's window is surely closed comes
+    /// back, see [`Scheduler::abandoned`]), its bucket frees now (and not before its
+    /// cooldown).
     fn abandon(&mut self, grant: Grant, now: Instant, wakeups: &mut Wakeups) {
         self.scheduler.abandoned(now);
         if !self.timer_mode() {
