@@ -102,6 +102,7 @@
 //! | `async-std` | `async_std` | a shim: the `smol` module under async-std's name |
 //! | `twilight` | `twilight` | implies `tokio`: the tokio queue as a twilight-gateway `Queue` |
 //! | `redis` | `redis` | implies `tokio`: cluster mode, one budget for every process, on Redis |
+//! | `server` | `server` | implies `redis`: the `identify-queue-server` binary, the queues over HTTP |
 //!
 //! The runtime modules are the generic `runtime::Queue` over a small
 //! `runtime::Runtime` trait (a clock, a timer, a spawner for the queue's own driver
@@ -132,6 +133,9 @@ pub mod redis;
     doc(cfg(any(feature = "tokio", feature = "smol", feature = "async-std")))
 )]
 pub mod runtime;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
 #[cfg(any(feature = "smol", feature = "async-std"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "smol", feature = "async-std"))))]
 #[path = "runtime/smol.rs"]

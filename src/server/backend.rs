@@ -1,0 +1,130 @@
+//! The queue behind the server: the tokio queue in memory, or the cluster queue on
+//! Redis. Both grant the same way; the server only adds HTTP around them.
+
+use std::time::{Duration, Instant};
+
+use crate::{Config, Error, Priority, SessionStartLimit, ShardId};
+
+/// One of the two queues.
+pub(super) enum Backend {
+    /// One server, its queue in memory.
+    Memory(crate::tokio::Queue),
+    /// Any number of servers on one Redis namespace.
+    Cluster(crate::redis::Queue),
+}
+
+/// A grant, kept until the response is written.
+pub(super) enum Granted {
+    Memory(crate::tokio::Permit),
+    Cluster(crate::redis::Permit),
+}
+
+impl Granted {
+    /// The response carries no release: in hold mode the hold runs to its timeout.
+    pub(super) fn keep(self) {
+        match self {
+            Self::Memory(permit) => permit.keep(),
+            Self::Cluster(permit) => permit.keep(),
+        }
+    }
+}
+
+impl Backend {
+    /// The queue for `limit`: in memory, or on Redis when a URL is given.
+    pub(super) async fn start(
+        limit: SessionStartLimit,
+        config: Config,
+        redis: Option<(&str, &str)>,
+    ) -> Result<Self, Error> {
+        match redis {
+            None => crate::tokio::Queue::with_limit(limit, config).map(Self::Memory),
+            Some((url, namespace)) => crate::redis::Queue::connect(url, namespace, limit, config)
+                .await
+                .map(Self::Cluster),
+        }
+    }
+
+    /// Waits for `shard`'s turn. Cancel safe: dropped while waiting, nothing is spent.
+    pub(super) async fn acquire(
+        &self,
+        shard: ShardId,
+        priority: Priority,
+    ) -> Result<Granted, Error> {
+        match self {
+            Self::Memory(queue) => queue
+                .acquire_with(shard, priority)
+                .await
+                .map(Granted::Memory),
+            Self::Cluster(queue) => queue
+                .acquire_with(shard, priority)
+                .await
+                .map(Granted::Cluster),
+        }
+    }
+
+    /// Applies Discord's word, read `age` ago.
+    pub(super) async fn update(
+        &self,
+        limit: SessionStartLimit,
+        age: Duration,
+    ) -> Result<(), Error> {
+        match self {
+            Self::Memory(queue) => queue.update_with_age(limit, age),
+            Self::Cluster(queue) => queue.update_with_age(limit, age).await,
+        }
+    }
+
+    /// Why grants cannot flow now, if they cannot.
+    pub(super) fn not_ready(&self) -> Option<String> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Cluster(queue) => match queue.health() {
+                crate::redis::Health::Ready | crate::redis::Health::NoBudget { .. } => None,
+                health => Some(format!("cluster: {health:?}")),
+            },
+        }
+    }
+
+    /// The budget and what it knows of its reset, now.
+    pub(super) async fn budget(&self) -> Budget {
+        match self {
+            Self::Memory(queue) => {
+                let limit = queue.limit();
+                Budget {
+                    total: Some(limit.total),
+                    remaining: limit.remaining,
+                    reset_after: Some(limit.reset_after).filter(|after| *after != Duration::MAX),
+                    max_concurrency: limit.max_concurrency,
+                    bucket_free_in: Vec::new(),
+                }
+            }
+            Self::Cluster(queue) => {
+                let snapshot = queue.snapshot().await.ok().flatten();
+                Budget {
+                    total: None,
+                    remaining: snapshot.as_ref().map_or(queue.remaining(), |s| s.remaining),
+                    reset_after: snapshot.as_ref().and_then(|s| s.reset_in),
+                    max_concurrency: snapshot.as_ref().map_or(0, |s| s.max_concurrency),
+                    bucket_free_in: snapshot.map(|s| s.bucket_free_in).unwrap_or_default(),
+                }
+            }
+        }
+    }
+
+    /// The earliest instant `shard` may be granted, if it waits here.
+    pub(super) fn eta(&self, shard: ShardId) -> Option<Instant> {
+        match self {
+            Self::Memory(queue) => queue.eta(shard),
+            Self::Cluster(queue) => queue.eta(shard).map(|eta| eta.into_std()),
+        }
+    }
+}
+
+/// The budget as the status routes report it.
+pub(super) struct Budget {
+    pub(super) total: Option<u32>,
+    pub(super) remaining: u32,
+    pub(super) reset_after: Option<Duration>,
+    pub(super) max_concurrency: u32,
+    pub(super) bucket_free_in: Vec<Duration>,
+}

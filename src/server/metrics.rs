@@ -1,0 +1,109 @@
+//! `/metrics` in Prometheus's text format, through prometheus-client (the Prometheus
+//! project's Rust client). Names follow Prometheus's conventions: an
+//! `identify_queue_` prefix, seconds, `_total` for counters, no shard labels.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::backend::Budget;
+
+pub(super) struct Metrics {
+    registry: Registry,
+    pub(super) grants: Counter,
+    pub(super) cancelled: Counter,
+    pub(super) bad_requests: Counter,
+    pub(super) waiting: Gauge,
+    remaining: Gauge,
+    reset_seconds: Gauge<f64, AtomicU64>,
+    max_concurrency: Gauge,
+    ready: Gauge,
+    pub(super) wait_seconds: Histogram,
+}
+
+impl Metrics {
+    pub(super) fn new() -> Self {
+        let mut registry = Registry::with_prefix("identify_queue");
+        let grants = Counter::default();
+        registry.register("grants", "Grants answered", grants.clone());
+        let cancelled = Counter::default();
+        registry.register(
+            "cancelled",
+            "Requests whose client went away before their grant (nothing spent)",
+            cancelled.clone(),
+        );
+        let bad_requests = Counter::default();
+        registry.register(
+            "bad_requests",
+            "Requests refused with 400 (a bad or missing shard)",
+            bad_requests.clone(),
+        );
+        let waiting = Gauge::default();
+        registry.register(
+            "waiting",
+            "Requests waiting for their grant",
+            waiting.clone(),
+        );
+        let remaining = Gauge::default();
+        registry.register(
+            "session_remaining",
+            "Session starts left in Discord's window, as the queue counts them",
+            remaining.clone(),
+        );
+        let reset_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "session_reset_seconds",
+            "Seconds until the budget resets (-1: not known, or with the next grant)",
+            reset_seconds.clone(),
+        );
+        let max_concurrency = Gauge::default();
+        registry.register(
+            "max_concurrency",
+            "Discord's max_concurrency in force",
+            max_concurrency.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when grants can flow (as /readyz)",
+            ready.clone(),
+        );
+        let wait_seconds = Histogram::new(exponential_buckets(0.001, 4.0, 12));
+        registry.register(
+            "wait_seconds",
+            "Time from a request to its grant",
+            wait_seconds.clone(),
+        );
+        Self {
+            registry,
+            grants,
+            cancelled,
+            bad_requests,
+            waiting,
+            remaining,
+            reset_seconds,
+            max_concurrency,
+            ready,
+            wait_seconds,
+        }
+    }
+
+    /// The text exposition, with the budget's gauges as of now.
+    pub(super) fn render(&self, budget: Option<&Budget>, ready: bool) -> String {
+        if let Some(budget) = budget {
+            self.remaining.set(i64::from(budget.remaining));
+            self.reset_seconds
+                .set(budget.reset_after.map_or(-1.0, |after| after.as_secs_f64()));
+            self.max_concurrency.set(i64::from(budget.max_concurrency));
+        }
+        self.ready.set(i64::from(ready));
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}

@@ -1,0 +1,360 @@
+//! `identify-queue-server`: the queues over HTTP, so that bots in any language share
+//! one identify queue.
+//!
+//! The binary serves the tokio queue in memory, or the cluster queue with `--redis`
+//! (then any number of servers on one `--namespace` serve one bot, spread by a load
+//! balancer or by the client's list of URLs). `--help` lists every flag; each is also
+//! read from its environment variable in capitals.
+//!
+//! # Routes
+//!
+//! - **twilight's protocol**, as twilight's gateway-queue server speaks it: any method
+//!   and any path not taken below, with `?shard=N`, answers `200` with
+//!   `{"message": "You're free to connect now! :)"}` at the instant shard N may
+//!   IDENTIFY. Clients in the wild read *any* answer as permission, so this route
+//!   answers nothing else while a request can still be served: waiting for Discord's
+//!   word, for Redis or for the budget's reset is a wait. A client that closes its
+//!   connection while waiting cancels its request: nothing is spent. A request that can
+//!   never be served gets `400` with a JSON body saying why: a `shard` that is not a
+//!   number in `0..2^32`, or none while `max_concurrency` is above 1 (its bucket would
+//!   be a guess). With `max_concurrency` 1 a request without a shard is served in turn.
+//! - `GET /livez`: `200` while the process runs.
+//! - `GET /readyz`: `200` when grants can flow, else `503` with the reason (the limit
+//!   not read from Discord yet, Redis out of reach).
+//! - `GET /metrics`: Prometheus's text format (grants, cancels, waiting requests, the
+//!   budget left, seconds to the reset, wait durations).
+//! - `GET /v1/status`: the budget, its reset, each bucket's next free instant (cluster
+//!   mode) and the waiting shards with their estimated waits, as JSON.
+//! - `GET /status`: the same as a small HTML page that refreshes itself, for a person
+//!   watching a start-up (no JavaScript).
+//!
+//! With `--auth-token`, every route but `/livez` and `/readyz` wants
+//! `Authorization: Bearer <token>` (`401` otherwise).
+//!
+//! # The limit
+//!
+//! With `--discord-token` the server reads `GET /gateway/bot` at start, every five
+//! minutes and just after each reset, and applies it with its age (the time since the
+//! request was sent, SPEC 3.11). Until the first read succeeds nothing is granted and
+//! `/readyz` says why; requests wait. Without a token, the static limit of the flags.
+//!
+//! # Shutdown
+//!
+//! SIGTERM (or Ctrl-C): the server stops accepting, cancels every waiting request at
+//! once (its connection is closed without an answer, so twilight's client asks again
+//! elsewhere), and exits. A grant is spent only once its answer is being written.
+
+mod args;
+mod backend;
+mod discord;
+mod metrics;
+mod page;
+mod routes;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+pub use args::{Args, DISCORD_API};
+use backend::Backend;
+use discord::Discord;
+use metrics::Metrics;
+
+use crate::{SessionStartLimit, ShardId};
+
+/// Runs the server with `args` until SIGTERM or Ctrl-C: the binary's `main`.
+pub fn main(args: Args) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("identify-queue-server: cannot start a runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(args));
+    // Whatever still waits is dropped here: its connection closes without an answer.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("identify-queue-server: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C. Errors, before serving: bad flags, or the address
+/// taken.
+pub async fn run(args: Args) -> Result<(), String> {
+    let config = args.config();
+    config.validate().map_err(|e| e.to_string())?;
+    if args.discord_token.is_none() {
+        args.static_limit().validate().map_err(|e| e.to_string())?;
+    }
+    let listener = tokio::net::TcpListener::bind((args.host, args.port))
+        .await
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let state = Arc::new(Shared::new(args, shutdown));
+    tokio::spawn(supervise_limit(Arc::clone(&state)));
+    let app = routes::router(Arc::clone(&state));
+    // Tests and scripts read the address from this line (with `--port 0`).
+    println!("identify-queue-server listening on {address}");
+    tracing::info!(%address, "listening");
+    let serve = axum::serve(listener, app);
+    tokio::select! {
+        result = serve => return result.map_err(|e| e.to_string()),
+        () = signal() => {}
+    }
+    tracing::info!("shutting down: cancelling every waiting request");
+    state.set_not_ready("shutting down");
+    let _ = shutdown_tx.send(true);
+    // Each waiting handler drops its request (nothing spent), then waits forever: the
+    // runtime's shutdown closes its connection without an answer.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while state.waiting_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Reads Discord's word (or takes the static limit), starts the queue with it, and
+/// keeps it fresh. Until a limit is known nothing is granted.
+async fn supervise_limit(state: Arc<Shared>) {
+    let args = state.args.clone();
+    let redis = args
+        .redis
+        .as_deref()
+        .map(|url| (url, args.namespace.as_str()));
+    let discord = match &args.discord_token {
+        Some(token) => match Discord::new(&args.discord_api, token) {
+            Ok(discord) => Some(discord),
+            Err(error) => {
+                state.set_not_ready(&format!("cannot make an HTTP client: {error}"));
+                return;
+            }
+        },
+        None => None,
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let word = match &discord {
+            Some(discord) => discord.read().await.map(|word| (word.limit, word.sent)),
+            None => Ok((args.static_limit(), Instant::now())),
+        };
+        let (limit, sent) = match word {
+            Ok(word) => word,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read Discord's limit");
+                state.set_not_ready(&format!("waiting for Discord's /gateway/bot: {error}"));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        let backend = state.backend.borrow().clone();
+        let applied = match backend {
+            Some(backend) => backend.update(limit, sent.elapsed()).await,
+            None => match Backend::start(limit, args.config(), redis).await {
+                Ok(backend) => {
+                    state.backend_tx.send_replace(Some(Arc::new(backend)));
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            },
+        };
+        if let Err(error) = applied {
+            tracing::warn!(%error, "cannot apply the limit");
+            state.set_not_ready(&format!("cannot apply the limit: {error}"));
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            continue;
+        }
+        backoff = Duration::from_secs(1);
+        tracing::info!(?limit, "limit applied");
+        *lock(&state.limit) = Some(limit);
+        state.clear_not_ready();
+        if discord.is_none() {
+            return;
+        }
+        // Again every few minutes, and just after the reset.
+        let after_reset = limit.reset_after.saturating_add(Duration::from_secs(1));
+        tokio::time::sleep(discord::REFRESH.min(after_reset)).await;
+    }
+}
+
+/// A request waiting for its grant, for the status routes.
+#[derive(Clone, Copy)]
+struct Waiting {
+    shard: ShardId,
+    since: Instant,
+}
+
+/// What the routes share.
+struct Shared {
+    args: Args,
+    backend: watch::Receiver<Option<Arc<Backend>>>,
+    backend_tx: watch::Sender<Option<Arc<Backend>>>,
+    /// The last limit applied (its `max_concurrency` decides what a shard-less request
+    /// gets).
+    limit: Mutex<Option<SessionStartLimit>>,
+    /// Why grants cannot flow, while they cannot (besides the queue's own health).
+    not_ready: Mutex<Option<String>>,
+    metrics: Metrics,
+    waiting: Mutex<BTreeMap<u64, Waiting>>,
+    requests: AtomicU64,
+    /// Ids for requests without a shard (`max_concurrency` 1), from the top down.
+    anonymous: AtomicU32,
+    started: Instant,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn new(args: Args, shutdown: watch::Receiver<bool>) -> Self {
+        let (backend_tx, backend) = watch::channel(None);
+        Self {
+            args,
+            backend,
+            backend_tx,
+            limit: Mutex::new(None),
+            not_ready: Mutex::new(Some("reading the limit".to_owned())),
+            metrics: Metrics::new(),
+            waiting: Mutex::new(BTreeMap::new()),
+            requests: AtomicU64::new(0),
+            anonymous: AtomicU32::new(u32::MAX),
+            started: Instant::now(),
+            shutdown,
+        }
+    }
+
+    /// The queue, once a limit is known.
+    async fn backend(&self) -> Arc<Backend> {
+        let mut backend = self.backend.clone();
+        let found = backend
+            .wait_for(Option::is_some)
+            .await
+            .map(|backend| backend.clone())
+            .ok()
+            .flatten();
+        match found {
+            Some(backend) => backend,
+            // The sender lives as long as `self`.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn set_not_ready(&self, reason: &str) {
+        *lock(&self.not_ready) = Some(reason.to_owned());
+    }
+
+    fn clear_not_ready(&self) {
+        *lock(&self.not_ready) = None;
+    }
+
+    /// Why grants cannot flow now, if they cannot.
+    fn not_ready(&self) -> Option<String> {
+        if let Some(reason) = lock(&self.not_ready).clone() {
+            return Some(reason);
+        }
+        self.backend.borrow().as_ref().and_then(|b| b.not_ready())
+    }
+
+    fn max_concurrency(&self) -> Option<u32> {
+        lock(&self.limit).map(|limit| limit.max_concurrency)
+    }
+
+    /// A fresh id for a request without a shard.
+    fn anonymous_shard(&self) -> ShardId {
+        self.anonymous.fetch_sub(1, Ordering::Relaxed)
+    }
+
+    fn waiting_count(&self) -> usize {
+        lock(&self.waiting).len()
+    }
+
+    /// Registers a waiting request until the guard goes.
+    fn enter(self: &Arc<Self>, shard: ShardId) -> WaitGuard {
+        let id = self.requests.fetch_add(1, Ordering::Relaxed);
+        let since = Instant::now();
+        lock(&self.waiting).insert(id, Waiting { shard, since });
+        self.metrics.waiting.inc();
+        WaitGuard {
+            shared: Arc::clone(self),
+            id,
+            since,
+            granted: false,
+        }
+    }
+}
+
+/// A waiting request: counted as cancelled if it goes without its grant.
+struct WaitGuard {
+    shared: Arc<Shared>,
+    id: u64,
+    since: Instant,
+    granted: bool,
+}
+
+impl WaitGuard {
+    fn granted(mut self) {
+        self.granted = true;
+        self.shared.metrics.grants.inc();
+        self.shared
+            .metrics
+            .wait_seconds
+            .observe(self.since.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        lock(&self.shared.waiting).remove(&self.id);
+        self.shared.metrics.waiting.dec();
+        if !self.granted {
+            self.shared.metrics.cancelled.inc();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The address a server listens on, read from its first line of output.
+pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
+    line.strip_prefix("identify-queue-server listening on ")?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -1,0 +1,249 @@
+//! The routes: twilight's protocol on every path not taken, the operations routes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use super::{Shared, page};
+use crate::{Error, Priority, ShardId};
+
+/// twilight's answer, byte for byte.
+pub(super) const GRANTED: &str = r#"{"message": "You're free to connect now! :)"}"#;
+
+pub(super) fn router(state: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status_page))
+        .route("/v1/status", get(status_json))
+        .fallback(twilight)
+        .with_state(state)
+}
+
+async fn livez() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<Shared>>) -> Response {
+    match state.not_ready() {
+        None => (StatusCode::OK, axum::Json(json!({ "ready": true }))).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "ready": false, "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+/// `401` unless the request carries the token (when one is set).
+fn refused(state: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let token = state.args.auth_token.as_deref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if given == Some(token) {
+        return None;
+    }
+    let body = json!({ "error": "missing or wrong `Authorization: Bearer <token>`" });
+    Some((StatusCode::UNAUTHORIZED, axum::Json(body)).into_response())
+}
+
+fn bad_request(state: &Shared, reason: String) -> Response {
+    state.metrics.bad_requests.inc();
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": reason })),
+    )
+        .into_response()
+}
+
+/// The `shard` of a query string: `Ok(None)` without one.
+fn shard_of(query: Option<&str>) -> Result<Option<ShardId>, String> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let value = query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == "shard").then_some(value)
+    });
+    match value {
+        None => Ok(None),
+        Some(value) => value
+            .parse::<ShardId>()
+            .map(Some)
+            .map_err(|_| format!("`shard` must be a number in 0..4294967296, got {value:?}")),
+    }
+}
+
+/// twilight's protocol: a `200` when the shard may IDENTIFY, nothing else while it
+/// may still be served.
+///
+/// Cancel safety: hyper drops this future when the client closes its connection; the
+/// request is then cancelled, nothing spent.
+async fn twilight(
+    State(state): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refused(&state, &headers) {
+        return refused;
+    }
+    let shard = match shard_of(query.as_deref()) {
+        Ok(shard) => shard,
+        Err(reason) => return bad_request(&state, reason),
+    };
+    let backend = state.backend().await;
+    let shard = match (shard, state.max_concurrency()) {
+        (Some(shard), _) => shard,
+        (None, Some(1)) => state.anonymous_shard(),
+        (None, max_concurrency) => {
+            return bad_request(
+                &state,
+                format!(
+                    "no `shard`: with max_concurrency {} the server needs the shard's id \
+                     to pick its bucket (`?shard=N`)",
+                    max_concurrency.unwrap_or(0)
+                ),
+            );
+        }
+    };
+    let guard = state.enter(shard);
+    let mut shutdown = state.shutdown.clone();
+    let shutdown = async move {
+        let _ = shutdown.wait_for(|down| *down).await;
+    };
+    let granted = async {
+        loop {
+            match backend.acquire(shard, Priority::Start).await {
+                Ok(granted) => return granted,
+                // The same shard waits already (a client that asked again before
+                // its old connection closed): wait for that one to go.
+                Err(Error::AlreadyQueued(_)) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                // Anything else is a wait too: ask again.
+                Err(error) => {
+                    tracing::warn!(shard, %error, "acquire failed; asking again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        granted = granted => {
+            granted.keep();
+            guard.granted();
+            tracing::debug!(shard, "granted");
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], GRANTED).into_response()
+        }
+        () = shutdown => {
+            // Cancelled (nothing spent); the connection closes without an answer.
+            drop(guard);
+            std::future::pending().await
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refused(&state, &headers) {
+        return refused;
+    }
+    let backend = state.backend.borrow().clone();
+    let budget = match backend {
+        Some(backend) => Some(backend.budget().await),
+        None => None,
+    };
+    let text = state
+        .metrics
+        .render(budget.as_ref(), state.not_ready().is_none());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// What both status routes show.
+pub(super) async fn status(state: &Shared) -> serde_json::Value {
+    let backend = state.backend.borrow().clone();
+    let now = Instant::now();
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let mut waiting: Vec<_> = super::lock(&state.waiting).values().copied().collect();
+    waiting.sort_by_key(|w| w.since);
+    let max_concurrency = state.max_concurrency();
+    let waiting: Vec<_> = waiting
+        .iter()
+        .map(|w| {
+            let eta = backend
+                .as_ref()
+                .and_then(|b| b.eta(w.shard))
+                .map(|eta| millis(eta.saturating_duration_since(now)));
+            json!({
+                "shard": w.shard,
+                "bucket": max_concurrency.map(|mc| w.shard % mc.max(1)),
+                "waiting_ms": millis(now - w.since),
+                "eta_ms": eta,
+            })
+        })
+        .collect();
+    let budget = match &backend {
+        Some(backend) => Some(backend.budget().await),
+        None => None,
+    };
+    json!({
+        "ready": state.not_ready().is_none(),
+        "reason": state.not_ready(),
+        "mode": if state.args.redis.is_some() { "cluster" } else { "memory" },
+        "uptime_ms": millis(state.started.elapsed()),
+        "max_concurrency": max_concurrency,
+        "total": budget.as_ref().and_then(|b| b.total),
+        "remaining": budget.as_ref().map(|b| b.remaining),
+        "reset_after_ms": budget.as_ref().and_then(|b| b.reset_after).map(millis),
+        "bucket_free_in_ms": budget.as_ref().map(|b| b.bucket_free_in.iter().map(|d| millis(*d)).collect::<Vec<_>>()),
+        "granted": state.metrics.grants.get(),
+        "cancelled": state.metrics.cancelled.get(),
+        "waiting": waiting,
+    })
+}
+
+async fn status_json(State(state): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refused(&state, &headers) {
+        return refused;
+    }
+    axum::Json(status(&state).await).into_response()
+}
+
+async fn status_page(State(state): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refused(&state, &headers) {
+        return refused;
+    }
+    Html(page::render(&status(&state).await)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_of;
+
+    #[test]
+    fn shards_are_read_from_the_query() {
+        assert_eq!(shard_of(None), Ok(None));
+        assert_eq!(shard_of(Some("")), Ok(None));
+        assert_eq!(shard_of(Some("shard=7")), Ok(Some(7)));
+        assert_eq!(shard_of(Some("a=b&shard=4294967295")), Ok(Some(u32::MAX)));
+        assert!(shard_of(Some("shard=4294967296")).is_err());
+        assert!(shard_of(Some("shard=-1")).is_err());
+        assert!(shard_of(Some("shard=x")).unwrap_err().contains("`shard`"));
+        assert!(shard_of(Some("shard=")).is_err());
+    }
+}

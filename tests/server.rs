@@ -1,0 +1,514 @@
+//! identify-queue-server, the real binary on free loopback ports: twilight's protocol
+//! from raw HTTP clients and from python3's standard library, every answer judged on
+//! arrival (spacing per bucket, FIFO, the budget); cancels by closing; bad input; the
+//! token; Discord's word from a fake `/gateway/bot`; the operations routes; SIGTERM;
+//! two servers on one Redis namespace.
+//!
+//! Real time, short intervals: the tests assert order and lower bounds, never tight
+//! upper bounds.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout};
+
+const GRANTED: &str = r#"{"message": "You're free to connect now! :)"}"#;
+
+/// The server binary, stopped on drop.
+struct ServerProcess {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts the binary on a free loopback port with `args`, once it listens.
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_identify-queue-server"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the server binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the listening line");
+        let address = identify_queue::server::parse_listening_line(&line)
+            .unwrap_or_else(|| panic!("not a listening line: {line:?}"));
+        Self { child, address }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/1.1 answer: status and body.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+/// Sends `GET path` with `headers` and reads the answer (`None`: the connection
+/// closed without one).
+async fn get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<Answer> {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    read_answer(&mut stream).await
+}
+
+async fn read_answer(stream: &mut TcpStream) -> Option<Answer> {
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    if raw.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers");
+    let status = head.split(' ').nth(1).expect("status").parse().unwrap();
+    // Bodies here are short: chunked ones carry a size line first.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            out.push_str(&tail[..size]);
+            rest = &tail[size + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    Some(Answer { status, body })
+}
+
+/// twilight's request for `shard`, answered when it may IDENTIFY: the answer's instant.
+async fn identify(address: SocketAddr, shard: u32) -> Instant {
+    let answer = get(address, &format!("/?shard={shard}"), &[]).await;
+    let at = Instant::now();
+    assert_eq!(
+        answer,
+        Some(Answer {
+            status: 200,
+            body: GRANTED.to_owned()
+        })
+    );
+    at
+}
+
+async fn status(server: &ServerProcess) -> serde_json::Value {
+    let answer = get(server.address, "/v1/status", &[])
+        .await
+        .expect("status");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    serde_json::from_str(&answer.body).expect("JSON")
+}
+
+/// Waits until `/readyz` says ready.
+async fn ready(server: &ServerProcess) {
+    for _ in 0..200 {
+        if get(server.address, "/readyz", &[]).await.map(|a| a.status) == Some(200) {
+            return;
+        }
+        sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilights_route_spaces_each_bucket_and_keeps_fifo() {
+    let interval = Duration::from_millis(200);
+    let server = ServerProcess::start(&["--max-concurrency", "2", "--interval-ms", "200"]);
+    ready(&server).await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    // Bucket 0: 0, 2, 4, 6; bucket 1: 1, 3, 5. Asked 10 ms apart, in this order.
+    for shard in [0, 1, 2, 3, 4, 5, 6] {
+        let address = server.address;
+        tasks.push((shard, tokio::spawn(identify(address, shard))));
+        sleep(Duration::from_millis(10)).await;
+    }
+    let mut answers = Vec::new();
+    for (shard, task) in tasks {
+        answers.push((shard, task.await.unwrap()));
+    }
+    for bucket in 0..2 {
+        let mut times: Vec<(u32, Instant)> = answers
+            .iter()
+            .copied()
+            .filter(|(shard, _)| shard % 2 == bucket)
+            .collect();
+        // FIFO: answered in the order asked.
+        let asked: Vec<u32> = times.iter().map(|&(s, _)| s).collect();
+        times.sort_by_key(|&(_, at)| at);
+        let served: Vec<u32> = times.iter().map(|&(s, _)| s).collect();
+        assert_eq!(served, asked, "bucket {bucket}");
+        for pair in times.windows(2) {
+            let gap = pair[1].1 - pair[0].1;
+            // The answers' arrivals, a loopback hop after the grants: a millisecond
+            // of slack for the two hops' difference.
+            assert!(
+                gap + Duration::from_millis(1) >= interval,
+                "bucket {bucket}: {gap:?}"
+            );
+        }
+    }
+    // Both buckets went at once: four rounds for bucket 0.
+    assert!(started.elapsed() >= 3 * interval);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_leaves_the_rest_waiting_without_an_answer() {
+    let server = ServerProcess::start(&[
+        "--max-concurrency",
+        "4",
+        "--total",
+        "10",
+        "--remaining",
+        "2",
+        "--interval-ms",
+        "100",
+    ]);
+    ready(&server).await;
+    identify(server.address, 0).await;
+    identify(server.address, 1).await;
+    let third = get(server.address, "/?shard=2", &[]);
+    assert!(
+        timeout(Duration::from_millis(800), third).await.is_err(),
+        "answered without a unit"
+    );
+    let status = status(&server).await;
+    assert_eq!(status["remaining"], 0);
+    assert_eq!(status["granted"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_closed_while_waiting_spends_nothing() {
+    // A budget of exactly the shards served: 0 and 2.
+    let server =
+        ServerProcess::start(&["--total", "10", "--remaining", "2", "--interval-ms", "300"]);
+    ready(&server).await;
+    identify(server.address, 0).await;
+    // Shard 1 waits for the bucket, then its client goes away.
+    let address = server.address;
+    let gone = tokio::spawn(async move {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /?shard=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        sleep(Duration::from_millis(100)).await;
+        drop(stream);
+    });
+    gone.await.unwrap();
+    sleep(Duration::from_millis(50)).await;
+    let status1 = status(&server).await;
+    assert_eq!(status1["waiting"].as_array().unwrap().len(), 0, "{status1}");
+    assert_eq!(status1["cancelled"], 1);
+    // Shard 2 gets the unit shard 1 did not spend.
+    identify(server.address, 2).await;
+    assert_eq!(status(&server).await["remaining"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_400_with_the_reason() {
+    let server = ServerProcess::start(&["--max-concurrency", "2"]);
+    ready(&server).await;
+    for path in ["/?shard=x", "/?shard=4294967296", "/?shard=-1"] {
+        let answer = get(server.address, path, &[]).await.unwrap();
+        assert_eq!(answer.status, 400, "{path}");
+        let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("`shard`"),
+            "{body}"
+        );
+    }
+    // No shard with two buckets: which one would be a guess.
+    let answer = get(server.address, "/", &[]).await.unwrap();
+    assert_eq!(answer.status, 400);
+    assert!(answer.body.contains("max_concurrency 2"), "{}", answer.body);
+    // One bucket: served in turn, any path and method.
+    let single = ServerProcess::start(&["--interval-ms", "50"]);
+    ready(&single).await;
+    for path in ["/", "/anything/else"] {
+        let answer = get(single.address, path, &[]).await.unwrap();
+        assert_eq!(answer.body, GRANTED);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_token_guards_every_route_but_the_health_checks() {
+    let server = ServerProcess::start(&["--auth-token", "s3cret"]);
+    ready(&server).await;
+    for path in ["/?shard=0", "/metrics", "/v1/status", "/status"] {
+        let answer = get(server.address, path, &[]).await.unwrap();
+        assert_eq!(answer.status, 401, "{path}");
+        let answer = get(server.address, path, &[("Authorization", "Bearer wrong")])
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 401, "{path}");
+    }
+    assert_eq!(
+        get(server.address, "/livez", &[]).await.unwrap().status,
+        200
+    );
+    let answer = get(
+        server.address,
+        "/?shard=0",
+        &[("Authorization", "Bearer s3cret")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.body, GRANTED);
+}
+
+/// python3's standard library as a client: what a bot in another language does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_gets_twilights_answer() {
+    let server = ServerProcess::start(&["--max-concurrency", "2", "--interval-ms", "100"]);
+    ready(&server).await;
+    let script = format!(
+        "import urllib.request, time\n\
+         t = []\n\
+         for shard in (0, 2):\n\
+         \x20   body = urllib.request.urlopen('{}/?shard=%d' % shard).read().decode()\n\
+         \x20   t.append(time.monotonic())\n\
+         \x20   print(body)\n\
+         print(int((t[1] - t[0]) * 1000))\n",
+        server.url()
+    );
+    let output =
+        tokio::task::spawn_blocking(move || Command::new("python3").args(["-c", &script]).output())
+            .await
+            .unwrap()
+            .expect("python3");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(&lines[..2], &[GRANTED, GRANTED]);
+    // Shards 0 and 2 share bucket 0: at least the interval apart (less a millisecond
+    // for the hops).
+    let gap: u64 = lines[2].parse().unwrap();
+    assert!(gap >= 99, "{gap} ms");
+}
+
+/// A fake Discord: `GET /gateway/bot` failing until `up`, then answering `limit`.
+async fn fake_discord(
+    up: Arc<AtomicBool>,
+    limit: serde_json::Value,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/api/v10/gateway/bot",
+        axum::routing::get(move |headers: HeaderMap| {
+            let (up, limit) = (Arc::clone(&up), limit.clone());
+            async move {
+                let token = headers.get("authorization").and_then(|v| v.to_str().ok());
+                if token != Some("Bot t0ken") {
+                    return StatusCode::UNAUTHORIZED.into_response();
+                }
+                if !up.load(Ordering::SeqCst) {
+                    return StatusCode::BAD_GATEWAY.into_response();
+                }
+                axum::Json(serde_json::json!({
+                    "url": "wss://gateway.discord.gg",
+                    "shards": 2,
+                    "session_start_limit": limit,
+                }))
+                .into_response()
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (address, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discords_word_comes_from_gateway_bot_and_nothing_is_granted_before_it() {
+    let up = Arc::new(AtomicBool::new(false));
+    let limit = serde_json::json!({
+        "total": 1000, "remaining": 1, "reset_after": 3_600_000, "max_concurrency": 2
+    });
+    let (discord, _task) = fake_discord(Arc::clone(&up), limit).await;
+    let api = format!("http://{discord}/api/v10");
+    let server = ServerProcess::start(&["--discord-token", "t0ken", "--discord-api", &api]);
+    // Discord fails: not ready, and a request waits.
+    sleep(Duration::from_millis(200)).await;
+    let answer = get(server.address, "/readyz", &[]).await.unwrap();
+    assert_eq!(answer.status, 503);
+    assert!(answer.body.contains("gateway/bot"), "{}", answer.body);
+    let address = server.address;
+    let waiting = tokio::spawn(async move { identify(address, 1).await });
+    sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "granted without Discord's word");
+    // Discord answers (the server retries after a second): granted, ready; its
+    // budget of one is spent.
+    up.store(true, Ordering::SeqCst);
+    timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("granted once Discord answered")
+        .unwrap();
+    ready(&server).await;
+    let status = status(&server).await;
+    assert_eq!(status["max_concurrency"], 2);
+    assert_eq!(status["remaining"], 0);
+    assert!(
+        timeout(
+            Duration::from_millis(500),
+            get(server.address, "/?shard=0", &[])
+        )
+        .await
+        .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_status_and_the_page_read_back() {
+    let server = ServerProcess::start(&["--max-concurrency", "2", "--total", "50"]);
+    ready(&server).await;
+    identify(server.address, 0).await;
+    identify(server.address, 1).await;
+    let metrics = get(server.address, "/metrics", &[]).await.unwrap();
+    assert_eq!(metrics.status, 200);
+    for line in [
+        "identify_queue_grants_total 2",
+        "identify_queue_session_remaining 48",
+        "identify_queue_max_concurrency 2",
+        "identify_queue_ready 1",
+        "identify_queue_wait_seconds_count 2",
+    ] {
+        assert!(metrics.body.contains(line), "{line} in\n{}", metrics.body);
+    }
+    let status = status(&server).await;
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["mode"], "memory");
+    assert_eq!(status["total"], 50);
+    assert_eq!(status["granted"], 2);
+    let page = get(server.address, "/status", &[]).await.unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("48 of 50"), "{}", page.body);
+    assert!(!page.body.contains("<script"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_waiting_requests_at_once() {
+    let mut server = ServerProcess::start(&["--remaining", "0"]);
+    ready(&server).await;
+    let address = server.address;
+    let waiting = tokio::spawn(async move { get(address, "/?shard=0", &[]).await });
+    sleep(Duration::from_millis(200)).await;
+    let terminated = Instant::now();
+    server.terminate();
+    let answer = timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("closed at once")
+        .unwrap();
+    assert_eq!(
+        answer, None,
+        "closed without an answer (any answer is a grant)"
+    );
+    let code = server.child.wait().expect("exits");
+    assert!(code.success(), "{code:?}");
+    eprintln!("closed {:?} after SIGTERM", terminated.elapsed());
+}
+
+/// Two servers on one Redis namespace serve one bot: spacing and the budget hold
+/// across them, whichever a shard asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_namespace_share_buckets_and_budget() {
+    let redis = redis_server::Server::start(false);
+    let url = redis.url();
+    let common = [
+        "--redis",
+        url.as_str(),
+        "--namespace",
+        "bot",
+        "--max-concurrency",
+        "1",
+        "--total",
+        "100",
+        "--remaining",
+        "3",
+        "--interval-ms",
+        "200",
+    ];
+    let a = ServerProcess::start(&common);
+    let b = ServerProcess::start(&common);
+    ready(&a).await;
+    ready(&b).await;
+    // One bucket: four shards over two servers, alternately.
+    let mut tasks = Vec::new();
+    for shard in 0..4u32 {
+        let address = if shard % 2 == 0 { a.address } else { b.address };
+        tasks.push(tokio::spawn(async move {
+            let answer = get(address, &format!("/?shard={shard}"), &[]).await;
+            (Instant::now(), answer)
+        }));
+        sleep(Duration::from_millis(10)).await;
+    }
+    sleep(Duration::from_millis(1500)).await;
+    let mut granted = Vec::new();
+    for task in tasks {
+        if task.is_finished() {
+            let (at, answer) = task.await.unwrap();
+            assert_eq!(answer.map(|a| a.body), Some(GRANTED.to_owned()));
+            granted.push(at);
+        }
+    }
+    // A budget of three: three answers, the fourth waits.
+    assert_eq!(granted.len(), 3);
+    granted.sort();
+    for pair in granted.windows(2) {
+        assert!(
+            pair[1] - pair[0] + Duration::from_millis(1) >= Duration::from_millis(200),
+            "{:?}",
+            pair[1] - pair[0]
+        );
+    }
+    assert_eq!(status(&a).await["mode"], "cluster");
+}
