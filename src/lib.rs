@@ -102,7 +102,8 @@
 //! | `async-std` | `async_std` | a shim: the `smol` module under async-std's name |
 //! | `twilight` | `twilight` | implies `tokio`: the tokio queue as a twilight-gateway `Queue` |
 //! | `redis` | `redis` | implies `tokio`: cluster mode, one budget for every process, on Redis |
-//! | `server` | `server` | implies `redis`: the `identify-queue-server` binary, the queues over HTTP |
+//! | `http` | `http` | implies `tokio`: the client of `identify-queue-server` (a twilight `Queue` with `twilight`) |
+//! | `server` | `server` | implies `redis` and `http`: the `identify-queue-server` binary, the queues over HTTP |
 //!
 //! The runtime modules are the generic `runtime::Queue` over a small
 //! `runtime::Runtime` trait (a clock, a timer, a spawner for the queue's own driver
@@ -124,6 +125,9 @@
 #[path = "runtime/async_std.rs"]
 pub mod async_std;
 mod buckets;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

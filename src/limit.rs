@@ -206,6 +206,16 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The HTTP client: the server refused the request (`400`: a bad shard; `401`: a
+    /// missing or wrong token). Asking again the same way cannot help.
+    Server {
+        /// The server's URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's answer (a JSON body saying why).
+        reason: String,
+    },
     /// Cluster mode: a future polled for a request its queue no longer holds. Not
     /// expected: a grant that cannot be delivered in time is spent and asked again by
     /// the queue itself, and its `acquire` keeps waiting. Ask again.
@@ -268,6 +278,11 @@ impl fmt::Display for Error {
             Self::Unreachable { url, reason } => {
                 write!(f, "cannot use Redis at {url}: {reason}")
             }
+            Self::Server {
+                url,
+                status,
+                reason,
+            } => write!(f, "identify-queue server {url} refused: {status} {reason}"),
             Self::GrantLost(shard) => write!(
                 f,
                 "shard {shard}: its request is no longer in its queue: request it again"

@@ -512,3 +512,125 @@ async fn two_servers_on_one_namespace_share_buckets_and_budget() {
     }
     assert_eq!(status(&a).await["mode"], "cluster");
 }
+
+// The client: identify_queue::http::Queue.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_moves_on_from_a_dead_server_and_stops_at_a_refusal() {
+    let server = ServerProcess::start(&["--max-concurrency", "2", "--interval-ms", "100"]);
+    ready(&server).await;
+    // A port nobody listens on first: the client retries on the next URL.
+    let dead = format!("http://127.0.0.1:{}", redis_server::free_port());
+    let queue = identify_queue::http::Queue::new([dead, server.url()]).unwrap();
+    timeout(Duration::from_secs(5), queue.acquire(0))
+        .await
+        .expect("granted through the live server")
+        .unwrap();
+    assert_eq!(status(&server).await["granted"], 1);
+    // A refusal (401 without the token) cannot be helped by asking again.
+    let guarded = ServerProcess::start(&["--auth-token", "s3cret"]);
+    ready(&guarded).await;
+    let queue = identify_queue::http::Queue::new([guarded.url()]).unwrap();
+    match queue.acquire(0).await {
+        Err(identify_queue::Error::Server { status: 401, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let queue = queue.with_token("s3cret");
+    queue.acquire(0).await.unwrap();
+    assert!(identify_queue::http::Queue::new(Vec::<String>::new()).is_err());
+    assert!(identify_queue::http::Queue::new(["ftp://x"]).is_err());
+}
+
+/// twilight's contract through the client: `()` when granted; a receiver dropped while
+/// waiting cancels the server's request.
+#[cfg(feature = "twilight")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_is_a_twilight_queue() {
+    use twilight_gateway_queue::Queue as _;
+    let server =
+        ServerProcess::start(&["--total", "10", "--remaining", "1", "--interval-ms", "100"]);
+    ready(&server).await;
+    let queue = identify_queue::http::Queue::new([server.url()]).unwrap();
+    timeout(Duration::from_secs(5), queue.enqueue(0))
+        .await
+        .expect("granted")
+        .expect("()");
+    // The budget is spent: shard 1 waits; its shard gives up.
+    let receiver = queue.enqueue(1);
+    sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        status(&server).await["waiting"].as_array().unwrap().len(),
+        1
+    );
+    drop(receiver);
+    for _ in 0..100 {
+        if status(&server).await["cancelled"] == 1 {
+            return;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the server never saw the request go");
+}
+
+#[cfg(feature = "twilight")]
+#[allow(dead_code)]
+#[path = "gateway/mod.rs"]
+mod gateway;
+
+/// Real twilight shards through the client and the server binary, judged by the fake
+/// gateway on arrival (its per-bucket spacing and budget, 40 ms of loopback jitter
+/// allowed, as in `tests/twilight.rs`).
+#[cfg(feature = "twilight")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilight_shards_identify_through_the_server() {
+    use twilight_gateway::{
+        ConfigBuilder, Event, EventTypeFlags, Intents, Shard, ShardId, StreamExt,
+    };
+    let interval = Duration::from_millis(200);
+    let gateway = gateway::Gateway::start(gateway::Rules {
+        max_concurrency: 4,
+        interval,
+        jitter: Duration::from_millis(40),
+        remaining: 100,
+        ready_after: Duration::ZERO,
+    })
+    .await;
+    let server = ServerProcess::start(&["--max-concurrency", "4", "--interval-ms", "200"]);
+    ready(&server).await;
+    let queue = identify_queue::http::Queue::new([server.url()]).unwrap();
+    let config = ConfigBuilder::new("test-token".to_owned(), Intents::empty())
+        .proxy_url(gateway.url.clone())
+        .queue(queue)
+        .build();
+    let (readies_tx, mut readies) = tokio::sync::mpsc::unbounded_channel();
+    let shards = 16;
+    let tasks: Vec<_> = (0..shards)
+        .map(|id| {
+            let mut shard = Shard::with_config(ShardId::new(id, shards), config.clone());
+            let readies = readies_tx.clone();
+            tokio::spawn(async move {
+                while let Some(event) = shard.next_event(EventTypeFlags::READY).await {
+                    if let Ok(Event::Ready(_)) = event {
+                        let _ = readies.send(id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut ready_shards = Vec::new();
+    while ready_shards.len() < shards as usize {
+        let next = timeout(Duration::from_secs(30), readies.recv()).await;
+        ready_shards.push(next.expect("READY in time").expect("a shard"));
+    }
+    for task in tasks {
+        task.abort();
+    }
+    let violations = gateway.violations();
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert_eq!(gateway.accepted(), shards as usize);
+    // 16 shards in 4 buckets: four rounds, at least three intervals.
+    let times: Vec<Instant> = gateway.identifies().iter().map(|i| i.at).collect();
+    let span = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+    assert!(span + Duration::from_millis(40) >= 3 * interval, "{span:?}");
+    assert_eq!(status(&server).await["granted"], shards);
+}
