@@ -81,8 +81,20 @@ struct Answer {
 /// Sends `GET path` with `headers` and reads the answer (`None`: the connection
 /// closed without one).
 async fn get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<Answer> {
+    send(address, "GET", path, headers).await
+}
+
+/// Sends `method path` with `headers` (and no body) and reads the answer.
+async fn send(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<Answer> {
     let mut stream = TcpStream::connect(address).await.expect("connect");
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -633,4 +645,76 @@ async fn twilight_shards_identify_through_the_server() {
     let span = *times.iter().max().unwrap() - *times.iter().min().unwrap();
     assert!(span + Duration::from_millis(40) >= 3 * interval, "{span:?}");
     assert_eq!(status(&server).await["granted"], shards);
+}
+
+// The native API: /v1/identify.
+
+async fn v1(address: SocketAddr, method: &str, path: &str) -> (u16, serde_json::Value) {
+    let answer = send(address, method, path, &[]).await.expect("an answer");
+    let body = if answer.body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&answer.body).expect("JSON")
+    };
+    (answer.status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_native_api_long_polls_keeps_places_and_never_spends_twice() {
+    let server =
+        ServerProcess::start(&["--total", "10", "--remaining", "3", "--interval-ms", "300"]);
+    ready(&server).await;
+    let at = server.address;
+    let (code, body) = v1(at, "POST", "/v1/identify?shard=0&key=a").await;
+    assert_eq!(
+        (code, body["granted"].clone()),
+        (200, true.into()),
+        "{body}"
+    );
+    // The bucket is busy: a short poll says where the shard stands.
+    let (code, body) = v1(at, "POST", "/v1/identify?shard=1&key=b&wait_ms=50").await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["place"], 0);
+    assert!(body["eta_ms"].as_u64().unwrap() <= 300, "{body}");
+    let (code, body) = v1(at, "POST", "/v1/identify?shard=2&key=c&wait_ms=50").await;
+    assert_eq!((code, body["place"].clone()), (202, 1.into()), "{body}");
+    // A reconnect goes ahead of both.
+    let (code, body) = v1(
+        at,
+        "POST",
+        "/v1/identify?shard=4&key=e&priority=reconnect&wait_ms=50",
+    )
+    .await;
+    assert_eq!((code, body["place"].clone()), (202, 0.into()), "{body}");
+    assert_eq!(v1(at, "DELETE", "/v1/identify/e").await.0, 204);
+    // Polling again with the same key keeps the place: shard 1 goes next.
+    let (code, body) = v1(at, "POST", "/v1/identify?shard=1&key=b&wait_ms=2000").await;
+    assert_eq!(
+        (code, body["granted"].clone()),
+        (200, true.into()),
+        "{body}"
+    );
+    // A retry finds the same grant: never spent twice.
+    let (code, _) = v1(at, "POST", "/v1/identify?shard=1&key=b&wait_ms=0").await;
+    assert_eq!(code, 200);
+    // A key is one shard's.
+    assert_eq!(v1(at, "POST", "/v1/identify?shard=5&key=b").await.0, 409);
+    // Shard 2 gives up: nothing spent, even after its turn would have come.
+    assert_eq!(v1(at, "DELETE", "/v1/identify/c").await.0, 204);
+    assert_eq!(v1(at, "DELETE", "/v1/identify/zzz").await.0, 404);
+    sleep(Duration::from_millis(700)).await;
+    let seen = status(&server).await;
+    assert_eq!(seen["remaining"], 1, "{seen}");
+    assert_eq!(seen["granted"], 2, "{seen}");
+    // Bad input says what is wrong.
+    for path in [
+        "/v1/identify?shard=1",
+        "/v1/identify?key=k",
+        "/v1/identify?shard=1&key=k&priority=urgent",
+        "/v1/identify?shard=1&key=k&wait_ms=soon",
+    ] {
+        let (code, body) = v1(at, "POST", path).await;
+        assert_eq!(code, 400, "{path}");
+        assert!(body["error"].as_str().unwrap().contains('`'), "{body}");
+    }
 }

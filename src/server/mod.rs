@@ -23,6 +23,18 @@
 //!   not read from Discord yet, Redis out of reach).
 //! - `GET /metrics`: Prometheus's text format (grants, cancels, waiting requests, the
 //!   budget left, seconds to the reset, wait durations).
+//! - **The native API**, for clients that want more than "go":
+//!   `POST /v1/identify?shard=N&key=K[&priority=reconnect][&wait_ms=M]` asks for shard
+//!   N under an idempotency key K of the client's choosing. It answers `200`
+//!   `{"granted": true, ...}` when the shard may IDENTIFY, or, after `wait_ms`
+//!   (25 000 at most and by default, below the 60 s proxies allow an idle request),
+//!   `202` `{"granted": false, "place": P, "eta_ms": E}`: the client asks again with
+//!   the same key and keeps its place. A retry with the same key never spends twice
+//!   (a grant is kept for the key's lease); a key no request came for within 30 s
+//!   after its last wait is cancelled, nothing spent. `priority=reconnect` goes before
+//!   the shards still starting up in its bucket. `DELETE /v1/identify/K` cancels a
+//!   waiting request, or releases a granted one's hold (hold mode); `204`, or `404`
+//!   for an unknown key. A key used for another shard gets `409`.
 //! - `GET /v1/status`: the budget, its reset, each bucket's next free instant (cluster
 //!   mode) and the waiting shards with their estimated waits, as JSON.
 //! - `GET /status`: the same as a small HTML page that refreshes itself, for a person
@@ -50,6 +62,7 @@ mod discord;
 mod metrics;
 mod page;
 mod routes;
+mod tickets;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -112,6 +125,13 @@ pub async fn run(args: Args) -> Result<(), String> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = Arc::new(Shared::new(args, shutdown));
     tokio::spawn(supervise_limit(Arc::clone(&state)));
+    let sweeper = Arc::clone(&state);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            sweeper.tickets.sweep();
+        }
+    });
     let app = routes::router(Arc::clone(&state));
     // Tests and scripts read the address from this line (with `--port 0`).
     println!("identify-queue-server listening on {address}");
@@ -232,6 +252,8 @@ struct Shared {
     /// Why grants cannot flow, while they cannot (besides the queue's own health).
     not_ready: Mutex<Option<String>>,
     metrics: Metrics,
+    /// The native API's requests, by idempotency key.
+    tickets: tickets::Tickets,
     waiting: Mutex<BTreeMap<u64, Waiting>>,
     requests: AtomicU64,
     /// Ids for requests without a shard (`max_concurrency` 1), from the top down.
@@ -243,13 +265,16 @@ struct Shared {
 impl Shared {
     fn new(args: Args, shutdown: watch::Receiver<bool>) -> Self {
         let (backend_tx, backend) = watch::channel(None);
+        let metrics = Metrics::new();
+        let tickets = tickets::Tickets::new(metrics.grants.clone());
         Self {
             args,
             backend,
             backend_tx,
             limit: Mutex::new(None),
             not_ready: Mutex::new(Some("reading the limit".to_owned())),
-            metrics: Metrics::new(),
+            metrics,
+            tickets,
             waiting: Mutex::new(BTreeMap::new()),
             requests: AtomicU64::new(0),
             anonymous: AtomicU32::new(u32::MAX),

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use serde_json::json;
 
 use super::{Shared, page};
@@ -23,6 +23,8 @@ pub(super) fn router(state: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status_page))
         .route("/v1/status", get(status_json))
+        .route("/v1/identify", post(identify_v1))
+        .route("/v1/identify/{key}", delete(cancel_v1))
         .fallback(twilight)
         .with_state(state)
 }
@@ -65,16 +67,17 @@ fn bad_request(state: &Shared, reason: String) -> Response {
         .into_response()
 }
 
+/// The value of `name` in a query string.
+fn param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
 /// The `shard` of a query string: `Ok(None)` without one.
 fn shard_of(query: Option<&str>) -> Result<Option<ShardId>, String> {
-    let Some(query) = query else {
-        return Ok(None);
-    };
-    let value = query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == "shard").then_some(value)
-    });
-    match value {
+    match param(query, "shard") {
         None => Ok(None),
         Some(value) => value
             .parse::<ShardId>()
@@ -152,6 +155,119 @@ async fn twilight(
     }
 }
 
+/// The native API's request: see the module docs.
+async fn identify_v1(
+    State(state): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    use super::tickets::{KeyTaken, MAX_WAIT, Stage};
+    if let Some(refused) = refused(&state, &headers) {
+        return refused;
+    }
+    let query = query.as_deref();
+    let shard = match shard_of(query) {
+        Ok(Some(shard)) => shard,
+        Ok(None) => return bad_request(&state, "no `shard`".to_owned()),
+        Err(reason) => return bad_request(&state, reason),
+    };
+    let key = match param(query, "key") {
+        Some(key) if !key.is_empty() && key.len() <= 128 => key.to_owned(),
+        _ => {
+            return bad_request(
+                &state,
+                "`key` (an idempotency key of 1 to 128 characters) is required".to_owned(),
+            );
+        }
+    };
+    let priority = match param(query, "priority") {
+        None | Some("start") => Priority::Start,
+        Some("reconnect") => Priority::Reconnect,
+        Some(other) => {
+            return bad_request(
+                &state,
+                format!("`priority` is `start` or `reconnect`, got {other:?}"),
+            );
+        }
+    };
+    let wait = match param(query, "wait_ms").map(str::parse::<u64>) {
+        None => MAX_WAIT,
+        Some(Ok(ms)) => Duration::from_millis(ms).min(MAX_WAIT),
+        Some(Err(_)) => {
+            return bad_request(
+                &state,
+                "`wait_ms` must be a number of milliseconds".to_owned(),
+            );
+        }
+    };
+    let backend = state.backend().await;
+    let seen = match state
+        .tickets
+        .get_or_start(&key, shard, priority, wait, &backend)
+    {
+        Ok(seen) => seen,
+        Err(KeyTaken(other)) => {
+            let body = json!({ "error": format!("`key` {key:?} is shard {other}'s") });
+            return (StatusCode::CONFLICT, axum::Json(body)).into_response();
+        }
+    };
+    let mut stage = seen.stage.clone();
+    let granted = tokio::time::timeout(wait, async {
+        let found = stage
+            .wait_for(|stage| matches!(stage, Stage::Granted(_)))
+            .await
+            .map(|stage| *stage);
+        match found {
+            Ok(stage) => stage,
+            Err(_) => std::future::pending().await,
+        }
+    })
+    .await;
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    match granted {
+        Ok(Stage::Granted(at)) => axum::Json(json!({
+            "granted": true,
+            "shard": shard,
+            "key": key,
+            "waited_ms": millis(at.saturating_duration_since(seen.since)),
+        }))
+        .into_response(),
+        _ => {
+            let max_concurrency = state.max_concurrency().unwrap_or(1);
+            let eta = backend
+                .eta(shard)
+                .map(|eta| millis(eta.saturating_duration_since(Instant::now())));
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({
+                    "granted": false,
+                    "shard": shard,
+                    "key": key,
+                    "place": state.tickets.place(shard, seen.since, max_concurrency),
+                    "eta_ms": eta,
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn cancel_v1(
+    State(state): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refused(&state, &headers) {
+        return refused;
+    }
+    if state.tickets.cancel(&key) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        let body = json!({ "error": format!("no request with `key` {key:?}") });
+        (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    }
+}
+
 async fn metrics(State(state): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Some(refused) = refused(&state, &headers) {
         return refused;
@@ -180,6 +296,13 @@ pub(super) async fn status(state: &Shared) -> serde_json::Value {
     let now = Instant::now();
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let mut waiting: Vec<_> = super::lock(&state.waiting).values().copied().collect();
+    waiting.extend(
+        state
+            .tickets
+            .waiting()
+            .into_iter()
+            .map(|(shard, since)| super::Waiting { shard, since }),
+    );
     waiting.sort_by_key(|w| w.since);
     let max_concurrency = state.max_concurrency();
     let waiting: Vec<_> = waiting
