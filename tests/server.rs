@@ -433,6 +433,7 @@ async fn metrics_status_and_the_page_read_back() {
         "identify_queue_max_concurrency 2",
         "identify_queue_ready 1",
         "identify_queue_wait_seconds_count 2",
+        "identify_queue_request_duration_seconds_count{route=\"twilight\"} 2",
     ] {
         assert!(metrics.body.contains(line), "{line} in\n{}", metrics.body);
     }
@@ -591,7 +592,8 @@ mod gateway;
 
 /// Real twilight shards through the client and the server binary, judged by the fake
 /// gateway on arrival (its per-bucket spacing and budget, 40 ms of loopback jitter
-/// allowed, as in `tests/twilight.rs`).
+/// allowed, as in `tests/twilight.rs`); then sessions invalidated and shards
+/// restarted.
 #[cfg(feature = "twilight")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twilight_shards_identify_through_the_server() {
@@ -616,35 +618,46 @@ async fn twilight_shards_identify_through_the_server() {
         .build();
     let (readies_tx, mut readies) = tokio::sync::mpsc::unbounded_channel();
     let shards = 16;
-    let tasks: Vec<_> = (0..shards)
-        .map(|id| {
-            let mut shard = Shard::with_config(ShardId::new(id, shards), config.clone());
-            let readies = readies_tx.clone();
-            tokio::spawn(async move {
-                while let Some(event) = shard.next_event(EventTypeFlags::READY).await {
-                    if let Ok(Event::Ready(_)) = event {
-                        let _ = readies.send(id);
-                    }
+    let start = |id: u32| {
+        let mut shard = Shard::with_config(ShardId::new(id, shards), config.clone());
+        let readies = readies_tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = shard.next_event(EventTypeFlags::READY).await {
+                if let Ok(Event::Ready(_)) = event {
+                    let _ = readies.send(id);
                 }
-            })
+            }
         })
-        .collect();
-    let mut ready_shards = Vec::new();
-    while ready_shards.len() < shards as usize {
-        let next = timeout(Duration::from_secs(30), readies.recv()).await;
-        ready_shards.push(next.expect("READY in time").expect("a shard"));
+    };
+    let mut tasks: Vec<_> = (0..shards).map(start).collect();
+    let mut wait_for = async |count: usize| {
+        for seen in 0..count {
+            let next = timeout(Duration::from_secs(30), readies.recv()).await;
+            assert!(matches!(next, Ok(Some(_))), "{seen} of {count} READY");
+        }
+    };
+    wait_for(shards as usize).await;
+    let times: Vec<Instant> = gateway.identifies().iter().map(|i| i.at).collect();
+    // 16 shards in 4 buckets: four rounds, at least three intervals.
+    let span = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+    assert!(span + Duration::from_millis(40) >= 3 * interval, "{span:?}");
+    // Four sessions invalidated (they identify again), four shards restarted (a new
+    // process's shards): eight more IDENTIFYs, all within the rules.
+    for id in [0, 5, 10, 15] {
+        assert!(gateway.invalidate(id), "shard {id} has a session");
     }
+    for id in [1, 2, 3, 4] {
+        tasks[id as usize].abort();
+        tasks[id as usize] = start(id);
+    }
+    wait_for(8).await;
     for task in tasks {
         task.abort();
     }
     let violations = gateway.violations();
     assert!(violations.is_empty(), "{violations:#?}");
-    assert_eq!(gateway.accepted(), shards as usize);
-    // 16 shards in 4 buckets: four rounds, at least three intervals.
-    let times: Vec<Instant> = gateway.identifies().iter().map(|i| i.at).collect();
-    let span = *times.iter().max().unwrap() - *times.iter().min().unwrap();
-    assert!(span + Duration::from_millis(40) >= 3 * interval, "{span:?}");
-    assert_eq!(status(&server).await["granted"], shards);
+    assert_eq!(gateway.accepted(), shards as usize + 8);
+    assert_eq!(status(&server).await["granted"], shards + 8);
 }
 
 // The native API: /v1/identify.
@@ -783,4 +796,36 @@ async fn a_server_killed_mid_run_loses_nobody_and_spends_nothing_twice() {
     let remaining = status(&servers[0]).await["remaining"].as_u64().unwrap();
     assert!(remaining <= 100 - u64::from(shards), "{remaining}");
     assert!(remaining >= 100 - u64::from(shards) - 3, "{remaining}");
+}
+
+/// A ticket nobody polls for within its lease is cancelled: nothing spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_ticket_is_cancelled_after_its_lease() {
+    let server = ServerProcess::start(&[
+        "--total",
+        "10",
+        "--remaining",
+        "2",
+        "--interval-ms",
+        "400",
+        "--ticket-lease-ms",
+        "100",
+    ]);
+    ready(&server).await;
+    let at = server.address;
+    assert_eq!(v1(at, "POST", "/v1/identify?shard=0&key=a").await.0, 200);
+    // Shard 1 waits for the bucket; its client polls once and goes.
+    assert_eq!(
+        v1(at, "POST", "/v1/identify?shard=1&key=b&wait_ms=10")
+            .await
+            .0,
+        202
+    );
+    sleep(Duration::from_millis(600)).await;
+    let seen = status(&server).await;
+    assert_eq!(seen["waiting"].as_array().unwrap().len(), 0, "{seen}");
+    assert_eq!(
+        seen["remaining"], 1,
+        "its turn came and went: nothing spent"
+    );
 }

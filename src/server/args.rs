@@ -58,6 +58,10 @@ pub struct Args {
     /// Cluster mode: the bot's namespace in Redis (its application id, say).
     #[arg(long, env = "NAMESPACE", default_value = "identify-queue")]
     pub namespace: String,
+    /// The native API: how long a request key lives without a poll (after its last
+    /// poll's wait) before it is cancelled, nothing spent.
+    #[arg(long, env = "TICKET_LEASE_MS", default_value_t = 30_000)]
+    pub ticket_lease_ms: u64,
     /// When set, every route but `/livez` and `/readyz` wants
     /// `Authorization: Bearer <token>`.
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]

@@ -4,15 +4,24 @@
 
 use std::sync::atomic::AtomicU64;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::backend::Budget;
 
+/// A request's route, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct Route {
+    route: String,
+}
+
 pub(super) struct Metrics {
+    requests: Family<Route, Histogram>,
     registry: Registry,
     pub(super) grants: Counter,
     pub(super) cancelled: Counter,
@@ -78,8 +87,17 @@ impl Metrics {
             "Time from a request to its grant",
             wait_seconds.clone(),
         );
+        let requests = Family::<Route, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 4.0, 12))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request to its answer, by route (waits included)",
+            requests.clone(),
+        );
         Self {
             registry,
+            requests,
             grants,
             cancelled,
             bad_requests,
@@ -90,6 +108,15 @@ impl Metrics {
             ready,
             wait_seconds,
         }
+    }
+
+    /// A request to `route` answered, `seconds` after it came.
+    pub(super) fn answered(&self, route: &str, seconds: f64) {
+        self.requests
+            .get_or_create(&Route {
+                route: route.to_owned(),
+            })
+            .observe(seconds);
     }
 
     /// The text exposition, with the budget's gauges as of now.

@@ -30,8 +30,8 @@
 //!   (25 000 at most and by default, below the 60 s proxies allow an idle request),
 //!   `202` `{"granted": false, "place": P, "eta_ms": E}`: the client asks again with
 //!   the same key and keeps its place. A retry with the same key never spends twice
-//!   (a grant is kept for the key's lease); a key no request came for within 30 s
-//!   after its last wait is cancelled, nothing spent. `priority=reconnect` goes before
+//!   (a grant is kept for the key's lease); a key no request came for within its
+//!   lease (`--ticket-lease-ms`, 30 s) after its last wait is cancelled, nothing spent. `priority=reconnect` goes before
 //!   the shards still starting up in its bucket. `DELETE /v1/identify/K` cancels a
 //!   waiting request, or releases a granted one's hold (hold mode); `204`, or `404`
 //!   for an unknown key. A key used for another shard gets `409`.
@@ -126,9 +126,10 @@ pub async fn run(args: Args) -> Result<(), String> {
     let state = Arc::new(Shared::new(args, shutdown));
     tokio::spawn(supervise_limit(Arc::clone(&state)));
     let sweeper = Arc::clone(&state);
+    let every = Duration::from_millis(state.args.ticket_lease_ms.clamp(10, 1000));
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(every).await;
             sweeper.tickets.sweep();
         }
     });
@@ -266,7 +267,8 @@ impl Shared {
     fn new(args: Args, shutdown: watch::Receiver<bool>) -> Self {
         let (backend_tx, backend) = watch::channel(None);
         let metrics = Metrics::new();
-        let tickets = tickets::Tickets::new(metrics.grants.clone());
+        let lease = Duration::from_millis(args.ticket_lease_ms);
+        let tickets = tickets::Tickets::new(lease, metrics.grants.clone());
         Self {
             args,
             backend,

@@ -96,6 +96,7 @@ async fn twilight(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    let came = Instant::now();
     if let Some(refused) = refused(&state, &headers) {
         return refused;
     }
@@ -144,6 +145,7 @@ async fn twilight(
         granted = granted => {
             granted.keep();
             guard.granted();
+            state.metrics.answered("twilight", came.elapsed().as_secs_f64());
             tracing::debug!(shard, "granted");
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], GRANTED).into_response()
         }
@@ -162,6 +164,7 @@ async fn identify_v1(
     headers: HeaderMap,
 ) -> Response {
     use super::tickets::{KeyTaken, MAX_WAIT, Stage};
+    let came = Instant::now();
     if let Some(refused) = refused(&state, &headers) {
         return refused;
     }
@@ -223,6 +226,9 @@ async fn identify_v1(
         }
     })
     .await;
+    state
+        .metrics
+        .answered("v1_identify", came.elapsed().as_secs_f64());
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     match granted {
         Ok(Stage::Granted(at)) => axum::Json(json!({

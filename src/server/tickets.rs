@@ -22,8 +22,6 @@ use crate::{Priority, ShardId};
 
 /// The longest one poll waits: below the 60 s proxies allow an idle request.
 pub(super) const MAX_WAIT: Duration = Duration::from_secs(25);
-/// How long a ticket lives without a poll (after its last poll's wait).
-pub(super) const LEASE: Duration = Duration::from_secs(30);
 
 /// Where a ticket is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +58,8 @@ impl Drop for Ticket {
 /// Every live ticket, by key.
 pub(super) struct Tickets {
     tickets: Mutex<HashMap<String, Ticket>>,
+    /// How long a ticket lives without a poll (after its last poll's wait).
+    lease: Duration,
     /// Counts each grant once, however many polls see it.
     grants: Counter,
 }
@@ -74,9 +74,10 @@ pub(super) struct Seen {
 pub(super) struct KeyTaken(pub(super) ShardId);
 
 impl Tickets {
-    pub(super) fn new(grants: Counter) -> Self {
+    pub(super) fn new(lease: Duration, grants: Counter) -> Self {
         Self {
             tickets: Mutex::new(HashMap::new()),
+            lease,
             grants,
         }
     }
@@ -97,7 +98,7 @@ impl Tickets {
             if ticket.shard != shard {
                 return Err(KeyTaken(ticket.shard));
             }
-            ticket.expires = now + wait + LEASE;
+            ticket.expires = now + wait + self.lease;
             return Ok(Seen {
                 stage: ticket.stage.clone(),
                 since: ticket.since,
@@ -132,7 +133,7 @@ impl Tickets {
                 stage: stage.clone(),
                 task,
                 permit,
-                expires: now + wait + LEASE,
+                expires: now + wait + self.lease,
             },
         );
         Ok(Seen { stage, since: now })
