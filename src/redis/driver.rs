@@ -36,7 +36,7 @@ use super::link::Link;
 use super::local::Outgoing;
 use super::queue::Inner;
 use super::scripts::{Answer, NeedLimit, answer};
-use super::status::Health;
+use super::status::{Health, Snapshot};
 use crate::ShardId;
 
 /// First backoff after a failure; it doubles with each failure in a row.
@@ -360,6 +360,25 @@ async fn fetch_limit(
         if owner.as_deref() != Some(inner.client.as_str()) {
             return Ok(false);
         }
+    }
+    // Another process may have applied the word between the answer that told us
+    // it was needed and our lease (it releases the lease when done): look first, so
+    // that Discord is asked once.
+    let reply: Vec<i64> = inner
+        .scripts
+        .status
+        .key(&inner.prefix)
+        .invoke_async(connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    inner.lock().stats.commands += 1;
+    if Snapshot::from_reply(&reply).is_some_and(|state| state.needs_limit.is_none()) {
+        let _: Result<i64, _> = redis::cmd("DEL")
+            .arg(&lease_key)
+            .query_async(connection)
+            .await;
+        inner.lock().stats.commands += 1;
+        return Ok(true);
     }
     let limit = match tokio::time::timeout(SYNC_LEASE, source()).await {
         Ok(Ok(limit)) => limit,
