@@ -62,6 +62,25 @@ impl Backend {
         }
     }
 
+    /// Waits for `shard`'s turn, asking again after any error: over HTTP a request
+    /// that can still be served is a wait, never an error. Cancel safe, as `acquire`.
+    pub(super) async fn acquire_until_granted(
+        &self,
+        shard: ShardId,
+        priority: Priority,
+    ) -> Granted {
+        loop {
+            match self.acquire(shard, priority).await {
+                Ok(granted) => return granted,
+                // The same shard waits already (a client that asked again before its
+                // old request went): wait for that one to go.
+                Err(Error::AlreadyQueued(_)) => {}
+                Err(error) => tracing::warn!(shard, %error, "acquire failed; asking again"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Applies Discord's word, read `age` ago.
     pub(super) async fn update(
         &self,

@@ -11,7 +11,7 @@ use axum::routing::{delete, get, post};
 use serde_json::json;
 
 use super::{Shared, page};
-use crate::{Error, Priority, ShardId};
+use crate::{Priority, ShardId};
 
 /// twilight's answer, byte for byte.
 pub(super) const GRANTED: &str = r#"{"message": "You're free to connect now! :)"}"#;
@@ -124,23 +124,7 @@ async fn twilight(
     let shutdown = async move {
         let _ = shutdown.wait_for(|down| *down).await;
     };
-    let granted = async {
-        loop {
-            match backend.acquire(shard, Priority::Start).await {
-                Ok(granted) => return granted,
-                // The same shard waits already (a client that asked again before
-                // its old connection closed): wait for that one to go.
-                Err(Error::AlreadyQueued(_)) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                // Anything else is a wait too: ask again.
-                Err(error) => {
-                    tracing::warn!(shard, %error, "acquire failed; asking again");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    };
+    let granted = backend.acquire_until_granted(shard, Priority::Start);
     tokio::select! {
         granted = granted => {
             granted.keep();

@@ -110,18 +110,10 @@ impl Tickets {
             let (backend, permit) = (Arc::clone(backend), Arc::clone(&permit));
             let grants = self.grants.clone();
             tokio::spawn(async move {
-                loop {
-                    match backend.acquire(shard, priority).await {
-                        Ok(granted) => {
-                            *lock(&permit) = Some(granted);
-                            grants.inc();
-                            let _ = stage_tx.send(Stage::Granted(Instant::now()));
-                            return;
-                        }
-                        // A shard asked twice at once (two keys): wait for the other.
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
+                let granted = backend.acquire_until_granted(shard, priority).await;
+                *lock(&permit) = Some(granted);
+                grants.inc();
+                let _ = stage_tx.send(Stage::Granted(Instant::now()));
             })
         };
         tickets.insert(
