@@ -428,6 +428,23 @@ impl Scheduler {
         Some(wake_at(eta, at))
     }
 
+    /// When `bucket` is next free to grant, as of `now`: `now` itself if it is free,
+    /// the end of its cooldown or of the holds on it otherwise, whether or not shards
+    /// wait there (the budget aside). `None` when no such bucket exists under the
+    /// current `max_concurrency`, or while a hold without an end occupies it (only its
+    /// release frees it). For status pages: O(holds on the bucket).
+    pub fn bucket_free_at(&self, bucket: u32, now: Instant) -> Option<Instant> {
+        if bucket >= self.max_concurrency {
+            return None;
+        }
+        let at = self.clock.max(now);
+        match self.buckets.get(bucket).and_then(|b| b.free_at()) {
+            None => Some(at),
+            Some(Moment::At(free)) => Some(free.max(at)),
+            Some(Moment::Never) => None,
+        }
+    }
+
     /// The bucket `shard` is in under the current `max_concurrency`.
     pub fn bucket_of(&self, shard: ShardId) -> u32 {
         shard % self.max_concurrency

@@ -476,6 +476,46 @@ fn eta_counts_the_shards_ahead_in_the_bucket() {
 }
 
 #[test]
+fn a_buckets_next_free_instant_counts_its_cooldown_and_holds() {
+    let start = Instant::now();
+    let config = Config::default().hold_until_release(Duration::from_secs(30));
+    let mut scheduler = Scheduler::with_config(limit(2, 1000), config, start).unwrap();
+    assert_eq!(
+        scheduler.bucket_free_at(0, start),
+        Some(start),
+        "never used"
+    );
+    assert_eq!(scheduler.bucket_free_at(2, start), None, "no bucket 2");
+    assert_eq!(scheduler.request(0, start), Ok(Decision::Grant(0)));
+    // Held: free at the hold's timeout, whatever the interval.
+    assert_eq!(
+        scheduler.bucket_free_at(0, start + SECOND),
+        Some(start + 30 * SECOND)
+    );
+    assert_eq!(
+        scheduler.bucket_free_at(1, start + SECOND),
+        Some(start + SECOND)
+    );
+    // Released after 2 s: the interval still runs; then free from then on.
+    assert!(scheduler.release(0, start + 2 * SECOND));
+    assert_eq!(
+        scheduler.bucket_free_at(0, start + 2 * SECOND),
+        Some(start + FIVE)
+    );
+    assert_eq!(
+        scheduler.bucket_free_at(0, start + 9 * SECOND),
+        Some(start + 9 * SECOND)
+    );
+    // A hold without an end: only its release frees the bucket.
+    let config = Config::default().hold_until_release(Duration::MAX);
+    let mut scheduler = Scheduler::with_config(limit(1, 1000), config, start).unwrap();
+    assert_eq!(scheduler.request(0, start), Ok(Decision::Grant(0)));
+    assert_eq!(scheduler.bucket_free_at(0, start + DAY), None);
+    assert!(scheduler.release(0, start + DAY));
+    assert_eq!(scheduler.bucket_free_at(0, start + DAY), Some(start + DAY));
+}
+
+#[test]
 fn the_limit_in_force_reads_like_discords() {
     let start = Instant::now();
     let mut scheduler = Scheduler::new(limit(16, 10), start).unwrap();

@@ -2,7 +2,7 @@
 //! from raw HTTP clients and from python3's standard library, every answer judged on
 //! arrival (spacing per bucket, FIFO, the budget); cancels by closing; bad input; the
 //! token; Discord's word from a fake `/gateway/bot`; the operations routes; SIGTERM;
-//! two servers on one Redis namespace.
+//! two servers on one Redis namespace; hold mode; the cap on request keys.
 //!
 //! Real time, short intervals: the tests assert order and lower bounds, never tight
 //! upper bounds.
@@ -442,9 +442,17 @@ async fn metrics_status_and_the_page_read_back() {
     assert_eq!(status["mode"], "memory");
     assert_eq!(status["total"], 50);
     assert_eq!(status["granted"], 2);
+    // Both buckets granted just now: each free again within the 5 s interval.
+    let free = status["bucket_free_in_ms"].as_array().expect("buckets");
+    assert_eq!(free.len(), 2, "{status}");
+    for bucket in free {
+        let ms = bucket.as_u64().expect("a number of ms");
+        assert!(ms > 0 && ms <= 5000, "{status}");
+    }
     let page = get(server.address, "/status", &[]).await.unwrap();
     assert_eq!(page.status, 200);
     assert!(page.body.contains("48 of 50"), "{}", page.body);
+    assert!(page.body.contains("<h2>Buckets</h2>"), "{}", page.body);
     assert!(!page.body.contains("<script"));
 }
 
@@ -828,4 +836,96 @@ async fn an_abandoned_ticket_is_cancelled_after_its_lease() {
         seen["remaining"], 1,
         "its turn came and went: nothing spent"
     );
+}
+
+/// Hold mode over HTTP: a grant holds its bucket until the native API releases it
+/// (`DELETE` of its key) or, on twilight's route (which has no release), until the
+/// hold's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_mode_frees_a_bucket_at_its_release_or_its_timeout() {
+    let server = ServerProcess::start(&["--interval-ms", "100", "--hold-timeout-ms", "60000"]);
+    ready(&server).await;
+    let at = server.address;
+    assert_eq!(v1(at, "POST", "/v1/identify?shard=0&key=a").await.0, 200);
+    // Held far past the interval: shard 1 waits, the status says the bucket is held.
+    let (code, body) = v1(at, "POST", "/v1/identify?shard=1&key=b&wait_ms=400").await;
+    assert_eq!(code, 202, "{body}");
+    let free = status(&server).await["bucket_free_in_ms"][0]
+        .as_u64()
+        .unwrap();
+    assert!(free > 50_000, "held for the timeout: {free} ms");
+    // The release frees the bucket: shard 1 is granted after it, long before 60 s.
+    let released = Instant::now();
+    assert_eq!(v1(at, "DELETE", "/v1/identify/a").await.0, 204);
+    let (code, body) = v1(at, "POST", "/v1/identify?shard=1&key=b&wait_ms=10000").await;
+    assert_eq!(
+        (code, body["granted"].clone()),
+        (200, true.into()),
+        "{body}"
+    );
+    assert!(released.elapsed() < Duration::from_secs(10));
+    assert_eq!(v1(at, "DELETE", "/v1/identify/b").await.0, 204);
+
+    // twilight's route cannot release: its hold runs to the timeout.
+    let server = ServerProcess::start(&["--interval-ms", "100", "--hold-timeout-ms", "700"]);
+    ready(&server).await;
+    let first = identify(server.address, 0).await;
+    let second = identify(server.address, 1).await;
+    assert!(
+        second - first >= Duration::from_millis(690),
+        "{:?}",
+        second - first
+    );
+}
+
+/// An open server cannot be made to keep request keys without bound: a new key past
+/// `--max-tickets` gets `429` and changes nothing; a key it holds is still served, and
+/// a freed place takes a new key again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_keys_past_the_cap_get_429_and_change_nothing() {
+    let server = ServerProcess::start(&["--interval-ms", "60000", "--max-tickets", "2"]);
+    ready(&server).await;
+    let at = server.address;
+    assert_eq!(v1(at, "POST", "/v1/identify?shard=0&key=a").await.0, 200);
+    assert_eq!(
+        v1(at, "POST", "/v1/identify?shard=1&key=b&wait_ms=0")
+            .await
+            .0,
+        202
+    );
+    let answer = send(at, "POST", "/v1/identify?shard=2&key=c&wait_ms=0", &[])
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 429, "{answer:?}");
+    assert!(answer.body.contains("--max-tickets"), "{}", answer.body);
+    let seen = status(&server).await;
+    assert_eq!(seen["waiting"].as_array().unwrap().len(), 1, "{seen}");
+    // Keys it holds are polled as before.
+    assert_eq!(
+        v1(at, "POST", "/v1/identify?shard=1&key=b&wait_ms=0")
+            .await
+            .0,
+        202
+    );
+    assert_eq!(
+        v1(at, "POST", "/v1/identify?shard=0&key=a&wait_ms=0")
+            .await
+            .0,
+        200
+    );
+    // A cancel makes room.
+    assert_eq!(v1(at, "DELETE", "/v1/identify/b").await.0, 204);
+    assert_eq!(
+        v1(at, "POST", "/v1/identify?shard=2&key=c&wait_ms=0")
+            .await
+            .0,
+        202
+    );
+    // A cap of zero is refused at start.
+    let out = Command::new(env!("CARGO_BIN_EXE_identify-queue-server"))
+        .args(["--port", "0", "--max-tickets", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`--max-tickets`"));
 }

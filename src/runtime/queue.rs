@@ -244,6 +244,13 @@ impl<R: Runtime> Queue<R> {
         lock(&self.shared).scheduler.eta(shard, R::now())
     }
 
+    /// When `bucket` is next free to grant (see [`Scheduler::bucket_free_at`]).
+    pub fn bucket_free_at(&self, bucket: u32) -> Option<Instant> {
+        lock(&self.shared)
+            .scheduler
+            .bucket_free_at(bucket, R::now())
+    }
+
     /// The limit in force now, as Discord would report it (see [`Scheduler::limit`]).
     pub fn limit(&self) -> SessionStartLimit {
         lock(&self.shared).scheduler.limit(R::now())

@@ -62,6 +62,11 @@ pub struct Args {
     /// poll's wait) before it is cancelled, nothing spent.
     #[arg(long, env = "TICKET_LEASE_MS", default_value_t = 30_000)]
     pub ticket_lease_ms: u64,
+    /// The native API: the most request keys kept at once (waiting, or granted and
+    /// kept for their lease); a new key beyond it gets `429`, so that an open server
+    /// cannot be made to hold memory without bound.
+    #[arg(long, env = "MAX_TICKETS", default_value_t = 65_536)]
+    pub max_tickets: usize,
     /// When set, every route but `/livez` and `/readyz` wants
     /// `Authorization: Bearer <token>`.
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]

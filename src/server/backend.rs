@@ -109,12 +109,19 @@ impl Backend {
         match self {
             Self::Memory(queue) => {
                 let limit = queue.limit();
+                let now = Instant::now();
+                let bucket_free_in = (0..limit.max_concurrency.min(MAX_BUCKETS_SHOWN))
+                    .map(|bucket| {
+                        let free = queue.bucket_free_at(bucket)?;
+                        Some(free.saturating_duration_since(now))
+                    })
+                    .collect();
                 Budget {
                     total: Some(limit.total),
                     remaining: limit.remaining,
                     reset_after: Some(limit.reset_after).filter(|after| *after != Duration::MAX),
                     max_concurrency: limit.max_concurrency,
-                    bucket_free_in: Vec::new(),
+                    bucket_free_in,
                 }
             }
             Self::Cluster(queue) => {
@@ -124,7 +131,9 @@ impl Backend {
                     remaining: snapshot.as_ref().map_or(queue.remaining(), |s| s.remaining),
                     reset_after: snapshot.as_ref().and_then(|s| s.reset_in),
                     max_concurrency: snapshot.as_ref().map_or(0, |s| s.max_concurrency),
-                    bucket_free_in: snapshot.map(|s| s.bucket_free_in).unwrap_or_default(),
+                    bucket_free_in: snapshot
+                        .map(|s| s.bucket_free_in.into_iter().map(Some).collect())
+                        .unwrap_or_default(),
                 }
             }
         }
@@ -145,5 +154,11 @@ pub(super) struct Budget {
     pub(super) remaining: u32,
     pub(super) reset_after: Option<Duration>,
     pub(super) max_concurrency: u32,
-    pub(super) bucket_free_in: Vec<Duration>,
+    /// Each bucket's time until it is free to grant (`None`: only a release frees
+    /// it), at most [`MAX_BUCKETS_SHOWN`] of them.
+    pub(super) bucket_free_in: Vec<Option<Duration>>,
 }
+
+/// The most buckets a status shows (Discord's `max_concurrency` is 16 for most large
+/// bots, rarely above a few hundred).
+const MAX_BUCKETS_SHOWN: u32 = 1024;

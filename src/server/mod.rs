@@ -31,12 +31,13 @@
 //!   `202` `{"granted": false, "place": P, "eta_ms": E}`: the client asks again with
 //!   the same key and keeps its place. A retry with the same key never spends twice
 //!   (a grant is kept for the key's lease); a key no request came for within its
-//!   lease (`--ticket-lease-ms`, 30 s) after its last wait is cancelled, nothing spent. `priority=reconnect` goes before
+//!   lease (`--ticket-lease-ms`, 30 s) after its last wait is cancelled, nothing spent.
+//!   `priority=reconnect` goes before
 //!   the shards still starting up in its bucket. `DELETE /v1/identify/K` cancels a
 //!   waiting request, or releases a granted one's hold (hold mode); `204`, or `404`
-//!   for an unknown key. A key used for another shard gets `409`.
-//! - `GET /v1/status`: the budget, its reset, each bucket's next free instant (cluster
-//!   mode) and the waiting shards with their estimated waits, as JSON.
+//!   for an unknown key. A key used for another shard gets `409`; a new key while
+//!   `--max-tickets` keys are kept (65 536 by default) gets `429` with `Retry-After`.
+//! - `GET /v1/status`: the budget, its reset, each bucket's next free instant and the waiting shards with their estimated waits, as JSON.
 //! - `GET /status`: the same as a small HTML page that refreshes itself, for a person
 //!   watching a start-up (no JavaScript).
 //!
@@ -117,6 +118,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     config.validate().map_err(|e| e.to_string())?;
     if args.discord_token.is_none() {
         args.static_limit().validate().map_err(|e| e.to_string())?;
+    }
+    if args.max_tickets == 0 {
+        return Err("`--max-tickets` must be at least 1".to_owned());
     }
     let listener = tokio::net::TcpListener::bind((args.host, args.port))
         .await
@@ -268,7 +272,7 @@ impl Shared {
         let (backend_tx, backend) = watch::channel(None);
         let metrics = Metrics::new();
         let lease = Duration::from_millis(args.ticket_lease_ms);
-        let tickets = tickets::Tickets::new(lease, metrics.grants.clone());
+        let tickets = tickets::Tickets::new(lease, args.max_tickets, metrics.grants.clone());
         Self {
             args,
             backend,

@@ -69,7 +69,12 @@ pub(super) fn render(status: &Value) -> String {
         if !buckets.is_empty() {
             html.push_str("<h2>Buckets</h2>\n<table><tr><th>bucket</th><th>free in</th></tr>\n");
             for (bucket, free) in buckets.iter().enumerate() {
-                let _ = writeln!(html, "<tr><td>{bucket}</td><td>{}</td></tr>", seconds(free));
+                let free = match free.as_u64() {
+                    Some(0) => "free".to_owned(),
+                    Some(_) => seconds(free),
+                    None => "at its release".to_owned(),
+                };
+                let _ = writeln!(html, "<tr><td>{bucket}</td><td>{free}</td></tr>");
             }
             html.push_str("</table>\n");
         }

@@ -147,7 +147,7 @@ async fn identify_v1(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    use super::tickets::{KeyTaken, MAX_WAIT, Stage};
+    use super::tickets::{MAX_WAIT, Refused, Stage};
     let came = Instant::now();
     if let Some(refused) = refused(&state, &headers) {
         return refused;
@@ -193,9 +193,19 @@ async fn identify_v1(
         .get_or_start(&key, shard, priority, wait, &backend)
     {
         Ok(seen) => seen,
-        Err(KeyTaken(other)) => {
+        Err(Refused::KeyTaken(other)) => {
             let body = json!({ "error": format!("`key` {key:?} is shard {other}'s") });
             return (StatusCode::CONFLICT, axum::Json(body)).into_response();
+        }
+        Err(Refused::Full(kept)) => {
+            let body = json!({
+                "error": format!(
+                    "`key` {key:?} is new and {kept} keys are kept, the most allowed \
+                     (`--max-tickets`): ask again later, or cancel keys no longer needed"
+                )
+            });
+            let retry = [(header::RETRY_AFTER, "1")];
+            return (StatusCode::TOO_MANY_REQUESTS, retry, axum::Json(body)).into_response();
         }
     };
     let mut stage = seen.stage.clone();
@@ -323,7 +333,9 @@ pub(super) async fn status(state: &Shared) -> serde_json::Value {
         "total": budget.as_ref().and_then(|b| b.total),
         "remaining": budget.as_ref().map(|b| b.remaining),
         "reset_after_ms": budget.as_ref().and_then(|b| b.reset_after).map(millis),
-        "bucket_free_in_ms": budget.as_ref().map(|b| b.bucket_free_in.iter().map(|d| millis(*d)).collect::<Vec<_>>()),
+        "bucket_free_in_ms": budget.as_ref().map(|b| {
+            b.bucket_free_in.iter().map(|free| free.map(millis)).collect::<Vec<_>>()
+        }),
         "granted": state.metrics.grants.get(),
         "cancelled": state.metrics.cancelled.get(),
         "waiting": waiting,

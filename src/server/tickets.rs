@@ -60,6 +60,8 @@ pub(super) struct Tickets {
     tickets: Mutex<HashMap<String, Ticket>>,
     /// How long a ticket lives without a poll (after its last poll's wait).
     lease: Duration,
+    /// The most tickets kept at once.
+    max: usize,
     /// Counts each grant once, however many polls see it.
     grants: Counter,
 }
@@ -70,20 +72,26 @@ pub(super) struct Seen {
     pub(super) since: Instant,
 }
 
-/// A key asked for another shard than its ticket's.
-pub(super) struct KeyTaken(pub(super) ShardId);
+/// Why a poll found no ticket.
+pub(super) enum Refused {
+    /// The key is this other shard's.
+    KeyTaken(ShardId),
+    /// A new key while this many tickets are kept, the most allowed.
+    Full(usize),
+}
 
 impl Tickets {
-    pub(super) fn new(lease: Duration, grants: Counter) -> Self {
+    pub(super) fn new(lease: Duration, max: usize, grants: Counter) -> Self {
         Self {
             tickets: Mutex::new(HashMap::new()),
             lease,
+            max,
             grants,
         }
     }
 
-    /// The ticket of `key`, made (and its wait started) if new; its lease renewed to
-    /// cover a poll of `wait`.
+    /// The ticket of `key`, made (and its wait started) if new and there is room; its
+    /// lease renewed to cover a poll of `wait`.
     pub(super) fn get_or_start(
         &self,
         key: &str,
@@ -91,18 +99,21 @@ impl Tickets {
         priority: Priority,
         wait: Duration,
         backend: &Arc<Backend>,
-    ) -> Result<Seen, KeyTaken> {
+    ) -> Result<Seen, Refused> {
         let now = Instant::now();
         let mut tickets = lock(&self.tickets);
         if let Some(ticket) = tickets.get_mut(key) {
             if ticket.shard != shard {
-                return Err(KeyTaken(ticket.shard));
+                return Err(Refused::KeyTaken(ticket.shard));
             }
             ticket.expires = now + wait + self.lease;
             return Ok(Seen {
                 stage: ticket.stage.clone(),
                 since: ticket.since,
             });
+        }
+        if tickets.len() >= self.max {
+            return Err(Refused::Full(tickets.len()));
         }
         let (stage_tx, stage) = watch::channel(Stage::Waiting);
         let permit = Arc::new(Mutex::new(None));
