@@ -11,9 +11,9 @@ use crate::time::Moment;
 /// A bucket's key: `shard % max_concurrency`.
 pub(crate) type BucketId = u32;
 
-/// A request's place in line (SPEC 3.10): its priority's rank in the high 32 bits, its
-/// sequence number in the low ones, so that comparing two orders compares the priority
-/// first and the sequence number second.
+/// A request's place in line ([rules 3.10](crate::rules)): its priority's rank in the
+/// high 32 bits, its sequence number in the low ones, so that comparing two orders
+/// compares the priority first and the sequence number second.
 pub(crate) type Order = u64;
 
 /// The order of the request numbered `seq` in the class of rank `rank`.

@@ -1,5 +1,5 @@
 //! The daily budget of session starts, its 24 h window, and what we cannot know of
-//! Discord's count (SPEC 3.11).
+//! Discord's count ([rules 3.11](crate::rules)).
 //!
 //! # The accounting
 //!
@@ -96,7 +96,7 @@ impl Budget {
     }
 
     /// Applies Discord's word `limit`, read at `read` (`None`: longer ago than any
-    /// instant), at `now`: SPEC 3.11's first rule.
+    /// instant), at `now`: [rules 3.11](crate::rules)'s first rule.
     pub(crate) fn apply_word(
         &mut self,
         limit: &SessionStartLimit,

@@ -10,7 +10,9 @@
 //! - RESUMEs do not count.
 //!
 //! [`Scheduler`] enforces all of them exactly, and wastes none of the limit: a shard
-//! is granted at the first instant the rules allow.
+//! is granted at the first instant the rules allow. [`rules`] writes down every rule
+//! the crate keeps, Discord's and this project's readings of them; comments and tests
+//! cite its sections ("rules 3.11").
 //!
 //! # Sans-IO
 //!
@@ -131,6 +133,7 @@ pub mod http;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+pub mod rules;
 #[cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
 #[cfg_attr(
     docsrs,

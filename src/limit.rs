@@ -90,9 +90,10 @@ impl Config {
         self
     }
 
-    /// How uncertain Discord's count is (30 s by default, at most an hour; SPEC 3.11):
-    /// the longest a word (`session_start_limit`) may be old when it is applied, plus
-    /// the longest an IDENTIFY may take to arrive once its permit reached the shard.
+    /// How uncertain Discord's count is (30 s by default, at most an hour; [rules
+    /// 3.11](crate::rules)): the longest a word (`session_start_limit`) may be old when
+    /// it is applied, plus the longest an IDENTIFY may take to arrive once its permit
+    /// reached the shard.
     ///
     /// Discord counts an IDENTIFY when it arrives and reports its count some time after
     /// reading it, so within `grace` of a word or of a reset the scheduler cannot tell
@@ -106,10 +107,10 @@ impl Config {
     /// **What it costs**: the units of the grants delivered within `grace` before a
     /// word or a reset are held back until the next reset (at most `max_concurrency`
     /// per interval of `grace`: 96 units with `max_concurrency` 16 and 30 s, and none
-    /// when nothing was granted then), and a reset opened by a grant comes `grace` after
-    /// Discord's. A grace shorter than the real uncertainty may overspend; zero is
-    /// SPEC 3.1's budget, exact only where words are read and IDENTIFYs arrive at the
-    /// scheduler's instants.
+    /// when nothing was granted then), and a reset opened by a grant comes `grace`
+    /// after Discord's. A grace shorter than the real uncertainty may overspend; zero
+    /// is the budget of [rules 3.1](crate::rules), exact only where words are read and
+    /// IDENTIFYs arrive at the scheduler's instants.
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self

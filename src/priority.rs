@@ -1,4 +1,5 @@
-//! Which requests go first within a bucket and for the budget (SPEC 3.10).
+//! Which requests go first within a bucket and for the budget ([rules
+//! 3.10](crate::rules)).
 
 /// Which requests go first within a bucket, and for the daily budget.
 ///

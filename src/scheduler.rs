@@ -305,13 +305,13 @@ impl Scheduler {
     ///
     /// The budget becomes `limit.remaining` less the grants Discord may not have
     /// counted yet (delivered within [`grace`](Config::grace) before `now`, or not
-    /// delivered at all), resetting at `now + reset_after` (at once if that is zero);
-    /// a word that counts nothing (`remaining == total`) says Discord's window is not
-    /// open, and the next grant opens it (SPEC 3.11). A new `max_concurrency` re-keys
-    /// the queued shards, keeping
-    /// their order, and the buckets: a new bucket is free only once every grant of the
-    /// last interval whose shard maps to it has aged the interval (and, in hold mode,
-    /// every hold on it has ended).
+    /// delivered at all), resetting at `now + reset_after` (at once if that is zero); a
+    /// word that counts nothing (`remaining == total`) says Discord's window is not
+    /// open, and the next grant opens it ([rules 3.11](crate::rules)). A new
+    /// `max_concurrency` re-keys the queued shards, keeping their order, and the
+    /// buckets: a new bucket is free only once every grant of the last interval whose
+    /// shard maps to it has aged the interval (and, in hold mode, every hold on it has
+    /// ended).
     pub fn update(&mut self, limit: SessionStartLimit, now: Instant) -> Result<(), Error> {
         self.update_with_age(limit, Duration::ZERO, now)
     }
@@ -319,8 +319,8 @@ impl Scheduler {
     /// [`update`](Self::update) with a word read `age` before `now` (a limit read at
     /// start-up and applied after a retry loop, say): its `reset_after` counts from the
     /// read, and the grants delivered within [`grace`](Config::grace) before the read
-    /// are subtracted from its `remaining` (SPEC 3.11). With `update`, the age is taken
-    /// as zero and the grace must cover it.
+    /// are subtracted from its `remaining` ([rules 3.11](crate::rules)). With `update`,
+    /// the age is taken as zero and the grace must cover it.
     ///
     /// Errors, changing nothing: a bad limit, or an `age` above [`MAX_WORD_AGE`].
     pub fn update_with_age(
@@ -344,9 +344,9 @@ impl Scheduler {
 
     /// From now on, a grant counts as delivered (its IDENTIFY on its way to Discord)
     /// only when [`delivered`](Self::delivered) says so, and a word or a reset
-    /// subtracts the grants not delivered yet (SPEC 3.11). For adapters that hand
-    /// grants over later than they are made; without it, a grant is delivered at its
-    /// own instant.
+    /// subtracts the grants not delivered yet ([rules 3.11](crate::rules)). For
+    /// adapters that hand grants over later than they are made; without it, a grant is
+    /// delivered at its own instant.
     pub fn defer_deliveries(&mut self) {
         self.budget.defer_deliveries();
     }

@@ -7,8 +7,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use crate::limit::ShardId;
 
 /// A request's place in line. 32 bits keep a queued shard within the memory target
-/// (SPEC section 4); the scheduler renumbers before they run out, so `Seq::MAX` is
-/// never a live number.
+/// ([rules 4](crate::rules)); the scheduler renumbers before they run out, so
+/// `Seq::MAX` is never a live number.
 pub(crate) type Seq = u32;
 
 /// Queued shard to the sequence number of its request.

@@ -26,7 +26,8 @@ impl Moment {
     }
 }
 
-/// How far ahead "never" is when it has to be an instant (SPEC 3.4: at least a year).
+/// How far ahead "never" is when it has to be an instant ([rules 3.4](crate::rules): at
+/// least a year).
 pub(crate) const FAR_AHEAD: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 /// The instant a driver is told to wait for when nothing can become eligible.

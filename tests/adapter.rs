@@ -1,7 +1,7 @@
 //! The async queue on a hand-driven runtime (`support/manual.rs`), its futures polled
 //! by hand: a proptest over orders of ask, poll, park (not polling), drop, advance,
 //! release and update, every step checked against the reference model of the core
-//! (`support/model.rs`, which shares no code with the crate) replaying SPEC section 5:
+//! (`support/model.rs`, which shares no code with the crate) replaying rules 5:
 //!
 //! - every grant happens at the model's instant, and wakes exactly its future;
 //! - a future that is parked or dropped delays nobody but its own bucket (the model
@@ -103,7 +103,7 @@ impl World {
             config = config.hold_until_release(timeout);
         }
         let scheduler = Scheduler::with_config(setup.limit, config, start).expect("valid");
-        // The queue tells its scheduler of each delivery (SPEC 3.11): so does the test.
+        // The queue tells its scheduler of each delivery (rules 3.11): so does the test.
         let grace = Config::default().get_grace();
         let model = Model::new(
             setup.limit,
@@ -266,7 +266,7 @@ impl World {
         self.drain();
     }
 
-    /// SPEC 5: a permit whose bucket (under the concurrency in force) had another
+    /// rules 5: a permit whose bucket (under the concurrency in force) had another
     /// shard's delivery within the interval, or is held by another shard's delivered
     /// permit, is delivered once that ends (`Some(None)`: not before a release).
     fn gate(&self, shard: u32) -> Option<Option<Instant>> {

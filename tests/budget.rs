@@ -1,4 +1,4 @@
-//! SPEC 3.11, the budget's uncertainty, in one process: each way the budget could be
+//! rules 3.11, the budget's uncertainty, in one process: each way the budget could be
 //! overspent around Discord's word and its resets, with exact instants, and a property
 //! test that judges random traces (words of random ages, late deliveries, resets) by
 //! an independent model of Discord's counter, which counts arrivals.
@@ -114,7 +114,7 @@ fn a_reset_refills_less_the_grants_near_it() {
     );
 }
 
-/// The case SPEC 3.11's text leaves open, read on the safe side: a refill that held
+/// The case rules 3.11 reads beyond its first text, on the safe side: a refill that held
 /// back a grant made near Discord's reset cannot tell whether that grant opened
 /// Discord's next window. If it did, Discord resets a day after it; if not, a day
 /// after our next grant. Our next refill waits for the later and holds back every

@@ -1,4 +1,4 @@
-//! The budget in cluster mode is never overspent (SPEC 3.11 across processes, 6.3):
+//! The budget in cluster mode is never overspent (rules 3.11 across processes, 6.3):
 //! each finding of the safety review (`F1`..`F9`) as a test against real
 //! `redis-server` processes, shaped so that it fails without its fix.
 
@@ -502,7 +502,7 @@ async fn a_word_counting_nothing_waits_for_the_window_the_next_grant_opens() {
 /// next window: the next reset is placed at once (a day and a grace after it), and
 /// the first grant after the refill moves it on to a day and a grace after that
 /// grant's delivery; the refill then counts from a day less a grace after the grant
-/// held back. (SPEC 3.11 read on the safe side; the core's
+/// held back. (rules 3.11 read on the safe side; the core's
 /// `a_window_that_may_have_opened_early_counts_from_its_earliest_opening`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refill_that_held_back_a_grant_waits_for_both_openings() {

@@ -148,7 +148,7 @@ fn worker() {
                 let hold = work.hold_forever.is_some();
                 tokio::spawn(async move {
                     // No error is the caller's business here: a grant lost to a fault
-                    // is asked again by the queue itself (SPEC 6 rule 8).
+                    // is asked again by the queue itself (rules 6.8).
                     let permit = queue
                         .acquire(shard)
                         .await
@@ -297,7 +297,7 @@ fn a_worker_killed_while_waiting_delays_no_one() {
     );
 }
 
-/// SPEC 6 rule 9: a process killed while next in line for a bucket is passed within a
+/// rules 6.9: a process killed while next in line for a bucket is passed within a
 /// round trip of the bucket freeing (its connections closed: Redis sees its
 /// subscription gone), not after its lease (300 ms here: the head grace).
 #[test]

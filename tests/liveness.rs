@@ -1,4 +1,4 @@
-//! SPEC section 5, "grants never depend on how callers poll their futures" and
+//! rules 5, "grants never depend on how callers poll their futures" and
 //! "spacing counts from delivery": one test per way a caller may hold, park, drop or
 //! move a future, with exact instants on tokio's paused clock where one will do.
 

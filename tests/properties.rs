@@ -1,5 +1,5 @@
 //! Property tests: random call sequences, every answer checked against the reference
-//! model and the invariants of SPEC section 3 (see `support/harness.rs`).
+//! model and the invariants of rules 3 (see `support/harness.rs`).
 
 mod support;
 
@@ -29,7 +29,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => Just(Step::AfterDeadline),
         1 => (0..8 * MS).prop_map(|n| Step::Back(Duration::from_nanos(n))),
         1 => duration().prop_map(Step::Forward),
-        // About a day: the reset of a window a delivery opened (SPEC 3.11).
+        // About a day: the reset of a window a delivery opened (rules 3.11).
         1 => (0..60 * MS).prop_map(|n| Step::Forward(DAY - Duration::from_millis(30) + Duration::from_nanos(n))),
     ]
 }

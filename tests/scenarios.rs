@@ -1,4 +1,5 @@
-//! One scenario per rule of SPEC section 3, with exact instants.
+//! One scenario per rule of the core's semantics (rules 3, `src/rules.rs`), with exact
+//! instants.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ const SECOND: Duration = Duration::from_secs(1);
 const FIVE: Duration = Duration::from_secs(5);
 const NS: Duration = Duration::from_nanos(1);
 const DAY: Duration = Duration::from_secs(86_400);
-/// `Config::grace` by default (SPEC 3.11).
+/// `Config::grace` by default (rules 3.11).
 const GRACE: Duration = Duration::from_secs(30);
 
 fn limit(max_concurrency: u32, remaining: u32) -> SessionStartLimit {
@@ -349,7 +350,7 @@ fn an_update_refills_an_exhausted_budget() {
     };
     scheduler.update(fresh, start + SECOND).unwrap();
     // Shard 0's IDENTIFY, a second before the word, may count in Discord's new window
-    // (SPEC 3.11): it is held back.
+    // (rules 3.11): it is held back.
     assert_eq!(scheduler.remaining(start + SECOND), 999);
     assert_eq!(scheduler.poll(start + SECOND), Decision::Grant(1));
     // Shard 0 may have opened the window, or shard 1 does: a day after the later, and

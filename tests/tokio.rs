@@ -390,7 +390,7 @@ fn the_queue_is_clone_send_sync_and_its_futures_are_send() {
     sendable::<identify_queue::tokio::Permit>();
 }
 
-// SPEC 3.11: the queue tells its scheduler when each grant is delivered.
+// rules 3.11: the queue tells its scheduler when each grant is delivered.
 
 /// Polls `future` once.
 async fn poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {

@@ -102,13 +102,13 @@
 //!   falls within `G` before it: they may count in Discord's new window. It never
 //!   refills earlier, nor subtracts less. A word that counts nothing (`remaining` =
 //!   `total`) says Discord's window is not open: a refill at its read.
-//! - **A window that may have opened already.** When a refill subtracted a grant,
-//!   that grant may have opened Discord's next window (it arrived after Discord's
-//!   reset), or none did and the next grant will. Both stay possible: the next refill
-//!   comes a day and `G` after the later of the two openings, and subtracts every
-//!   grant logged from a day less `G` after the earlier one. (SPEC 3.11's text, read
-//!   alone, would count only the grants within `G` before that refill: that misses
-//!   the grants between the two possible resets.)
+//! - **A window that may have opened already.** When a refill subtracted a grant, that
+//!   grant may have opened Discord's next window (it arrived after Discord's reset), or
+//!   none did and the next grant will. Both stay possible: the next refill comes a day and
+//!   `G` after the later of the two openings, and subtracts every grant logged from a day
+//!   less `G` after the earlier one ([rules 3.11](crate::rules): counting only the
+//!   grants within `G` before that refill would miss the grants between the two
+//!   possible resets).
 //! - **The state is whole or missing.** A server that may evict keys without a TTL
 //!   (`maxmemory-policy allkeys-*`) is refused; a state whose buckets or log went
 //!   missing on their own (a generation and a count that must match) is treated as

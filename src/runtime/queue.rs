@@ -203,9 +203,9 @@ impl<R: Runtime> Queue<R> {
 
     /// Applies a fresh `session_start_limit` now, waking whoever it makes eligible.
     ///
-    /// Its `remaining` is taken less the grants that Discord may not have counted
-    /// yet: those delivered within the [`grace`](crate::Config::grace) before it, and
-    /// those not taken by their futures yet (SPEC 3.11).
+    /// Its `remaining` is taken less the grants that Discord may not have counted yet:
+    /// those delivered within the [`grace`](crate::Config::grace) before it, and those
+    /// not taken by their futures yet ([rules 3.11](crate::rules)).
     pub fn update(&self, limit: SessionStartLimit) -> Result<(), Error> {
         self.update_with_age(limit, Duration::ZERO)
     }

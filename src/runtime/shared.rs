@@ -25,11 +25,11 @@
 //!    delivered when its cooldown ends is turned into an occupation of its bucket
 //!    ([`Scheduler::occupy`], until told otherwise) before the scheduler is asked
 //!    anything at or after that instant (`catch_up`). The poll that delivers it sets
-//!    its bucket busy until an interval after the delivery (SPEC section 5, "spacing
-//!    counts from delivery"). Most permits are delivered within their cooldown, at
-//!    the grant's own instant under a paused clock, and then cost the scheduler
-//!    nothing more. In hold mode the hold does the same up to its timeout. A grant
-//!    dropped undelivered frees its bucket at the drop (not before its cooldown).
+//!    its bucket busy until an interval after the delivery ([rules 5](crate::rules),
+//!    "spacing counts from delivery"). Most permits are delivered within their
+//!    cooldown, at the grant's own instant under a paused clock, and then cost the
+//!    scheduler nothing more. In hold mode the hold does the same up to its timeout. A
+//!    grant dropped undelivered frees its bucket at the drop (not before its cooldown).
 //! 4. **Deliveries in one bucket are an interval apart, even across a re-key.** The
 //!    rules above space deliveries in one bucket by themselves, except where an
 //!    update changed `max_concurrency` between a grant and its delivery: two grants
@@ -41,8 +41,8 @@
 //! 5. **`asked_by` mirrors the scheduler's queue**: a shard is in it exactly when it
 //!    is queued in the scheduler, mapped to the waiter that asked for it, whose
 //!    `queued` counts it.
-//! 6. **The budget counts a grant from its delivery** (SPEC 3.11): the scheduler
-//!    defers deliveries, and each grant it made is told exactly once as
+//! 6. **The budget counts a grant from its delivery** ([rules 3.11](crate::rules)): the
+//!    scheduler defers deliveries, and each grant it made is told exactly once as
 //!    [`delivered`](Scheduler::delivered) (its permit handed over, `deliver`) or
 //!    [`abandoned`](Scheduler::abandoned) (dropped undelivered, `abandon`; void in hold
 //!    mode). Until then a word or a reset subtracts it: it may still be sent.

@@ -48,7 +48,8 @@
 //!
 //! With `--discord-token` the server reads `GET /gateway/bot` at start, every five
 //! minutes and just after each reset, and applies it with its age (the time since the
-//! request was sent, SPEC 3.11). Until the first read succeeds nothing is granted and
+//! request was sent, [rules 3.11](crate::rules)). Until the first read succeeds nothing
+//! is granted and
 //! `/readyz` says why; requests wait. Without a token, the static limit of the flags.
 //!
 //! # Shutdown

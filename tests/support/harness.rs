@@ -12,7 +12,7 @@ use identify_queue::{Config, Decision, Error, Priority, Scheduler, SessionStartL
 
 use super::model::{Expect, Model, class};
 
-/// At least this far ahead for "never" (SPEC 3.4: a year).
+/// At least this far ahead for "never" (rules 3.4: a year).
 const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// How the driver's clock moves before a call.
@@ -55,14 +55,14 @@ pub struct Setup {
     pub limit: SessionStartLimit,
     pub interval: Duration,
     pub hold_timeout: Option<Duration>,
-    /// `Config::grace` (SPEC 3.11).
+    /// `Config::grace` (rules 3.11).
     pub grace: Duration,
     /// Grants wait for `delivered` (`Scheduler::defer_deliveries`).
     pub deferred: bool,
 }
 
 impl Setup {
-    /// A setup with no grace and deliveries at the grant: SPEC 3.1's budget.
+    /// A setup with no grace and deliveries at the grant: rules 3.1's budget.
     pub fn plain(
         limit: SessionStartLimit,
         interval: Duration,

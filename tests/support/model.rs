@@ -1,4 +1,5 @@
-//! A reference model of SPEC section 3, written for clarity, not speed.
+//! A reference model of the core's semantics (rules 3, `src/rules.rs`), written for
+//! clarity, not speed.
 //!
 //! It shares no code with the crate: it keeps every grant and rescans everything on each
 //! call (O(n) and worse), so that what it says follows from the text of the spec alone.
@@ -24,7 +25,7 @@ const MAX_AGE: Duration = Duration::from_secs(60 * 60);
 /// The longest grace (`identify_queue::MAX_GRACE`, written out).
 const MAX_GRACE: Duration = Duration::from_secs(60 * 60);
 
-/// What the model knows of Discord's next reset (SPEC 3.11).
+/// What the model knows of Discord's next reset (rules 3.11).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Window {
     /// Discord said it never resets.
