@@ -34,10 +34,28 @@ use tokio::time::{Instant, sleep_until};
 
 use super::link::Link;
 use super::local::Outgoing;
-use super::queue::Inner;
 use super::scripts::{Answer, NeedLimit, answer};
+use super::shared::Inner;
 use super::status::{Health, Snapshot};
 use crate::ShardId;
+
+/// Starts the driver on the runtime at hand if none runs. Without a runtime at
+/// hand (a plain thread), the next call from one starts it.
+pub(super) fn ensure(inner: &Arc<Inner>) {
+    start(inner, None);
+}
+
+/// [`ensure`], handing a new driver an open link.
+pub(super) fn start(inner: &Arc<Inner>, link: Option<Link>) {
+    use std::sync::atomic::Ordering;
+    if inner.driver_running.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn(run(Arc::downgrade(inner), link))),
+        Err(_) => inner.driver_running.store(false, Ordering::Release),
+    }
+}
 
 /// First backoff after a failure; it doubles with each failure in a row.
 const FIRST_BACKOFF: Duration = Duration::from_millis(25);

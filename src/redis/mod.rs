@@ -138,6 +138,7 @@ mod permit;
 mod queue;
 mod round_trip;
 mod scripts;
+mod shared;
 mod status;
 #[cfg(feature = "twilight")]
 mod twilight;

@@ -10,8 +10,8 @@ use futures_core::Stream;
 use tokio::time::Instant;
 
 use super::local::Taken;
-use super::queue::Inner;
 use super::scripts::Token;
+use super::shared::Inner;
 use crate::{Error, ShardId};
 
 /// The future of [`Queue::acquire`](super::Queue::acquire): resolves with the permit
@@ -69,7 +69,7 @@ impl Future for Acquire {
             return Poll::Ready(Err(error));
         }
         // Its driver may have ended with the runtime it ran on.
-        this.inner.ensure_driver();
+        super::driver::ensure(&this.inner);
         let now = Instant::now();
         let mut local = this.inner.lock();
         match local.take(this.shard, now) {

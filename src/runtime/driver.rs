@@ -7,9 +7,35 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use super::Runtime;
-use super::queue::{lock, wake};
-use super::shared::{Shared, Wakeups};
+use super::shared::{Shared, Wakeups, lock, wake};
+use super::{DriverTask, Runtime};
+
+/// Runs `change` under the lock, then acts on what it collected once the lock is
+/// released: wakes the wakers, starts a driver. `from_waiter`: the change is a
+/// waiting future's poll, which will try again itself if no driver can start here.
+pub(super) fn change<R: Runtime, T>(
+    shared: &Arc<Mutex<Shared>>,
+    from_waiter: bool,
+    change: impl FnOnce(&mut Shared, &mut Wakeups) -> T,
+) -> T {
+    let mut wakeups = Wakeups::default();
+    let result = change(&mut lock(shared), &mut wakeups);
+    wake(wakeups.wakers);
+    if let Some(id) = wakeups.start_driver {
+        let driver: DriverTask = Box::pin(Driver::<R>::new(Arc::clone(shared), id));
+        if let Err(driver) = R::spawn(driver) {
+            // No runtime here (a permit dropped on a plain thread, say): the slot
+            // is freed, and the waiting futures are woken to start a driver from
+            // their own runtime. Not from a waiter's poll: it would wake itself,
+            // and fail again, in a loop; it tries again when next polled.
+            let mut wakeups = Wakeups::default();
+            lock(shared).driver_gone(id, !from_waiter, &mut wakeups);
+            drop(driver);
+            wake(wakeups.wakers);
+        }
+    }
+    result
+}
 
 /// Fired timers in a row after which the driver yields to its executor: a timer that
 /// keeps firing before the clock reaches its deadline is not trusted to stop.

@@ -37,11 +37,13 @@ mod driver;
 mod permit;
 mod queue;
 mod shared;
+mod stats;
 mod waiters;
 
 pub use acquire::{Acquire, Grants};
 pub use permit::Permit;
-pub use queue::{Queue, QueueStats};
+pub use queue::Queue;
+pub use stats::QueueStats;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -3,14 +3,13 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Waker;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::Runtime;
 use super::acquire::{Acquire, Grants};
-use super::driver::Driver;
-use super::shared::{Shared, Wakeups};
-use super::{DriverTask, Runtime};
+use super::shared::{Shared, Wakeups, lock};
+use super::stats::QueueStats;
 use crate::{Config, Error, Priority, Scheduler, SessionStartLimit, ShardId};
 
 /// An async IDENTIFY queue over a [`Scheduler`], shared by every shard of a bot.
@@ -21,40 +20,6 @@ use crate::{Config, Error, Priority, Scheduler, SessionStartLimit, ShardId};
 pub struct Queue<R: Runtime> {
     pub(super) shared: Arc<Mutex<Shared>>,
     runtime: PhantomData<fn() -> R>,
-}
-
-/// Counters that show how hard the queue works, for tests and monitoring.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct QueueStats {
-    /// Times an `Acquire` or `Grants` was polled while waiting.
-    pub polls: u64,
-    /// Waiting futures woken: one per grant to a future that had registered a waker,
-    /// one per request taken over, and, if a driver's runtime goes away, one per
-    /// future woken to start another.
-    pub wakeups: u64,
-    /// Times the driver's timer was set to a new deadline.
-    pub timer_resets: u64,
-    /// Times the driver ran (its timer fired, or it was woken for an earlier deadline).
-    pub driver_polls: u64,
-    /// Times a parked driver was woken before its timer fired (an earlier deadline, or
-    /// nothing left to wait for).
-    pub driver_wakeups: u64,
-    /// Driver tasks started.
-    pub drivers_started: u64,
-}
-
-/// Locks the queue's state. Nothing panics while holding the lock; if something did,
-/// the state is still consistent between changes, so carry on.
-pub(super) fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Wakes `wakers`; called with the lock released.
-pub(super) fn wake(wakers: Vec<Waker>) {
-    for waker in wakers {
-        waker.wake();
-    }
 }
 
 impl<R: Runtime> Queue<R> {
@@ -80,31 +45,14 @@ impl<R: Runtime> Queue<R> {
         R::now()
     }
 
-    /// Runs `change` under the lock, then acts on what it collected once the lock is
-    /// released: wakes the wakers, starts a driver. `from_waiter`: the change is a
-    /// waiting future's poll, which will try again itself if no driver can start here.
+    /// Runs `change` under the lock, then wakes and starts what it asked for (see
+    /// [`driver::change`](super::driver::change)).
     pub(super) fn change<T>(
         &self,
         from_waiter: bool,
         change: impl FnOnce(&mut Shared, &mut Wakeups) -> T,
     ) -> T {
-        let mut wakeups = Wakeups::default();
-        let result = change(&mut lock(&self.shared), &mut wakeups);
-        wake(wakeups.wakers);
-        if let Some(id) = wakeups.start_driver {
-            let driver: DriverTask = Box::pin(Driver::<R>::new(Arc::clone(&self.shared), id));
-            if let Err(driver) = R::spawn(driver) {
-                // No runtime here (a permit dropped on a plain thread, say): the slot
-                // is freed, and the waiting futures are woken to start a driver from
-                // their own runtime. Not from a waiter's poll: it would wake itself,
-                // and fail again, in a loop; it tries again when next polled.
-                let mut wakeups = Wakeups::default();
-                lock(&self.shared).driver_gone(id, !from_waiter, &mut wakeups);
-                drop(driver);
-                wake(wakeups.wakers);
-            }
-        }
-        result
+        super::driver::change::<R, T>(&self.shared, from_waiter, change)
     }
 
     /// Waits until `shard` may IDENTIFY, as a [`Priority::Start`]. The request is made

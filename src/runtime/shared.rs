@@ -50,28 +50,26 @@
 //! [`Scheduler::occupy`]: crate::Scheduler::occupy
 
 use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use super::queue::QueueStats;
-use super::waiters::{WaiterId, Waiters};
+use super::stats::QueueStats;
+use super::waiters::{Grant, WaiterId, Waiters};
 use crate::shard_map::ShardIndex;
 use crate::{Decision, Error, Priority, Scheduler, SessionStartLimit, ShardId};
 
-/// A grant the scheduler made, on its way to the shard's future.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Grant {
-    pub(super) shard: ShardId,
-    /// Numbers grants: in hold mode a permit releases only its own hold, not a later
-    /// one of the same shard (after its own timed out).
-    pub(super) number: u64,
-    /// The scheduler's instant of the grant.
-    pub(super) at: Instant,
-    /// How many updates had changed `max_concurrency` when it was made.
-    pub(super) rekeys: u64,
-    /// Timer mode: still undelivered at the end of its cooldown, it was turned into
-    /// an occupation of its bucket (invariant 3).
-    pub(super) occupies: bool,
+/// Locks the queue's state. Nothing panics while holding the lock; if something did,
+/// the state is still consistent between changes, so carry on.
+pub(super) fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Wakes `wakers`; called with the lock released.
+pub(super) fn wake(wakers: Vec<Waker>) {
+    for waker in wakers {
+        waker.wake();
+    }
 }
 
 /// A grant handed to its shard: what a [`Permit`](super::Permit) carries.

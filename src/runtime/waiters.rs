@@ -2,8 +2,25 @@
 
 use std::collections::VecDeque;
 use std::task::Waker;
+use std::time::Instant;
 
-use super::shared::Grant;
+use crate::ShardId;
+
+/// A grant the scheduler made, on its way to the shard's future.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Grant {
+    pub(super) shard: ShardId,
+    /// Numbers grants: in hold mode a permit releases only its own hold, not a later
+    /// one of the same shard (after its own timed out).
+    pub(super) number: u64,
+    /// The scheduler's instant of the grant.
+    pub(super) at: Instant,
+    /// How many updates had changed `max_concurrency` when it was made.
+    pub(super) rekeys: u64,
+    /// Timer mode: still undelivered at the end of its cooldown, it was turned into
+    /// an occupation of its bucket (invariant 3).
+    pub(super) occupies: bool,
+}
 
 /// A waiting `Acquire` or `Grants`: its index in the slab (64 bits: the shard index
 /// that maps shards to waiters stores this type).

@@ -1,0 +1,200 @@
+//! What every clone of a cluster queue, its futures, its permits and its driver share:
+//! the process's side of the queue (`Local`, under one lock), the link's settings,
+//! and the calls that apply Discord's word in Redis. The facade is in `queue.rs`, the
+//! task that talks to Redis in `driver.rs`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::link::{Link, Target};
+use super::local::Local;
+use super::options::Options;
+use super::scripts::Scripts;
+use super::status::Health;
+use crate::{Config, Error, SessionStartLimit, ShardId};
+
+/// The length of Discord's budget window.
+const WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+/// `reset_after` beyond this means "never" (the scripts' far future).
+const NEVER_MS: u128 = 1 << 50;
+/// Round trips measured on each new link before it is used.
+const PINGS: usize = 4;
+
+/// The process's side of one cluster queue.
+pub(super) struct Inner {
+    pub(super) local: Mutex<Local>,
+    pub(super) wake: Arc<Notify>,
+    pub(super) target: Target,
+    pub(super) url: String,
+    /// `iq:{<namespace>}:`: every key of the namespace.
+    pub(super) prefix: String,
+    pub(super) channel: String,
+    /// This queue's name among the contenders: unique per connect.
+    pub(super) client: String,
+    pub(super) nonces: std::sync::atomic::AtomicU64,
+    /// A driver task runs (or was just spawned). It clears this when it ends, also
+    /// when its runtime drops it: the next poll on a runtime starts another.
+    pub(super) driver_running: std::sync::atomic::AtomicBool,
+    pub(super) config: Config,
+    pub(super) options: Options,
+    /// `config.interval` plus the margin and a millisecond: what Redis keeps between
+    /// the end of a grant's delivery window and the next grant (see `connect_with`).
+    pub(super) interval: Duration,
+    pub(super) scripts: Scripts,
+    /// The driver's connection, for the calls a user makes (`update`, `snapshot`).
+    pub(super) connection: Mutex<Option<MultiplexedConnection>>,
+}
+
+fn millis_up(duration: Duration) -> u64 {
+    let millis = duration.as_nanos().div_ceil(1_000_000);
+    u64::try_from(millis.min(NEVER_MS)).unwrap_or(u64::MAX)
+}
+
+impl Inner {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Local> {
+        // A panic elsewhere must not stop the queue: its state stays consistent
+        // between statements.
+        self.local
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The driver's connection, if it has one now.
+    pub(super) fn connection(&self) -> Option<MultiplexedConnection> {
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The driver's connection changed (`None`: lost).
+    pub(super) fn set_connection(&self, connection: Option<MultiplexedConnection>) {
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = connection;
+    }
+
+    pub(super) fn unreachable(&self, reason: String) -> Error {
+        Error::Unreachable {
+            url: self.url.clone(),
+            reason,
+        }
+    }
+
+    /// Longer than a `WAIT` for replicas, so that the wait is not cut short.
+    pub(super) fn response_timeout(&self) -> Duration {
+        self.options.replica_timeout + Duration::from_secs(1)
+    }
+
+    pub(super) fn nonce(&self) -> String {
+        let n = self
+            .nonces
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}:{n}", self.client)
+    }
+
+    pub(super) fn hold(&self) -> Option<Duration> {
+        self.config.get_hold_timeout()
+    }
+
+    /// The handles are gone and nothing is left to send or deliver.
+    pub(super) fn finished(&self) -> bool {
+        let local = self.lock();
+        local.closed && local.waiters.is_empty() && local.outbox.is_empty()
+    }
+
+    /// Applies Discord's word to the shared state (the sync script).
+    pub(super) async fn sync(
+        &self,
+        connection: &mut MultiplexedConnection,
+        limit: SessionStartLimit,
+        age: Duration,
+    ) -> Result<(), Error> {
+        let reset_after = if limit.reset_after.as_millis() >= NEVER_MS {
+            -1
+        } else {
+            millis_up(limit.reset_after) as i64
+        };
+        let hold = self.hold().map_or(0, |hold| millis_up(hold).max(1));
+        let reply: Vec<i64> = self
+            .scripts
+            .sync
+            .key(&self.prefix)
+            .arg(limit.total)
+            .arg(limit.remaining)
+            .arg(reset_after)
+            .arg(limit.max_concurrency)
+            .arg(millis_up(self.interval))
+            .arg(hold)
+            .arg(millis_up(self.config.get_grace()))
+            .arg(millis_up(WINDOW))
+            .arg(self.options.reserve)
+            .arg(millis_up(self.options.head_grace))
+            .arg(age.as_millis().min(NEVER_MS) as u64)
+            .invoke_async(connection)
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        let now = Instant::now();
+        let mut local = self.lock();
+        local.stats.commands += 1;
+        local.stats.syncs += 1;
+        local.remaining = reply.first().map_or(0, |&r| u32::try_from(r).unwrap_or(0));
+        local.set_health(Health::Ready);
+        local.rekey(limit.max_concurrency, now);
+        local.synced(now);
+        tracing::info!(
+            total = limit.total,
+            remaining = limit.remaining,
+            reset_after = ?limit.reset_after,
+            max_concurrency = limit.max_concurrency,
+            budget = local.remaining,
+            "Discord's word applied",
+        );
+        Ok(())
+    }
+
+    /// Hold mode: sends a release for the grant `token` of `shard`.
+    pub(super) fn release(&self, shard: ShardId, token: super::scripts::Token) {
+        if self.hold().is_none() {
+            return;
+        }
+        self.lock().release(shard, token, Instant::now());
+        self.wake.notify_one();
+    }
+
+    /// Opens a link to the master: a connection, and a subscription to the wake-up
+    /// channel and to this queue's own channel (its subscriber count tells the others
+    /// that this process lives).
+    ///
+    /// Then loads the scripts and measures the round trip (a few `PING`s), so that
+    /// the first calls carry a true delivery window.
+    pub(super) async fn open_link(&self) -> Result<Link, String> {
+        let alive = format!("{}p:{}", self.prefix, self.client);
+        let mut link = Link::open(
+            &self.target,
+            &[&self.channel, &alive],
+            self.response_timeout(),
+        )
+        .await?;
+        let failed = |e: redis::RedisError| format!("{}: {e}", self.url);
+        self.scripts
+            .load(&mut link.connection)
+            .await
+            .map_err(failed)?;
+        for _ in 0..PINGS {
+            let sent = Instant::now();
+            let _: String = redis::cmd("PING")
+                .query_async(&mut link.connection)
+                .await
+                .map_err(failed)?;
+            self.lock().measured(sent, Instant::now());
+        }
+        self.lock().stats.commands += 1 + PINGS as u64;
+        Ok(link)
+    }
+}
