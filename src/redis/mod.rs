@@ -130,6 +130,7 @@
 //! epoch changes, Discord's word applied or failing, health changes, undelivered
 //! grants, a widened window): install any subscriber to see them.
 
+mod acquire;
 mod driver;
 mod link;
 mod local;
@@ -143,8 +144,9 @@ mod status;
 #[cfg(feature = "twilight")]
 mod twilight;
 
+pub use acquire::{Acquire, Grants};
 pub use options::{LimitFuture, Options};
-pub use permit::{Acquire, Grants, Permit};
+pub use permit::Permit;
 pub use queue::Queue;
 pub use round_trip::DELIVERY_WINDOW;
 pub use status::{ClusterStats, Health, NeedLimit, Snapshot};

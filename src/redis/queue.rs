@@ -7,11 +7,11 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::acquire::{Acquire, Grants};
 use super::driver;
 use super::link::Target;
 use super::local::{Local, Phase, Settings};
 use super::options::Options;
-use super::permit::{Acquire, Grants};
 use super::scripts::Scripts;
 use super::shared::Inner;
 use super::status::{ClusterStats, Health, Snapshot};
