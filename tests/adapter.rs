@@ -405,7 +405,9 @@ impl World {
     }
 
     fn check_counts(&self) {
-        assert_eq!(self.queue.len(), self.model.len(), "{}", self.context());
+        // Unresolved requests: queued, or granted and not taken yet.
+        let unresolved = self.model.len() + self.model.undelivered() as usize;
+        assert_eq!(self.queue.len(), unresolved, "{}", self.context());
         assert_eq!(
             self.queue.remaining(),
             self.model.remaining_at(self.now),

@@ -11,7 +11,9 @@ use std::time::Duration;
 use identify_queue::redis::{Health, NeedLimit, Options, Queue};
 use identify_queue::{Config, Error, Priority, SessionStartLimit, ShardId};
 use redis_server::Server;
-use tokio::time::{Instant, sleep, timeout};
+use std::time::Instant;
+
+use tokio::time::{sleep, timeout};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 /// What Redis keeps between two grants of a bucket: the interval, the 5 ms delivery
@@ -604,8 +606,12 @@ async fn eta_of_a_waiting_shard_counts_the_shards_ahead() {
     let queue = bot_queue(&server, limit(100, 1), config()).await;
     sleep(SPACING).await; // the fresh state's quiet interval
     let first = queue.acquire(0).await.unwrap().granted_at();
-    let _second = queue.acquire(1);
-    let _third = queue.acquire(2);
+    // The requests are made at their futures' first poll.
+    let mut second = queue.acquire(1);
+    let mut third = queue.acquire(2);
+    assert_eq!(queue.eta(1), None, "not requested yet");
+    assert!(futures_util::FutureExt::now_or_never(&mut second).is_none());
+    assert!(futures_util::FutureExt::now_or_never(&mut third).is_none());
     let (second, third) = timeout(Duration::from_secs(1), async {
         (queue.eta(1).unwrap(), queue.eta(2).unwrap())
     })

@@ -10,7 +10,9 @@ use std::time::Duration;
 use identify_queue::redis::{Health, NeedLimit, Options, Queue};
 use identify_queue::{Config, SessionStartLimit};
 use redis_server::Server;
-use tokio::time::{Instant, sleep, timeout};
+use std::time::Instant;
+
+use tokio::time::{sleep, timeout};
 
 const INTERVAL: Duration = Duration::from_millis(100);
 
@@ -84,7 +86,7 @@ async fn remaining(queue: &Queue) -> u32 {
 }
 
 /// F2, the review's program through the public API: the four `acquire` futures made
-/// up front, shard 0 awaited and started, a word read 3 s later with Discord's count
+/// (and polled once, which makes their requests) up front, shard 0 awaited and started, a word read 3 s later with Discord's count
 /// (which has only shard 0), then shards 1..3 awaited. Their grants were made before
 /// the word but reach their shards after it: Discord had not counted them, so the word
 /// must not hand their units out again. Before the fix: Discord 6, Redis 9.
@@ -99,7 +101,10 @@ async fn a_word_read_while_grants_wait_untaken_does_not_count_them_twice() {
     .await;
     let mut discord_remaining = 10;
     let mut waiting: Vec<_> = (0..4).map(|shard| queue.acquire(shard)).collect();
-    let rest = waiting.split_off(1);
+    let mut rest = waiting.split_off(1);
+    for acquire in &mut rest {
+        assert!(futures_util::FutureExt::now_or_never(acquire).is_none());
+    }
     let first = waiting.pop().unwrap();
     drop(first.await.unwrap());
     discord_remaining -= 1; // shard 0 identified

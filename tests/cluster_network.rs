@@ -26,7 +26,7 @@ use fault_proxy::FaultProxy;
 use identify_queue::redis::{ClusterStats, Options, Queue};
 use identify_queue::{Config, SessionStartLimit, ShardId};
 use redis_server::Server;
-use tokio::time::Instant;
+use std::time::Instant;
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const MAX_CONCURRENCY: u32 = 4;
@@ -160,8 +160,7 @@ async fn wait_for_arrivals(discord: &FakeDiscord, count: usize) -> Instant {
     while discord.arrivals().len() < count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let last = discord.arrivals().last().map(|a| a.at).expect("arrivals");
-    Instant::from_std(last)
+    discord.arrivals().last().map(|a| a.at).expect("arrivals")
 }
 
 /// The judgement of a run whose longest round trip is `round_trip`, with
@@ -375,8 +374,10 @@ async fn a_grant_undelivered_through_a_stall_is_asked_again() {
         .await
         .unwrap();
     tokio::time::sleep(ms(250)).await; // a fresh state's quiet interval
-    // Asked, granted in Redis, and not taken: the future is not polled.
-    let parked = far.acquire(0);
+    // Asked (its first poll makes the request), granted in Redis, and not taken: the
+    // future is not polled again.
+    let mut parked = far.acquire(0);
+    assert!(futures_util::FutureExt::now_or_never(&mut parked).is_none());
     while far.stats().grants == 0 {
         tokio::time::sleep(ms(1)).await;
     }

@@ -1,53 +1,63 @@
 //! The futures a shard waits on: `Acquire` (one shard's request) and `Grants` (a
-//! stream of many). Both take what the driver recorded for them in `Local`; the poll
-//! that returns a permit delivers it.
+//! stream of many). Each makes its requests when first polled, then takes what the
+//! driver recorded for them in `Local`; the poll that returns a permit delivers it.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_core::Stream;
+use futures_core::{FusedFuture, FusedStream, Stream};
 use tokio::time::Instant;
 
-use super::local::Taken;
+use super::local::{Owner, Taken, Ticket};
 use super::permit::Permit;
 use super::shared::Inner;
-use crate::{Error, ShardId};
+use crate::{Error, Priority, ShardId};
+
+/// Where an `Acquire` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Not polled yet: nothing requested.
+    Start,
+    /// Requested: the place of this ticket.
+    Waiting(Ticket),
+    /// Resolved.
+    Done,
+}
 
 /// The future of [`Queue::acquire`](super::Queue::acquire): resolves with the permit
-/// once Redis granted the shard.
+/// once Redis granted the shard. The request is made when it is first polled.
 ///
 /// # Cancel safety
 ///
 /// Dropping it while it waits cancels the request (nothing spent, nobody delayed);
 /// dropped after the grant came back, the unit is spent and a hold is released.
-#[must_use = "the request waits only while its future lives"]
+#[must_use = "a request is made only when the future is polled"]
 pub struct Acquire {
     inner: Arc<Inner>,
     shard: ShardId,
-    /// Resolved at creation (the shard was already queued): nothing of ours to cancel.
-    failed: Option<Error>,
-    done: bool,
+    priority: Priority,
+    /// Take over the place of a waiting request of the same shard.
+    replace: bool,
+    state: State,
 }
 
 impl Acquire {
-    pub(super) fn new(inner: Arc<Inner>, shard: ShardId) -> Self {
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        shard: ShardId,
+        priority: Priority,
+        replace: bool,
+    ) -> Self {
         Self {
             inner,
             shard,
-            failed: None,
-            done: false,
-        }
-    }
-
-    pub(super) fn failed(inner: Arc<Inner>, shard: ShardId, error: Error) -> Self {
-        Self {
-            inner,
-            shard,
-            failed: Some(error),
-            done: false,
+            priority,
+            replace,
+            state: State::Start,
         }
     }
 
@@ -62,27 +72,42 @@ impl Future for Acquire {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if this.done {
-            // Polled after it resolved: a fused "nothing more" rather than a panic.
-            return Poll::Pending;
-        }
-        if let Some(error) = this.failed.take() {
-            this.done = true;
-            return Poll::Ready(Err(error));
-        }
         // Its driver may have ended with the runtime it ran on.
         super::driver::ensure(&this.inner);
         let now = Instant::now();
         let mut local = this.inner.lock();
-        match local.take(this.shard, now) {
+        let ticket = match this.state {
+            // Polled after it resolved: a fused "nothing more" rather than a panic.
+            State::Done => return Poll::Pending,
+            State::Waiting(ticket) => ticket,
+            State::Start => {
+                let owner = Owner::Future(None);
+                match local.enqueue(this.shard, this.priority, this.replace, owner, now) {
+                    Ok(ticket) => {
+                        this.state = State::Waiting(ticket);
+                        this.inner.wake.notify_one();
+                        ticket
+                    }
+                    Err(_) => {
+                        this.state = State::Done;
+                        return Poll::Ready(Err(Error::AlreadyQueued(this.shard)));
+                    }
+                }
+            }
+        };
+        match local.take(this.shard, ticket, now) {
             Taken::Permit(token) => {
                 drop(local);
-                this.done = true;
+                this.state = State::Done;
                 return Poll::Ready(Ok(Permit::new(&this.inner, this.shard, token, now)));
             }
             Taken::Gone => {
-                this.done = true;
+                this.state = State::Done;
                 return Poll::Ready(Err(Error::GrantLost(this.shard)));
+            }
+            Taken::Superseded => {
+                this.state = State::Done;
+                return Poll::Ready(Err(Error::Superseded(this.shard)));
             }
             // Taken late: the driver first keeps the bucket busy until an interval
             // after a new window (spacing counts from delivery), then wakes us.
@@ -90,25 +115,29 @@ impl Future for Acquire {
             Taken::Pending { touch: false } => {}
         }
         if let Some(waiter) = local.waiters.get_mut(&this.shard) {
-            if !waiter
-                .waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                waiter.waker = Some(cx.waker().clone());
+            if let Owner::Future(waker) = &mut waiter.owner {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
             }
         }
         Poll::Pending
     }
 }
 
+impl FusedFuture for Acquire {
+    fn is_terminated(&self) -> bool {
+        self.state == State::Done
+    }
+}
+
 impl Drop for Acquire {
     fn drop(&mut self) {
-        if self.done || self.failed.is_some() {
+        let State::Waiting(ticket) = self.state else {
             return;
-        }
+        };
         let mut local = self.inner.lock();
-        local.abandon(self.shard, Instant::now());
+        local.abandon(self.shard, ticket, Instant::now());
         let wake = !local.outbox.is_empty();
         drop(local);
         if wake {
@@ -121,24 +150,45 @@ impl fmt::Debug for Acquire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Acquire")
             .field("shard", &self.shard)
+            .field("state", &self.state)
             .finish()
     }
 }
 
 /// The stream of [`Queue::acquire_all`](super::Queue::acquire_all): permits in the
-/// order they are granted.
+/// order they are granted (and an error for a shard that already waits). The
+/// requests are made when it is first polled. Each grant costs the stream O(1): the
+/// driver puts its shard on the stream's ready list.
 ///
 /// # Cancel safety
 ///
-/// Dropping it cancels the requests still waiting.
-#[must_use = "the requests wait only while the stream lives"]
+/// Dropping it cancels the requests still waiting; a grant it had not yielded yet is
+/// spent, and its hold released.
+#[must_use = "the requests are made only when the stream is polled"]
 pub struct Grants {
-    pending: Vec<Acquire>,
+    inner: Arc<Inner>,
+    /// The shards to ask for, until the first poll.
+    shards: Vec<ShardId>,
+    /// Its id among the queue's streams, once it asked.
+    id: Option<u64>,
+    /// The requests still waiting, by shard.
+    waiting: HashMap<ShardId, Ticket>,
+    /// Shards that could not be asked for, to yield as errors.
+    refused: VecDeque<ShardId>,
+    /// It yielded `None`.
+    ended: bool,
 }
 
 impl Grants {
-    pub(super) fn new(pending: Vec<Acquire>) -> Self {
-        Self { pending }
+    pub(super) fn new(inner: Arc<Inner>, shards: Vec<ShardId>) -> Self {
+        Self {
+            inner,
+            shards,
+            id: None,
+            waiting: HashMap::new(),
+            refused: VecDeque::new(),
+            ended: false,
+        }
     }
 }
 
@@ -146,29 +196,113 @@ impl Stream for Grants {
     type Item = Result<Permit, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let pending = &mut self.pending;
-        if pending.is_empty() {
+        let this = &mut *self;
+        if this.ended {
             return Poll::Ready(None);
         }
-        for index in 0..pending.len() {
-            if let Poll::Ready(result) = Pin::new(&mut pending[index]).poll(cx) {
-                // Resolved: its drop has nothing to cancel.
-                drop(pending.remove(index));
-                return Poll::Ready(Some(result));
+        super::driver::ensure(&this.inner);
+        let now = Instant::now();
+        let mut local = this.inner.lock();
+        let id = match this.id {
+            Some(id) => id,
+            None => {
+                let id = local.open_stream();
+                this.id = Some(id);
+                for shard in std::mem::take(&mut this.shards) {
+                    let owner = Owner::Stream(id);
+                    match local.enqueue(shard, Priority::Start, false, owner, now) {
+                        Ok(ticket) => drop(this.waiting.insert(shard, ticket)),
+                        Err(_) => this.refused.push_back(shard),
+                    }
+                }
+                this.inner.wake.notify_one();
+                id
+            }
+        };
+        if let Some(shard) = this.refused.pop_front() {
+            return Poll::Ready(Some(Err(Error::AlreadyQueued(shard))));
+        }
+        let mut touch = false;
+        while let Some(shard) = local
+            .streams
+            .get_mut(&id)
+            .and_then(|stream| stream.ready.pop_front())
+        {
+            let Some(&ticket) = this.waiting.get(&shard) else {
+                continue;
+            };
+            let outcome = match local.take(shard, ticket, now) {
+                Taken::Permit(token) => Ok(token),
+                Taken::Gone => Err(Error::GrantLost(shard)),
+                Taken::Superseded => Err(Error::Superseded(shard)),
+                Taken::Pending { touch: asked } => {
+                    touch |= asked;
+                    continue;
+                }
+            };
+            this.waiting.remove(&shard);
+            drop(local);
+            if touch {
+                this.inner.wake.notify_one();
+            }
+            let outcome = outcome.map(|token| Permit::new(&this.inner, shard, token, now));
+            return Poll::Ready(Some(outcome));
+        }
+        if touch {
+            this.inner.wake.notify_one();
+        }
+        if this.waiting.is_empty() {
+            local.streams.remove(&id);
+            this.ended = true;
+            return Poll::Ready(None);
+        }
+        if let Some(stream) = local.streams.get_mut(&id) {
+            if !stream
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                stream.waker = Some(cx.waker().clone());
             }
         }
         Poll::Pending
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.pending.len(), Some(self.pending.len()))
+        let left = self.shards.len() + self.waiting.len() + self.refused.len();
+        (left, Some(left))
+    }
+}
+
+impl FusedStream for Grants {
+    fn is_terminated(&self) -> bool {
+        self.ended
+    }
+}
+
+impl Drop for Grants {
+    fn drop(&mut self) {
+        let Some(id) = self.id else {
+            return;
+        };
+        let now = Instant::now();
+        let mut local = self.inner.lock();
+        local.streams.remove(&id);
+        for (&shard, &ticket) in &self.waiting {
+            local.abandon(shard, ticket, now);
+        }
+        let wake = !local.outbox.is_empty();
+        drop(local);
+        if wake {
+            self.inner.wake.notify_one();
+        }
     }
 }
 
 impl fmt::Debug for Grants {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Grants")
-            .field("pending", &self.pending.len())
+            .field("waiting", &(self.shards.len() + self.waiting.len()))
             .finish()
     }
 }

@@ -96,8 +96,36 @@ pub(super) struct Waiter {
     pub(super) seq: u64,
     pub(super) priority: Priority,
     pub(super) phase: Phase,
+    /// The request that holds this place now: a request that took it over
+    /// (`acquire_replacing`) gets a new ticket, and the older one finds it gone.
+    pub(super) ticket: Ticket,
+    /// Who is woken when the grant comes.
+    pub(super) owner: Owner,
+}
+
+/// Numbers the requests of a queue, so that a future knows whether the place it
+/// asked for is still its own.
+pub(super) type Ticket = u64;
+
+/// Who waits for a request's grant.
+pub(super) enum Owner {
+    /// An `Acquire`, woken through its waker.
+    Future(Option<Waker>),
+    /// A `Grants` stream: the shard is put on its ready list (O(1) per grant, however
+    /// many shards the stream waits for).
+    Stream(u64),
+}
+
+/// A `Grants` stream: the shards woken for it, and its waker.
+#[derive(Default)]
+pub(super) struct WaitingStream {
+    pub(super) ready: VecDeque<ShardId>,
     pub(super) waker: Option<Waker>,
 }
+
+/// A request that cannot be made (the shard's earlier one still waits here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct AlreadyWaiting;
 
 impl Waiter {
     /// Its place in its bucket's queue: priority class, then request order.
@@ -151,13 +179,19 @@ pub(super) enum Taken {
     Pending { touch: bool },
     /// The request is not here (never made, or already done).
     Gone,
+    /// A later request of the same shard took its place (`acquire_replacing`).
+    Superseded,
 }
 
 pub(super) struct Local {
     pub(super) settings: Settings,
     pub(super) max_concurrency: u32,
     next_seq: u64,
+    next_ticket: Ticket,
     pub(super) waiters: HashMap<ShardId, Waiter>,
+    /// The `Grants` streams waiting here, by id.
+    pub(super) streams: HashMap<u64, WaitingStream>,
+    next_stream: u64,
     pub(super) buckets: HashMap<u32, Bucket>,
     pub(super) outbox: VecDeque<Outgoing>,
     /// The budget is spent until then (`Some(None)`: until Discord's word).
@@ -175,8 +209,10 @@ pub(super) struct Local {
     /// Shards whose grant reached them (the twilight integration's reconnect inference).
     #[cfg_attr(not(feature = "twilight"), allow(dead_code))]
     pub(super) served: HashSet<ShardId>,
-    /// Hold mode: grants of permits let go with `Permit::keep`, for `Queue::release`.
-    pub(super) kept: HashMap<ShardId, Token>,
+    /// Hold mode: the holds of delivered permits (live or kept), by shard: the grant,
+    /// and when its hold times out at the latest (counted from its delivery, which
+    /// is after its grant). `Queue::release` and the permit's drop take it out.
+    pub(super) holds: HashMap<ShardId, (Token, Instant)>,
     pub(super) closed: bool,
     pub(super) stats: ClusterStats,
 }
@@ -187,7 +223,10 @@ impl Local {
             settings,
             max_concurrency,
             next_seq: 0,
+            next_ticket: 0,
             waiters: HashMap::new(),
+            streams: HashMap::new(),
+            next_stream: 0,
             buckets: HashMap::new(),
             outbox: VecDeque::new(),
             no_budget: None,
@@ -198,7 +237,7 @@ impl Local {
             remaining,
             round_trip: RoundTrip::default(),
             served: HashSet::new(),
-            kept: HashMap::new(),
+            holds: HashMap::new(),
             closed: false,
             stats: ClusterStats::default(),
         }
@@ -264,22 +303,49 @@ impl Local {
         self.health = health;
     }
 
-    /// Queues `shard`; false if it already waits (or its grant is on its way).
-    pub(super) fn enqueue(&mut self, shard: ShardId, priority: Priority, now: Instant) -> bool {
-        if self.waiters.contains_key(&shard) {
-            return false;
+    /// Queues `shard` for `owner`: its ticket. If the shard's earlier request still
+    /// waits here (or its grant is on its way to it), `replace` takes over its place
+    /// (and a grant on its way: the older request was abandoned) and wakes the older
+    /// owner to find it gone; otherwise the request is refused.
+    pub(super) fn enqueue(
+        &mut self,
+        shard: ShardId,
+        priority: Priority,
+        replace: bool,
+        owner: Owner,
+        now: Instant,
+    ) -> Result<Ticket, AlreadyWaiting> {
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        if let Some(waiter) = self.waiters.get_mut(&shard) {
+            if !replace {
+                return Err(AlreadyWaiting);
+            }
+            waiter.ticket = ticket;
+            let old = std::mem::replace(&mut waiter.owner, owner);
+            self.notify(shard, old);
+            return Ok(ticket);
         }
         self.next_seq += 1;
         let waiter = Waiter {
             seq: self.next_seq,
             priority,
             phase: Phase::Waiting,
-            waker: None,
+            ticket,
+            owner,
         };
         let key = waiter.key(shard);
         self.waiters.insert(shard, waiter);
         self.insert(key, now);
-        true
+        Ok(ticket)
+    }
+
+    /// A new `Grants` stream's id.
+    pub(super) fn open_stream(&mut self) -> u64 {
+        self.next_stream += 1;
+        self.streams
+            .insert(self.next_stream, WaitingStream::default());
+        self.next_stream
     }
 
     /// Puts `key` in its bucket's queue; a new head (first here, or ahead of the old
@@ -295,10 +361,14 @@ impl Local {
         bucket.queue.insert(key);
     }
 
-    /// The future of `shard` is gone. A waiting request leaves its queue (and Redis's
-    /// contenders when it was the last here); a grant not taken is spent, and in hold
-    /// mode its hold is released.
-    pub(super) fn abandon(&mut self, shard: ShardId, now: Instant) {
+    /// The future of request `ticket` of `shard` is gone. A waiting request leaves its
+    /// queue (and Redis's contenders when it was the last here); a grant not taken is
+    /// spent, and in hold mode its hold is released. A request taken over by a later
+    /// one leaves nothing to do.
+    pub(super) fn abandon(&mut self, shard: ShardId, ticket: Ticket, now: Instant) {
+        if self.waiters.get(&shard).is_none_or(|w| w.ticket != ticket) {
+            return;
+        }
         let Some(waiter) = self.waiters.remove(&shard) else {
             return;
         };
@@ -366,23 +436,45 @@ impl Local {
         self.retry_all(now);
     }
 
-    /// Wakes the future of `shard`.
+    /// Wakes whoever waits for `shard`.
     pub(super) fn wake(&mut self, shard: ShardId) {
-        if let Some(waker) = self
-            .waiters
-            .get_mut(&shard)
-            .and_then(|waiter| waiter.waker.take())
-        {
-            waker.wake();
+        if let Some(waiter) = self.waiters.get_mut(&shard) {
+            let owner = match &mut waiter.owner {
+                Owner::Future(waker) => Owner::Future(waker.take()),
+                Owner::Stream(id) => Owner::Stream(*id),
+            };
+            self.notify(shard, owner);
         }
     }
 
-    /// The future of `shard` polls at `now`: its permit if granted and still within
-    /// its window (implementation detail 2), else whether a touch must be sent.
-    pub(super) fn take(&mut self, shard: ShardId, now: Instant) -> Taken {
+    /// Tells `owner` to look at `shard` again.
+    fn notify(&mut self, shard: ShardId, owner: Owner) {
+        match owner {
+            Owner::Future(waker) => {
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            Owner::Stream(id) => {
+                if let Some(stream) = self.streams.get_mut(&id) {
+                    stream.ready.push_back(shard);
+                    if let Some(waker) = stream.waker.take() {
+                        waker.wake();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Request `ticket` of `shard` polls at `now`: its permit if granted and still
+    /// within its window (implementation detail 2), else whether a touch must be sent.
+    pub(super) fn take(&mut self, shard: ShardId, ticket: Ticket, now: Instant) -> Taken {
         let Some(waiter) = self.waiters.get_mut(&shard) else {
             return Taken::Gone;
         };
+        if waiter.ticket != ticket {
+            return Taken::Superseded;
+        }
         match &mut waiter.phase {
             Phase::Waiting => Taken::Pending { touch: false },
             Phase::Granted(granted) if now <= granted.fresh_until => {
@@ -396,7 +488,7 @@ impl Local {
         }
     }
 
-    /// Shards waiting, granted not yet taken included.
+    /// Shards whose request has not resolved: waiting, or granted and not yet taken.
     pub(super) fn len(&self) -> usize {
         self.waiters.len()
     }

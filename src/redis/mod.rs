@@ -124,6 +124,28 @@
 //! would refill early (run it with NTP slewing, not stepping); a backward step is
 //! absorbed (time waits at its high-water mark).
 //!
+//! # Beside the tokio queue
+//!
+//! This queue and [`tokio::Queue`](crate::tokio::Queue) (feature `tokio`) keep one
+//! contract (`tests/contract.rs` runs the same tests on both): a request is made when
+//! its future is first polled; a second `acquire` of a shard that waits resolves to
+//! [`Error::AlreadyQueued`](crate::Error::AlreadyQueued), and `acquire_replacing`
+//! takes the waiting one's place (the older future resolves to
+//! [`Error::Superseded`](crate::Error::Superseded)); futures and streams are fused;
+//! `acquire_all` costs O(1) per grant; `len` counts the requests not resolved (waiting,
+//! or granted and not yet taken), `eta` those still waiting for a grant; `release`
+//! frees a hold and says whether the shard held its bucket; `granted_at` and `eta` are
+//! `std` instants on tokio's clock. What differs, and must:
+//!
+//! - `connect`, `update` and `snapshot` are async (they talk to Redis), and a cluster
+//!   has faults to report: [`Queue::health`], [`ClusterStats`], connection errors.
+//! - `remaining()` is the shared budget as of this process's last answer from Redis
+//!   (other processes spend it too); the tokio queue knows its budget exactly.
+//! - `eta` is a lower bound from this process's view: other processes may go first.
+//! - A replacing request also takes over a grant on its way to the older future (one
+//!   request per shard and process); in the tokio queue that grant stays with the
+//!   older future and the new request waits for its own.
+//!
 //! Monitoring: [`Queue::snapshot`] (budget, reset, each bucket's next free instant,
 //! the epoch), [`Queue::health`], [`Queue::stats`] (commands, touches, undelivered
 //! grants, the round trip and the window). Logs go through `tracing` (reconnects,

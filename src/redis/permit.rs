@@ -21,7 +21,7 @@ pub struct Permit {
     inner: Option<Arc<Inner>>,
     shard: ShardId,
     token: Token,
-    granted_at: Instant,
+    granted_at: std::time::Instant,
 }
 
 impl Permit {
@@ -31,11 +31,16 @@ impl Permit {
         token: Token,
         granted_at: Instant,
     ) -> Self {
+        let inner = inner.hold().map(|hold| {
+            let until = granted_at + hold;
+            inner.lock().holds.insert(shard, (token, until));
+            inner.clone()
+        });
         Self {
-            inner: inner.hold().is_some().then(|| inner.clone()),
+            inner,
             shard,
             token,
-            granted_at,
+            granted_at: granted_at.into_std(),
         }
     }
 
@@ -44,8 +49,9 @@ impl Permit {
         self.shard
     }
 
-    /// When the permit was delivered (tokio's clock): the poll that returned it.
-    pub fn granted_at(&self) -> Instant {
+    /// When the permit was delivered: the poll that returned it (on tokio's clock, as
+    /// a `std` instant, as the runtime queues report it).
+    pub fn granted_at(&self) -> std::time::Instant {
         self.granted_at
     }
 
@@ -62,16 +68,25 @@ impl Permit {
     /// [`Queue::release`](super::Queue::release) for this shard, or at the hold
     /// timeout.
     pub fn keep(mut self) {
-        if let Some(inner) = self.inner.take() {
-            inner.lock().kept.insert(self.shard, self.token);
-        }
+        // Its hold stays in `holds`, for `Queue::release`.
+        self.inner = None;
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            inner.release(self.shard, self.token);
+            let mut local = inner.lock();
+            // `Queue::release` may have released this hold already.
+            if local
+                .holds
+                .get(&self.shard)
+                .is_some_and(|(t, _)| *t == self.token)
+            {
+                local.holds.remove(&self.shard);
+                drop(local);
+                inner.release(self.shard, self.token);
+            }
         }
     }
 }

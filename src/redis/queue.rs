@@ -141,9 +141,10 @@ impl Queue {
     }
 
     /// Waits until `shard` may IDENTIFY: granted in Redis (and acknowledged by the
-    /// configured replicas), then delivered by this future. A shard that lost its
-    /// session should use [`acquire_with`](Self::acquire_with) and
-    /// [`Priority::Reconnect`].
+    /// configured replicas), then delivered by this future. The request is made when
+    /// the future is first polled; it resolves to [`Error::AlreadyQueued`] if the shard
+    /// already waits in this queue. A shard that lost its session should use
+    /// [`acquire_with`](Self::acquire_with) and [`Priority::Reconnect`].
     ///
     /// # Cancel safety
     ///
@@ -164,17 +165,21 @@ impl Queue {
     ///
     /// As for [`acquire`](Self::acquire).
     pub fn acquire_with(&self, shard: ShardId, priority: Priority) -> Acquire {
-        let queued = {
-            let mut local = self.inner.lock();
-            local.enqueue(shard, priority, Instant::now())
-        };
-        if queued {
-            driver::ensure(&self.inner);
-            self.inner.wake.notify_one();
-            Acquire::new(self.inner.clone(), shard)
-        } else {
-            Acquire::failed(self.inner.clone(), shard, Error::AlreadyQueued(shard))
-        }
+        Acquire::new(self.inner.clone(), shard, priority, false)
+    }
+
+    /// Like [`acquire`](Self::acquire), but if `shard` already waits here (or its
+    /// grant is on its way to a future that has not taken it), this request takes over
+    /// its place in line and the older one resolves to [`Error::Superseded`]. For
+    /// integrations (twilight) in which asking again means the earlier request was
+    /// abandoned.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Self::acquire). Dropping the future that took a place over
+    /// cancels the request: the older future is not given its place back.
+    pub fn acquire_replacing(&self, shard: ShardId) -> Acquire {
+        Acquire::new(self.inner.clone(), shard, Priority::Start, true)
     }
 
     /// Acquires every shard of `shards`: a stream of permits in the order they are
@@ -185,25 +190,22 @@ impl Queue {
     /// Dropping the stream cancels the requests still waiting, as dropping each
     /// [`acquire`](Self::acquire) future would.
     pub fn acquire_all(&self, shards: impl IntoIterator<Item = ShardId>) -> Grants {
-        Grants::new(
-            shards
-                .into_iter()
-                .map(|shard| self.acquire(shard))
-                .collect(),
-        )
+        Grants::new(self.inner.clone(), shards.into_iter().collect())
     }
 
-    /// Hold mode: frees the bucket `shard` holds (it got READY, or failed), as
-    /// [`Permit::release`](super::Permit::release) does; for integrations that learn
-    /// of READY away from the permit. Returns whether a release was sent.
+    /// Releases the hold of `shard`'s latest delivered grant (hold mode), as
+    /// [`Permit::release`](super::Permit::release) does, for integrations in which
+    /// the permit was [kept](super::Permit::keep) rather than held by the shard's
+    /// code; whether it still held its bucket (as far as this process knows: its hold
+    /// had not timed out). The release is sent by the queue's driver.
     pub fn release(&self, shard: ShardId) -> bool {
-        let token = self.inner.lock().kept.remove(&shard);
-        match token {
-            Some(token) => {
+        let hold = self.inner.lock().holds.remove(&shard);
+        match hold {
+            Some((token, until)) if Instant::now() < until => {
                 self.inner.release(shard, token);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -272,8 +274,8 @@ impl Queue {
         self.inner.lock().health()
     }
 
-    /// This process's shards whose `acquire` has not resolved (waiting on Redis
-    /// included).
+    /// This process's shards whose request has not resolved: waiting for their grant
+    /// (on Redis included), or granted and not yet taken by their future.
     pub fn len(&self) -> usize {
         self.inner.lock().len()
     }
@@ -289,19 +291,20 @@ impl Queue {
     }
 
     /// A lower bound on when `shard` is granted, from what this process knows (other
-    /// processes may go first); `None` if it does not wait.
-    pub fn eta(&self, shard: ShardId) -> Option<Instant> {
+    /// processes may go first), on tokio's clock as a `std` instant; `None` if it does
+    /// not wait for its grant.
+    pub fn eta(&self, shard: ShardId) -> Option<std::time::Instant> {
         let local = self.inner.lock();
         let waiter = local.waiters.get(&shard)?;
         if !matches!(waiter.phase, Phase::Waiting) {
-            return Some(Instant::now());
+            return None;
         }
         let bucket = local.buckets.get(&local.bucket_of(shard))?;
         let ahead = bucket.queue.range(..waiter.key(shard)).count() as u32;
         let head_at = bucket.next_try.unwrap_or_else(Instant::now);
         // `spacing()` would take the lock again (not reentrant): read it here.
         let spacing = self.inner.interval + local.window();
-        Some(head_at + spacing.saturating_mul(ahead))
+        Some((head_at + spacing.saturating_mul(ahead)).into_std())
     }
 
     /// The spacing Redis keeps between two grants of a bucket made for this process:
@@ -336,7 +339,7 @@ impl Queue {
         } else {
             Priority::Start
         };
-        self.acquire_with(shard, priority)
+        Acquire::new(self.inner.clone(), shard, priority, true)
     }
 }
 

@@ -2,9 +2,8 @@
 //!
 //! [`Queue`] shares one [`Scheduler`](crate::Scheduler) between all of a bot's shards:
 //! `queue.acquire(shard).await` resolves with a [`Permit`] when the shard may IDENTIFY.
-//! The runtime modules ([`tokio`](crate::tokio), [`smol`](crate::smol),
-//! [`async_std`](crate::async_std)) name it for their runtime; implement [`Runtime`]
-//! to use another.
+//! The runtime modules (`tokio`, `smol` and `async_std`, each behind its feature)
+//! name it for their runtime; implement [`Runtime`] to use another.
 //!
 //! # Who drives the queue
 //!

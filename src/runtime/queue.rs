@@ -171,9 +171,12 @@ impl<R: Runtime> Queue<R> {
         })
     }
 
-    /// Shards waiting for their grant.
+    /// Shards whose request has not resolved: waiting for their grant, or granted and
+    /// not yet taken by their future (or stream).
     pub fn len(&self) -> usize {
-        lock(&self.shared).scheduler.len()
+        let shared = lock(&self.shared);
+        let undelivered = usize::try_from(shared.scheduler.undelivered()).unwrap_or(usize::MAX);
+        shared.scheduler.len().saturating_add(undelivered)
     }
 
     /// Whether no shard waits.

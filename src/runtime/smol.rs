@@ -2,7 +2,7 @@
 //!
 //! async-io's timers are driven by its own reactor and the driver runs on smol's
 //! global executor (`smol::spawn`), so this queue works under any executor, not only
-//! smol's (the [`async_std`](crate::async_std) module is this one).
+//! smol's (the `async_std` module, feature `async-std`, is this one).
 //!
 //! ```
 //! use std::time::{Duration, Instant};

@@ -143,7 +143,7 @@ impl Backend {
     pub(super) fn eta(&self, shard: ShardId) -> Option<Instant> {
         match self {
             Self::Memory(queue) => queue.eta(shard),
-            Self::Cluster(queue) => queue.eta(shard).map(|eta| eta.into_std()),
+            Self::Cluster(queue) => queue.eta(shard),
         }
     }
 }

@@ -35,6 +35,13 @@ fn grant(seq: i64, max_concurrency: u32, next_wait: u64) -> Answer {
     }
 }
 
+/// Asks for `shard` as an `Acquire` would: its ticket.
+fn enqueue(local: &mut Local, shard: ShardId, now: Instant) -> Ticket {
+    local
+        .enqueue(shard, Priority::Start, false, Owner::Future(None), now)
+        .unwrap()
+}
+
 /// The head of bucket `index` asked at `sent` and answered at `now`.
 fn ask_and_answer(local: &mut Local, index: u32, answer: Answer, sent: Instant, now: Instant) {
     let shard = local.buckets[&index].queue.first().unwrap().2;
@@ -47,18 +54,18 @@ fn ask_and_answer(local: &mut Local, index: u32, answer: Answer, sent: Instant, 
 fn a_grant_is_handed_over_within_its_window_only() {
     let start = Instant::now();
     let mut local = Local::new(settings(), 4, 100);
-    local.enqueue(0, Priority::Start, start);
-    local.enqueue(4, Priority::Start, start);
+    let zero = enqueue(&mut local, 0, start);
+    let four = enqueue(&mut local, 4, start);
     let window = local.window();
     assert_eq!(window, DELIVERY_WINDOW);
     // Answered 3 ms after it was sent: 2 ms of the window left.
     ask_and_answer(&mut local, 0, grant(1, 4, 205), start, start + ms(3));
     assert_eq!(
-        local.take(4, start + ms(3)),
+        local.take(4, four, start + ms(3)),
         Taken::Pending { touch: false }
     );
-    assert_eq!(local.take(0, start + window), Taken::Permit(token(1)));
-    assert_eq!(local.take(0, start + window), Taken::Gone);
+    assert_eq!(local.take(0, zero, start + window), Taken::Permit(token(1)));
+    assert_eq!(local.take(0, zero, start + window), Taken::Gone);
     // The next head asks when Redis said the bucket frees, on this clock.
     assert_eq!(local.buckets[&0].next_try, Some(start + ms(3) + ms(205)));
 }
@@ -67,14 +74,20 @@ fn a_grant_is_handed_over_within_its_window_only() {
 fn a_grant_taken_late_needs_a_touch_and_one_refused_goes_back_to_its_place() {
     let start = Instant::now();
     let mut local = Local::new(settings(), 1, 100);
-    for shard in 0..3 {
-        local.enqueue(shard, Priority::Start, start);
-    }
+    let tickets: Vec<Ticket> = (0..3)
+        .map(|shard| enqueue(&mut local, shard, start))
+        .collect();
     ask_and_answer(&mut local, 0, grant(1, 1, 205), start, start + ms(1));
     let late = start + ms(50);
-    assert_eq!(local.take(0, late), Taken::Pending { touch: true });
+    assert_eq!(
+        local.take(0, tickets[0], late),
+        Taken::Pending { touch: true }
+    );
     // Asked once: a second poll does not ask again.
-    assert_eq!(local.take(0, late), Taken::Pending { touch: false });
+    assert_eq!(
+        local.take(0, tickets[0], late),
+        Taken::Pending { touch: false }
+    );
     assert_eq!(local.due_touches(late), vec![(0, token(1))]);
     // Redis refuses: another grant followed in the bucket. Spent, and shard 0 is the
     // head again (its place), asking at once; no error for its future.
@@ -82,7 +95,10 @@ fn a_grant_taken_late_needs_a_touch_and_one_refused_goes_back_to_its_place() {
     assert_eq!(local.stats.undelivered, 1);
     assert_eq!(local.buckets[&0].queue.first().map(|k| k.2), Some(0));
     assert_eq!(local.buckets[&0].next_try, Some(late + ms(1)));
-    assert_eq!(local.take(0, late + ms(1)), Taken::Pending { touch: false });
+    assert_eq!(
+        local.take(0, tickets[0], late + ms(1)),
+        Taken::Pending { touch: false }
+    );
     assert_eq!(local.len(), 3);
 }
 
@@ -90,24 +106,27 @@ fn a_grant_taken_late_needs_a_touch_and_one_refused_goes_back_to_its_place() {
 fn a_kept_touch_hands_the_permit_over_within_its_own_window() {
     let start = Instant::now();
     let mut local = Local::new(settings(), 1, 100);
-    local.enqueue(0, Priority::Start, start);
+    let ticket = enqueue(&mut local, 0, start);
     ask_and_answer(&mut local, 0, grant(1, 1, 205), start, start + ms(1));
     let late = start + ms(50);
-    assert_eq!(local.take(0, late), Taken::Pending { touch: true });
+    assert_eq!(local.take(0, ticket, late), Taken::Pending { touch: true });
     let window = local.window();
     local.touched(0, token(1), true, late, window, late + ms(2));
-    assert_eq!(local.take(0, late + window), Taken::Permit(token(1)));
+    assert_eq!(
+        local.take(0, ticket, late + window),
+        Taken::Permit(token(1))
+    );
 }
 
 #[test]
 fn touches_answered_too_late_too_often_give_the_grant_up() {
     let start = Instant::now();
     let mut local = Local::new(settings(), 1, 100);
-    local.enqueue(0, Priority::Start, start);
+    let ticket = enqueue(&mut local, 0, start);
     ask_and_answer(&mut local, 0, grant(1, 1, 205), start, start + ms(1));
     let mut now = start + ms(50);
     for _ in 0..MAX_LATE_TOUCHES {
-        assert_eq!(local.take(0, now), Taken::Pending { touch: true });
+        assert_eq!(local.take(0, ticket, now), Taken::Pending { touch: true });
         let window = local.window();
         // Each answer comes after its window (which widens with each late sample).
         local.measured(now, now + window + ms(1));
@@ -115,7 +134,7 @@ fn touches_answered_too_late_too_often_give_the_grant_up() {
         now += window + ms(1);
     }
     assert_eq!(local.stats.undelivered, 1);
-    assert_eq!(local.take(0, now), Taken::Pending { touch: false });
+    assert_eq!(local.take(0, ticket, now), Taken::Pending { touch: false });
     assert!(local.window() > DELIVERY_WINDOW);
 }
 
@@ -135,9 +154,9 @@ fn a_stalled_round_is_one_sample() {
 fn notifications_schedule_the_head_the_next_in_line_and_the_rest() {
     let start = Instant::now();
     let mut local = Local::new(settings(), 4, 100);
-    local.enqueue(0, Priority::Start, start);
-    local.enqueue(1, Priority::Start, start);
-    local.enqueue(2, Priority::Start, start);
+    for shard in 0..3 {
+        enqueue(&mut local, shard, start);
+    }
     for index in [0, 1, 2] {
         ask_and_answer(
             &mut local,
@@ -172,6 +191,48 @@ fn a_link_slower_than_the_spacing_says_so() {
     }
     assert!(matches!(local.health(), Health::SlowLink { round_trip, .. } if round_trip == ms(300)));
     assert_eq!(local.stats().round_trip, ms(300));
+}
+
+#[test]
+fn a_replacing_request_takes_the_place_and_the_grant_of_the_older_one() {
+    let start = Instant::now();
+    let mut local = Local::new(settings(), 1, 100);
+    let old = enqueue(&mut local, 0, start);
+    let behind = enqueue(&mut local, 1, start);
+    assert_eq!(
+        local.enqueue(0, Priority::Start, false, Owner::Future(None), start),
+        Err(AlreadyWaiting)
+    );
+    let new = local
+        .enqueue(0, Priority::Start, true, Owner::Future(None), start)
+        .unwrap();
+    assert_eq!(local.len(), 2, "one request per shard");
+    assert_eq!(local.take(0, old, start), Taken::Superseded);
+    // The older future's drop leaves the new request alone.
+    local.abandon(0, old, start);
+    assert_eq!(local.buckets[&0].queue.first().map(|k| k.2), Some(0));
+    ask_and_answer(&mut local, 0, grant(1, 1, 205), start, start + ms(1));
+    assert_eq!(local.take(0, new, start + ms(1)), Taken::Permit(token(1)));
+    assert_eq!(
+        local.take(1, behind, start + ms(1)),
+        Taken::Pending { touch: false }
+    );
+}
+
+#[test]
+fn a_stream_is_told_of_each_grant_by_its_shard() {
+    let start = Instant::now();
+    let mut local = Local::new(settings(), 2, 100);
+    let id = local.open_stream();
+    for shard in 0..4 {
+        local
+            .enqueue(shard, Priority::Start, false, Owner::Stream(id), start)
+            .unwrap();
+    }
+    ask_and_answer(&mut local, 1, grant(1, 2, 205), start, start + ms(1));
+    ask_and_answer(&mut local, 0, grant(2, 2, 205), start, start + ms(1));
+    let ready: Vec<ShardId> = local.streams[&id].ready.iter().copied().collect();
+    assert_eq!(ready, vec![1, 0], "in the order granted, nothing else");
 }
 
 /// What the test does next.
@@ -241,6 +302,8 @@ struct World {
     seq: u64,
     next_token: i64,
     tokens: HashMap<ShardId, Token>,
+    /// The ticket of each shard's live request.
+    tickets: HashMap<ShardId, Ticket>,
     undelivered: u64,
 }
 
@@ -254,6 +317,7 @@ impl World {
             seq: 0,
             next_token: 0,
             tokens: HashMap::new(),
+            tickets: HashMap::new(),
             undelivered: 0,
         }
     }
@@ -267,16 +331,24 @@ impl World {
                 } else {
                     Priority::Start
                 };
-                let queued = self.local.enqueue(shard, priority, now);
-                assert_eq!(queued, !self.model.contains_key(&shard), "enqueue {shard}");
-                if queued {
+                let owner = Owner::Future(None);
+                let queued = self.local.enqueue(shard, priority, false, owner, now);
+                assert_eq!(
+                    queued.is_ok(),
+                    !self.model.contains_key(&shard),
+                    "enqueue {shard}"
+                );
+                if let Ok(ticket) = queued {
                     self.seq += 1;
                     self.model.insert(shard, Model::Waiting);
                     self.keys.insert(shard, (rank(priority), self.seq));
+                    self.tickets.insert(shard, ticket);
                 }
             }
             Op::Drop(shard) => {
-                self.local.abandon(shard, now);
+                if let Some(ticket) = self.tickets.remove(&shard) {
+                    self.local.abandon(shard, ticket, now);
+                }
                 self.model.remove(&shard);
             }
             Op::Advance(millis) => self.now += ms(millis),
@@ -377,13 +449,15 @@ impl World {
                 self.local.noticed(&payload, now);
             }
             Op::Poll(shard) => {
-                let taken = self.local.take(shard, now);
+                let ticket = self.tickets.get(&shard).copied().unwrap_or(0);
+                let taken = self.local.take(shard, ticket, now);
                 match self.model.get(&shard).copied() {
                     None => assert_eq!(taken, Taken::Gone),
                     Some(Model::Waiting) => assert!(matches!(taken, Taken::Pending { .. })),
                     Some(Model::Granted { fresh_until, .. }) if now <= fresh_until => {
                         assert_eq!(taken, Taken::Permit(self.tokens[&shard]));
                         self.model.remove(&shard);
+                        self.tickets.remove(&shard);
                     }
                     Some(Model::Granted { .. }) => {
                         // Safety: never handed over after its window.
