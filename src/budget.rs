@@ -15,8 +15,9 @@
 //!   the read);
 //! - **a reset** is taken at the latest instant it may be (a word's read plus its
 //!   `reset_after`; a day and a grace after the delivery that opened the window), and
-//!   refills to `total` less every delivery that may arrive after Discord's earliest
-//!   reset (`count_from`) and less the undelivered grants;
+//!   refills to `total` less every delivery that may arrive at or after Discord's
+//!   earliest reset (from `count_from` on, that instant included: an IDENTIFY that
+//!   arrives at the reset counts in the new window) and less the undelivered grants;
 //! - **a window that may be open already**: when such a refill subtracted deliveries,
 //!   one of them may have opened Discord's next window (it arrived after Discord's
 //!   reset), or none did and our next delivery will. Both stay possible: the next
@@ -65,7 +66,7 @@ enum Next {
     /// Discord said it never resets.
     Never,
     /// Refill at `at`, the latest instant Discord's reset may be, to `total` less the
-    /// deliveries after `count_from` (`None`: all of them) and the undelivered grants.
+    /// deliveries from `count_from` on (`None`: all of them) and the undelivered grants.
     Reset {
         at: Instant,
         count_from: Option<Instant>,
@@ -121,15 +122,15 @@ impl Budget {
         self.refresh(now);
     }
 
-    /// `units` less the deliveries after `count_from` and the undelivered grants.
+    /// `units` less the deliveries from `count_from` on and the undelivered grants.
     fn less_uncounted(&self, units: u32, count_from: Option<Instant>) -> u32 {
         units
             .saturating_sub(self.deliveries.count_after(count_from))
             .saturating_sub(self.undelivered)
     }
 
-    /// Refills at `at`, the latest instant of a reset from which the deliveries after
-    /// `count_from` may count in Discord's new window.
+    /// Refills at `at`, the latest instant of a reset from which the deliveries from
+    /// `count_from` on may count in Discord's new window.
     fn refill(&mut self, count_from: Option<Instant>, at: Instant) {
         let (remaining, next) = self.refilled(count_from, at);
         self.remaining = remaining;
@@ -343,12 +344,14 @@ impl Deliveries {
         }
     }
 
-    /// The number delivered after `from` (`None`: all kept).
+    /// The number delivered at or after `from` (`None`: all kept).
     fn count_after(&self, from: Option<Instant>) -> u32 {
         let Some(&(_, total)) = self.log.back() else {
             return 0;
         };
-        let index = from.map_or(0, |from| self.log.partition_point(|&(at, _)| at <= from));
+        // From `from` on, `from` itself included: a delivery at the earliest instant
+        // Discord's reset may be arrives at or after it, in the new window.
+        let index = from.map_or(0, |from| self.log.partition_point(|&(at, _)| at < from));
         let before = match index {
             0 => self.forgotten,
             index => self.log[index - 1].1,
@@ -356,17 +359,17 @@ impl Deliveries {
         u32::try_from(total - before).unwrap_or(u32::MAX)
     }
 
-    /// The first and last delivery after `from`, if any.
+    /// The first and last delivery at or after `from`, if any.
     fn span_after(&self, from: Option<Instant>) -> Option<(Instant, Instant)> {
-        let index = from.map_or(0, |from| self.log.partition_point(|&(at, _)| at <= from));
+        let index = from.map_or(0, |from| self.log.partition_point(|&(at, _)| at < from));
         let first = self.log.get(index)?.0;
         Some((first, self.log.back()?.0))
     }
 
-    /// Forgets the deliveries at or before `until`.
+    /// Forgets the deliveries before `until` (one at `until` may still be counted).
     fn forget_until(&mut self, until: Instant) {
         while let Some(&(at, count)) = self.log.front() {
-            if at > until {
+            if at >= until {
                 break;
             }
             self.forgotten = count;

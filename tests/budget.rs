@@ -57,6 +57,41 @@ fn a_word_subtracts_the_grants_it_may_not_count_yet() {
     assert_eq!(scheduler.remaining(later), 6);
 }
 
+/// Found by the property below (shrunk): a delivery made exactly a grace before our
+/// reset may arrive exactly at Discord's reset, which counts it in the new window. A
+/// word read at `T - 40 s` resets at `T` (Discord's reset); two grants go at `T`. A
+/// second word, read 38 s before it is applied (at `T + 1 ms`, its age untold), still
+/// sees the old window and places our reset at `T + 38 s`: the refill there must
+/// subtract the deliveries at `T`, the earliest instant of its span included. Before the
+/// fix it refilled to all 3, and Discord's window opened at `T` counted 5.
+#[test]
+fn a_delivery_at_the_earliest_reset_counts_in_the_new_window() {
+    let grace = Duration::from_secs(38);
+    let start = Instant::now();
+    let mut scheduler = scheduler(limit(3, 3, DAY), grace, start);
+    grant_all(&mut scheduler, 0..3, start);
+    let reset = start + DAY;
+    scheduler
+        .update(limit(3, 0, 40 * SECOND), reset - 40 * SECOND)
+        .unwrap();
+    for shard in 3..5 {
+        let _ = scheduler.request(shard, reset - 40 * SECOND).unwrap();
+    }
+    assert_eq!(scheduler.poll(reset), Decision::Grant(3));
+    assert_eq!(scheduler.poll(reset), Decision::Grant(4));
+    let applied = reset + Duration::from_millis(1);
+    scheduler
+        .update(limit(3, 0, 38 * SECOND - Duration::from_millis(1)), applied)
+        .unwrap();
+    let ours = reset + grace;
+    assert_eq!(scheduler.remaining(ours - Duration::from_nanos(1)), 0);
+    assert_eq!(
+        scheduler.remaining(ours),
+        1,
+        "the two delivered at Discord's reset count in its new window"
+    );
+}
+
 /// A word's age: its `reset_after` counts from the read, and the grace reaches back
 /// from the read.
 #[test]

@@ -146,18 +146,19 @@ impl Model {
         Ok(model)
     }
 
-    /// Deliveries after `from` (`None`: all).
+    /// Deliveries at or after `from` (`None`: all): one at Discord's earliest reset
+    /// arrives in the new window.
     fn delivered_after(&self, from: Option<Instant>) -> u32 {
         let count = self
             .deliveries
             .iter()
-            .filter(|&&at| from.is_none_or(|from| at > from))
+            .filter(|&&at| from.is_none_or(|from| at >= from))
             .count();
         u32::try_from(count).unwrap()
     }
 
     /// A refill at `at` to `total`, less what may count in Discord's new window
-    /// (deliveries after `from`, undelivered grants). A delivery it counts may have
+    /// (deliveries from `from` on, undelivered grants). A delivery it counts may have
     /// opened that window; or none did, and the next delivery will.
     fn refill(&mut self, at: Instant, from: Option<Instant>) {
         self.remaining = self
@@ -168,7 +169,7 @@ impl Model {
             .deliveries
             .iter()
             .copied()
-            .filter(|&d| from.is_none_or(|from| d > from))
+            .filter(|&d| from.is_none_or(|from| d >= from))
             .collect();
         self.window = match (counted.first(), counted.last()) {
             (Some(&first), Some(&last)) => {
