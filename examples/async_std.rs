@@ -9,7 +9,7 @@ mod bot;
 
 use std::time::{Duration, Instant};
 
-fn main() -> Result<(), identify_queue::Error> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let queue = identify_queue::async_std::Queue::with_limit(bot::LIMIT, bot::config())?;
     let start = Instant::now();
     let last_grant = async_std::task::block_on(async {
@@ -23,7 +23,7 @@ fn main() -> Result<(), identify_queue::Error> {
         for shard in shards {
             last_grant = last_grant.max(shard.await?);
         }
-        Ok::<_, identify_queue::Error>(last_grant)
+        Ok::<_, identify_queue::AcquireError>(last_grant)
     })?;
     bot::summary(last_grant, queue.stats());
     Ok(())

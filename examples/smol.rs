@@ -7,7 +7,7 @@ mod bot;
 
 use std::time::{Duration, Instant};
 
-fn main() -> Result<(), identify_queue::Error> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let queue = identify_queue::smol::Queue::with_limit(bot::LIMIT, bot::config())?;
     let start = Instant::now();
     let sleep = |duration| async move {
@@ -21,7 +21,7 @@ fn main() -> Result<(), identify_queue::Error> {
         for shard in shards {
             last_grant = last_grant.max(shard.await?);
         }
-        Ok::<_, identify_queue::Error>(last_grant)
+        Ok::<_, identify_queue::AcquireError>(last_grant)
     })?;
     bot::summary(last_grant, queue.stats());
     Ok(())

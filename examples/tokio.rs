@@ -8,7 +8,7 @@ mod bot;
 use std::time::{Duration, Instant};
 
 #[tokio::main]
-async fn main() -> Result<(), identify_queue::Error> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let queue = identify_queue::tokio::Queue::with_limit(bot::LIMIT, bot::config())?;
     let start = Instant::now();
     let shards: Vec<_> = (0..bot::SHARDS)

@@ -5,7 +5,7 @@
 //! twilight bot switches to the server with one line.
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), identify_queue::Error> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! // Two servers on one Redis namespace: either may answer.
 //! let queue = identify_queue::http::Queue::new(["http://10.0.0.5:8000", "http://10.0.0.6:8000"])?;
 //! queue.acquire(3).await?; // shard 3 may IDENTIFY now
@@ -18,7 +18,7 @@
 //! - only a `200` is a grant; a server out of reach, a `5xx` or a closed connection
 //!   is retried with backoff (100 ms doubling to 5 s), on the next URL of the list;
 //! - a `400` or `401` (a request that can never be served) ends the acquire with
-//!   [`Error::Server`];
+//!   [`AcquireError::Server`];
 //! - with feature `twilight`, a shard that drops its receiver (it disconnected while
 //!   waiting) drops the request: the server cancels it, nothing spent.
 
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::{Error, ShardId};
+use crate::{AcquireError, Error, ShardId};
 
 /// The first wait before asking again after a failure; it doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -106,14 +106,14 @@ impl Queue {
 
     /// Resolves when `shard` may IDENTIFY. Failures to reach a server are retried
     /// with backoff, on the next URL; a request the server refuses (`400`, `401`)
-    /// ends with [`Error::Server`].
+    /// ends with [`AcquireError::Server`].
     ///
     /// # Cancel safety
     ///
     /// Dropping the future drops the HTTP request: the server cancels it, nothing is
     /// spent. One dropped in the instant its answer is on the way counts as granted by
     /// the server (the safe side).
-    pub async fn acquire(&self, shard: ShardId) -> Result<(), Error> {
+    pub async fn acquire(&self, shard: ShardId) -> Result<(), AcquireError> {
         let inner = &self.inner;
         let mut backoff = FIRST_BACKOFF;
         loop {
@@ -128,7 +128,7 @@ impl Queue {
                 Ok(response) if response.status().is_client_error() => {
                     let status = response.status().as_u16();
                     let reason = response.text().await.unwrap_or_default();
-                    return Err(Error::Server {
+                    return Err(AcquireError::Server {
                         url: url.clone(),
                         status,
                         reason,

@@ -158,6 +158,7 @@ pub mod twilight;
 
 mod bucket_table;
 mod budget;
+mod error;
 mod limit;
 mod priority;
 mod scheduler;
@@ -165,9 +166,8 @@ mod shard_map;
 mod time;
 
 pub use budget::MAX_WORD_AGE;
-pub use limit::{
-    Config, DEFAULT_GRACE, DISCORD_INTERVAL, Error, MAX_GRACE, SessionStartLimit, ShardId,
-};
+pub use error::{AcquireError, Error};
+pub use limit::{Config, DEFAULT_GRACE, DISCORD_INTERVAL, MAX_GRACE, SessionStartLimit, ShardId};
 pub use priority::Priority;
 pub use scheduler::{Decision, Scheduler};
 

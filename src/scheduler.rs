@@ -4,10 +4,11 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::Error;
 use crate::bucket_table::BucketTable;
 use crate::buckets::{Bucket, BucketId, Entry, Hold, Order, Standing, rank_of};
 use crate::budget::{Budget, DAY, MAX_WORD_AGE};
-use crate::limit::{Config, Error, SessionStartLimit, ShardId};
+use crate::limit::{Config, SessionStartLimit, ShardId};
 use crate::priority::Priority;
 use crate::shard_map::{Seq, ShardMap};
 use crate::time::{Moment, wake_at};

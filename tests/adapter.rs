@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use identify_queue::{Config, Error, Priority, Scheduler, SessionStartLimit};
+use identify_queue::{AcquireError, Config, Priority, Scheduler, SessionStartLimit};
 use manual::{Manual, Polled};
 use proptest::prelude::*;
 use support::model::{Expect, Model};
@@ -185,7 +185,7 @@ impl World {
         self.next_id += 1;
         match (actual, expected) {
             (Poll::Ready(Err(error)), Err(expected)) => {
-                assert_eq!(error, expected, "{}", self.context());
+                assert_eq!(error, expected.into(), "{}", self.context());
             }
             (Poll::Ready(Ok(permit)), Ok(Expect::Grant(granted))) => {
                 assert_eq!(granted, shard, "{}", self.context());
@@ -237,7 +237,7 @@ impl World {
                     granted.checked_add(timeout).is_some_and(|end| end <= now)
                 });
                 match result {
-                    Err(Error::HoldExpired(s)) if expired && s == shard => {
+                    Err(AcquireError::HoldExpired(s)) if expired && s == shard => {
                         assert!(self.model.abandoned(now));
                     }
                     Ok(permit) if !expired => {

@@ -8,8 +8,8 @@ mod redis_server;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use identify_queue::redis::{Health, NeedLimit, Options, Queue};
-use identify_queue::{Config, Error, Priority, SessionStartLimit, ShardId};
+use identify_queue::redis::{ConnectError, Health, NeedLimit, Options, Queue};
+use identify_queue::{Config, Priority, SessionStartLimit, ShardId};
 use redis_server::Server;
 use std::time::Instant;
 
@@ -96,7 +96,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         max_concurrency: 0,
         ..limit(10, 1)
     };
-    let cases: Vec<(Result<Queue, Error>, &str)> = vec![
+    let cases: Vec<(Result<Queue, ConnectError>, &str)> = vec![
         (
             Queue::connect(&url, "", limit(10, 1), config()).await,
             "namespace",
@@ -150,8 +150,19 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         ),
     ];
     for (result, needle) in cases {
-        let error = result.expect_err(needle).to_string();
-        assert!(error.contains(needle), "{error:?} should name {needle:?}");
+        let error = result.expect_err(needle);
+        let text = error.to_string();
+        assert!(text.contains(needle), "{text:?} should name {needle:?}");
+        // Bad input says so; Redis out of reach keeps the Redis client's error.
+        match error {
+            ConnectError::Invalid(_) => assert_ne!(needle, "cannot use Redis"),
+            ConnectError::Unreachable(unreachable) => {
+                assert_eq!(needle, "cannot use Redis");
+                let source = std::error::Error::source(&unreachable).expect("a source");
+                assert!(source.is::<redis::RedisError>(), "{source:?}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
     // Nothing was written.
     assert_eq!(server.cli(&["DBSIZE"]).unwrap().trim(), "0");

@@ -76,7 +76,7 @@ async fn queue(server: &Server, limit: SessionStartLimit, settings: impl Into<Se
 fn spawn_acquire(
     queue: &Queue,
     shard: u32,
-) -> tokio::task::JoinHandle<Result<Instant, identify_queue::Error>> {
+) -> tokio::task::JoinHandle<Result<Instant, identify_queue::AcquireError>> {
     let queue = queue.clone();
     tokio::spawn(async move { queue.acquire(shard).await.map(|p| p.granted_at()) })
 }

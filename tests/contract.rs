@@ -13,7 +13,7 @@ mod redis_server;
 
 use std::time::Duration;
 
-use identify_queue::{Config, Error, Priority, SessionStartLimit};
+use identify_queue::{AcquireError, Config, Error, Priority, SessionStartLimit};
 
 /// The bucket interval of every test.
 const INTERVAL: Duration = Duration::from_millis(300);
@@ -110,7 +110,10 @@ queue_contract! {
         let mut first = queue.acquire(1);
         assert!(poll_once(&mut first).is_none());
         let second = queue.acquire(1).await;
-        assert!(matches!(second, Err(Error::AlreadyQueued(1))), "{second:?}");
+        assert!(
+            matches!(second, Err(AcquireError::Refused(Error::AlreadyQueued(1)))),
+            "{second:?}"
+        );
         assert_eq!(queue.len(), 1);
         assert_eq!(first.await.unwrap().shard(), 1);
     }
@@ -126,7 +129,7 @@ queue_contract! {
         assert!(poll_once(&mut behind).is_none());
         let mut new = queue.acquire_replacing(1);
         assert!(poll_once(&mut new).is_none());
-        assert!(matches!(old.await, Err(Error::Superseded(1))));
+        assert!(matches!(old.await, Err(AcquireError::Superseded(1))));
         assert_eq!(queue.len(), 2);
         // Shard 1 kept its place ahead of shard 2.
         let one = new.await.unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use identify_queue::tokio::{Permit, Queue};
-use identify_queue::{Config, Error, Priority, SessionStartLimit};
+use identify_queue::{AcquireError, Config, Priority, SessionStartLimit};
 use tokio::time::{Instant, sleep};
 
 const FIVE: Duration = Duration::from_secs(5);
@@ -258,7 +258,7 @@ async fn hold_mode_voids_a_permit_not_taken_before_its_hold_timeout() {
     let Poll::Ready(Err(error)) = poll_once(&mut one).await else {
         panic!("a void permit is an error");
     };
-    assert_eq!(error, Error::HoldExpired(1));
+    assert_eq!(error, AcquireError::HoldExpired(1));
     assert_eq!(two.await.unwrap(), Duration::from_secs(15));
     assert_eq!(
         queue.remaining(),

@@ -553,7 +553,7 @@ async fn the_client_moves_on_from_a_dead_server_and_stops_at_a_refusal() {
     ready(&guarded).await;
     let queue = identify_queue::http::Queue::new([guarded.url()]).unwrap();
     match queue.acquire(0).await {
-        Err(identify_queue::Error::Server { status: 401, .. }) => {}
+        Err(identify_queue::AcquireError::Server { status: 401, .. }) => {}
         other => panic!("{other:?}"),
     }
     let queue = queue.with_token("s3cret");

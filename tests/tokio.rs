@@ -7,7 +7,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use identify_queue::tokio::Queue;
-use identify_queue::{Config, Decision, Error, Scheduler, SessionStartLimit, ShardId};
+use identify_queue::{
+    AcquireError, Config, Decision, Error, Scheduler, SessionStartLimit, ShardId,
+};
 use tokio::time::{Instant, advance, sleep, timeout};
 
 const FIVE: Duration = Duration::from_secs(5);
@@ -186,7 +188,10 @@ async fn a_shard_that_asks_twice_gets_an_error_not_a_hang() {
         async move { queue.acquire(7).await.map(|permit| permit.shard()) }
     });
     tokio::task::yield_now().await;
-    assert_eq!(queue.acquire(7).await.unwrap_err(), Error::AlreadyQueued(7));
+    assert_eq!(
+        queue.acquire(7).await.unwrap_err(),
+        AcquireError::Refused(Error::AlreadyQueued(7))
+    );
     assert_eq!(waiting.await.unwrap(), Ok(7));
     assert_eq!(start.elapsed(), FIVE);
 }

@@ -42,7 +42,7 @@ pub async fn run_shard<R, S, F>(
     shard: u32,
     start: Instant,
     sleep: S,
-) -> Result<Duration, identify_queue::Error>
+) -> Result<Duration, identify_queue::AcquireError>
 where
     R: Runtime,
     S: Fn(Duration) -> F,

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::local::{Owner, Taken, Ticket};
 use super::permit::Permit;
 use super::shared::Inner;
-use crate::{Error, Priority, ShardId};
+use crate::{AcquireError, Error, Priority, ShardId};
 
 /// Where an `Acquire` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl Acquire {
 }
 
 impl Future for Acquire {
-    type Output = Result<Permit, Error>;
+    type Output = Result<Permit, AcquireError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
@@ -90,7 +90,7 @@ impl Future for Acquire {
                     }
                     Err(_) => {
                         this.state = State::Done;
-                        return Poll::Ready(Err(Error::AlreadyQueued(this.shard)));
+                        return Poll::Ready(Err(Error::AlreadyQueued(this.shard).into()));
                     }
                 }
             }
@@ -103,11 +103,11 @@ impl Future for Acquire {
             }
             Taken::Gone => {
                 this.state = State::Done;
-                return Poll::Ready(Err(Error::GrantLost(this.shard)));
+                return Poll::Ready(Err(AcquireError::GrantLost(this.shard)));
             }
             Taken::Superseded => {
                 this.state = State::Done;
-                return Poll::Ready(Err(Error::Superseded(this.shard)));
+                return Poll::Ready(Err(AcquireError::Superseded(this.shard)));
             }
             // Taken late: the driver first keeps the bucket busy until an interval
             // after a new window (spacing counts from delivery), then wakes us.
@@ -193,7 +193,7 @@ impl Grants {
 }
 
 impl Stream for Grants {
-    type Item = Result<Permit, Error>;
+    type Item = Result<Permit, AcquireError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -220,7 +220,7 @@ impl Stream for Grants {
             }
         };
         if let Some(shard) = this.refused.pop_front() {
-            return Poll::Ready(Some(Err(Error::AlreadyQueued(shard))));
+            return Poll::Ready(Some(Err(Error::AlreadyQueued(shard).into())));
         }
         let mut touch = false;
         while let Some(shard) = local
@@ -233,8 +233,8 @@ impl Stream for Grants {
             };
             let outcome = match local.take(shard, ticket, now) {
                 Taken::Permit(token) => Ok(token),
-                Taken::Gone => Err(Error::GrantLost(shard)),
-                Taken::Superseded => Err(Error::Superseded(shard)),
+                Taken::Gone => Err(AcquireError::GrantLost(shard)),
+                Taken::Superseded => Err(AcquireError::Superseded(shard)),
                 Taken::Pending { touch: asked } => {
                     touch |= asked;
                     continue;

@@ -94,7 +94,7 @@ pub(super) async fn run(queue: Weak<Inner>, mut opened: Option<Link>) {
                     local.set_health(Health::Ready);
                     local.retry_all(Instant::now());
                 }
-                Err(reason) => back_off(inner, reason, &mut backoff).await,
+                Err(failure) => back_off(inner, failure.to_string(), &mut backoff).await,
             }
             continue;
         };

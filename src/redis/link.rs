@@ -6,6 +6,7 @@ use std::time::Duration;
 use redis::aio::{MultiplexedConnection, PubSubStream};
 use redis::{AsyncConnectionConfig, Client};
 
+use super::error::Failure;
 use crate::Error;
 
 /// How long opening a connection may take.
@@ -82,7 +83,7 @@ impl Link {
         target: &Target,
         channels: &[&str],
         response_timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Failure> {
         let url = match target {
             Target::Direct(url) => url.clone(),
             Target::Sentinel {
@@ -91,32 +92,32 @@ impl Link {
                 db,
             } => find_master(sentinels, master, *db).await?,
         };
-        let client = Client::open(url.as_str()).map_err(|e| e.to_string())?;
+        let client = Client::open(url.as_str()).map_err(|e| Failure::redis(&url, e))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(response_timeout));
         let mut connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| Failure::redis(&url, e))?;
         // A replica (or a master just demoted by Sentinel) must not take grants.
         let role: Vec<redis::Value> = redis::cmd("ROLE")
             .query_async(&mut connection)
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| Failure::redis(&url, e))?;
         match role.first() {
             Some(redis::Value::BulkString(kind)) if kind == b"master" => {}
-            _ => return Err(format!("{url} is not a master")),
+            _ => return Err(format!("{url} is not a master").into()),
         }
         let mut pubsub = ::tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
             .await
-            .map_err(|_| format!("{url}: timed out subscribing"))?
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|_| Failure::from(format!("{url}: timed out subscribing")))?
+            .map_err(|e| Failure::redis(&url, e))?;
         for channel in channels {
             pubsub
                 .subscribe(*channel)
                 .await
-                .map_err(|e| format!("{url}: {e}"))?;
+                .map_err(|e| Failure::redis(&url, e))?;
         }
         Ok(Self {
             connection,

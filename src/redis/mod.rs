@@ -11,7 +11,7 @@
 //! use identify_queue::{Config, SessionStartLimit};
 //! use identify_queue::redis::Queue;
 //!
-//! # async fn run() -> Result<(), identify_queue::Error> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! // From GET /gateway/bot, read just now:
 //! let limit = SessionStartLimit {
 //!     total: 1000,
@@ -129,9 +129,9 @@
 //! This queue and [`tokio::Queue`](crate::tokio::Queue) (feature `tokio`) keep one
 //! contract (`tests/contract.rs` runs the same tests on both): a request is made when
 //! its future is first polled; a second `acquire` of a shard that waits resolves to
-//! [`Error::AlreadyQueued`](crate::Error::AlreadyQueued), and `acquire_replacing`
+//! [`AcquireError::Refused`](crate::AcquireError::Refused) (`AlreadyQueued`), and `acquire_replacing`
 //! takes the waiting one's place (the older future resolves to
-//! [`Error::Superseded`](crate::Error::Superseded)); futures and streams are fused;
+//! [`AcquireError::Superseded`](crate::AcquireError::Superseded)); futures and streams are fused;
 //! `acquire_all` costs O(1) per grant; `len` counts the requests not resolved (waiting,
 //! or granted and not yet taken), `eta` those still waiting for a grant; `release`
 //! frees a hold and says whether the shard held its bucket; `granted_at` and `eta` are
@@ -154,6 +154,7 @@
 
 mod acquire;
 mod driver;
+mod error;
 mod link;
 mod local;
 mod options;
@@ -167,6 +168,7 @@ mod status;
 mod twilight;
 
 pub use acquire::{Acquire, Grants};
+pub use error::{ConnectError, Unreachable};
 pub use options::{LimitFuture, Options};
 pub use permit::Permit;
 pub use queue::Queue;

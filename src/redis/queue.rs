@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::acquire::{Acquire, Grants};
 use super::driver;
+use super::error::{ConnectError, Failure};
 use super::link::Target;
 use super::local::{Local, Phase, Settings};
 use super::options::Options;
@@ -63,7 +64,7 @@ impl Queue {
         namespace: impl AsRef<str>,
         limit: SessionStartLimit,
         config: Config,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ConnectError> {
         Self::connect_with(url, namespace, limit, config, Options::default()).await
     }
 
@@ -74,7 +75,7 @@ impl Queue {
         limit: SessionStartLimit,
         config: Config,
         options: Options,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ConnectError> {
         let (url, namespace) = (url.as_ref(), namespace.as_ref());
         limit.validate()?;
         config.validate()?;
@@ -82,11 +83,7 @@ impl Queue {
         check_namespace(namespace)?;
         let target = Target::parse(url)?;
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::InvalidOption {
-                option: "runtime",
-                reason: "cluster mode runs on tokio: connect from within a tokio runtime"
-                    .to_owned(),
-            });
+            return Err(ConnectError::NoTokioRuntime);
         }
         let prefix = format!("iq:{{{namespace}}}:");
         let channel = format!("{prefix}ev");
@@ -142,8 +139,9 @@ impl Queue {
 
     /// Waits until `shard` may IDENTIFY: granted in Redis (and acknowledged by the
     /// configured replicas), then delivered by this future. The request is made when
-    /// the future is first polled; it resolves to [`Error::AlreadyQueued`] if the shard
-    /// already waits in this queue. A shard that lost its session should use
+    /// the future is first polled; it resolves to
+    /// [`AcquireError::Refused`](crate::AcquireError::Refused) (with
+    /// [`Error::AlreadyQueued`]) if the shard already waits in this queue. A shard that lost its session should use
     /// [`acquire_with`](Self::acquire_with) and [`Priority::Reconnect`].
     ///
     /// # Cancel safety
@@ -170,7 +168,8 @@ impl Queue {
 
     /// Like [`acquire`](Self::acquire), but if `shard` already waits here (or its
     /// grant is on its way to a future that has not taken it), this request takes over
-    /// its place in line and the older one resolves to [`Error::Superseded`]. For
+    /// its place in line and the older one resolves to
+    /// [`AcquireError::Superseded`](crate::AcquireError::Superseded). For
     /// integrations (twilight) in which asking again means the earlier request was
     /// abandoned.
     ///
@@ -216,7 +215,7 @@ impl Queue {
     /// of it. A new `max_concurrency` re-keys every process's buckets.
     ///
     /// Errors, changing nothing: a bad limit, or Redis out of reach.
-    pub async fn update(&self, limit: SessionStartLimit) -> Result<(), Error> {
+    pub async fn update(&self, limit: SessionStartLimit) -> Result<(), ConnectError> {
         self.update_with_age(limit, Duration::ZERO).await
     }
 
@@ -230,7 +229,7 @@ impl Queue {
         &self,
         limit: SessionStartLimit,
         age: Duration,
-    ) -> Result<(), Error> {
+    ) -> Result<(), ConnectError> {
         limit.validate()?;
         let connection = self.inner.connection();
         let mut connection = match connection {
@@ -252,7 +251,7 @@ impl Queue {
     /// The shared state as Redis holds it now: budget left, next reset, each bucket's
     /// next free instant, the epoch. `Ok(None)` when Redis holds no state (restarted
     /// empty: it waits for Discord's word).
-    pub async fn snapshot(&self) -> Result<Option<Snapshot>, Error> {
+    pub async fn snapshot(&self) -> Result<Option<Snapshot>, ConnectError> {
         let connection = self.inner.connection();
         let Some(mut connection) = connection else {
             return Err(self.inner.unreachable("not connected".to_owned()));
@@ -264,7 +263,10 @@ impl Queue {
             .key(&self.inner.prefix)
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| self.inner.unreachable(e.to_string()))?;
+            .map_err(|e| {
+                self.inner
+                    .unreachable(Failure::redis("the status script", e))
+            })?;
         Ok(Snapshot::from_reply(&reply))
     }
 

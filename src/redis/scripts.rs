@@ -188,7 +188,7 @@ mod tests {
         #[test]
         fn any_url_parses_or_errs(url in "(redis(\\+sentinel)?://)?[ -~]{0,40}") {
             if let Err(error) = Target::parse(&url) {
-                prop_assert!(error.to_string().contains("invalid Redis URL"));
+                prop_assert!(error.to_string().contains("invalid URL"));
             }
         }
     }

@@ -10,12 +10,13 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::error::{ConnectError, Failure, Unreachable};
 use super::link::{Link, Target};
 use super::local::Local;
 use super::options::Options;
 use super::scripts::Scripts;
 use super::status::Health;
-use crate::{Config, Error, SessionStartLimit, ShardId};
+use crate::{Config, SessionStartLimit, ShardId};
 
 /// The length of Discord's budget window.
 const WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
@@ -79,11 +80,9 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = connection;
     }
 
-    pub(super) fn unreachable(&self, reason: String) -> Error {
-        Error::Unreachable {
-            url: self.url.clone(),
-            reason,
-        }
+    /// What the user sees of a failure to use Redis.
+    pub(super) fn unreachable(&self, failure: impl Into<Failure>) -> ConnectError {
+        ConnectError::Unreachable(Unreachable::new(&self.url, failure.into()))
     }
 
     /// Longer than a `WAIT` for replicas, so that the wait is not cut short.
@@ -114,7 +113,7 @@ impl Inner {
         connection: &mut MultiplexedConnection,
         limit: SessionStartLimit,
         age: Duration,
-    ) -> Result<(), Error> {
+    ) -> Result<(), ConnectError> {
         let reset_after = if limit.reset_after.as_millis() >= NEVER_MS {
             -1
         } else {
@@ -138,7 +137,7 @@ impl Inner {
             .arg(age.as_millis().min(NEVER_MS) as u64)
             .invoke_async(connection)
             .await
-            .map_err(|e| self.unreachable(e.to_string()))?;
+            .map_err(|e| self.unreachable(Failure::redis("the sync script", e)))?;
         let now = Instant::now();
         let mut local = self.lock();
         local.stats.commands += 1;
@@ -173,7 +172,7 @@ impl Inner {
     ///
     /// Then loads the scripts and measures the round trip (a few `PING`s), so that
     /// the first calls carry a true delivery window.
-    pub(super) async fn open_link(&self) -> Result<Link, String> {
+    pub(super) async fn open_link(&self) -> Result<Link, Failure> {
         let alive = format!("{}p:{}", self.prefix, self.client);
         let mut link = Link::open(
             &self.target,
@@ -181,7 +180,7 @@ impl Inner {
             self.response_timeout(),
         )
         .await?;
-        let failed = |e: redis::RedisError| format!("{}: {e}", self.url);
+        let failed = |e: redis::RedisError| Failure::redis(&self.url, e);
         self.scripts
             .load(&mut link.connection)
             .await

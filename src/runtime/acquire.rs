@@ -16,7 +16,7 @@ use super::permit::Permit;
 use super::queue::Queue;
 use super::shared::Found;
 use super::waiters::WaiterId;
-use crate::{Decision, Error, Priority, ShardId};
+use crate::{AcquireError, Decision, Priority, ShardId};
 
 /// Where a waiting future is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl<R: Runtime> Acquire<R> {
 }
 
 impl<R: Runtime> Future for Acquire<R> {
-    type Output = Result<Permit<R>, Error>;
+    type Output = Result<Permit<R>, AcquireError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Self {
@@ -89,7 +89,7 @@ impl<R: Runtime> Future for Acquire<R> {
                 State::Start => match shared.request(shard, *priority, now) {
                     Err(error) => {
                         *state = State::Done;
-                        return Poll::Ready(Err(error));
+                        return Poll::Ready(Err(error.into()));
                     }
                     Ok(Decision::Grant(_)) => {
                         // Granted and delivered in one poll: no bucket to keep busy.
@@ -122,7 +122,7 @@ impl<R: Runtime> Future for Acquire<R> {
                 Found::Nothing => {
                     shared.forget_waiter(id, now, wakeups);
                     *state = State::Done;
-                    Poll::Ready(Err(Error::Superseded(shard)))
+                    Poll::Ready(Err(AcquireError::Superseded(shard)))
                 }
             }
         })
@@ -167,7 +167,7 @@ impl<R: Runtime> fmt::Debug for Acquire<R> {
 pub struct Grants<R: Runtime> {
     queue: Queue<R>,
     shards: Vec<ShardId>,
-    errors: VecDeque<Error>,
+    errors: VecDeque<AcquireError>,
     state: State,
 }
 
@@ -183,7 +183,7 @@ impl<R: Runtime> Grants<R> {
 }
 
 impl<R: Runtime> Stream for Grants<R> {
-    type Item = Result<Permit<R>, Error>;
+    type Item = Result<Permit<R>, AcquireError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let Self {
@@ -202,7 +202,7 @@ impl<R: Runtime> Stream for Grants<R> {
                     shared.scheduler.reserve(shards.len());
                     for &shard in shards.iter() {
                         if let Err(error) = shared.request_for(id, shard, Priority::Start, now) {
-                            errors.push_back(error);
+                            errors.push_back(error.into());
                         }
                     }
                     shared.settle(now, wakeups);

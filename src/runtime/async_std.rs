@@ -10,7 +10,7 @@
 //! use std::time::Duration;
 //! use identify_queue::{Config, SessionStartLimit};
 //!
-//! # fn main() -> Result<(), identify_queue::Error> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let limit = SessionStartLimit {
 //!     total: 1000,
 //!     remaining: 1000,

@@ -26,10 +26,10 @@
 //! until its permit is taken, a granted shard keeps its bucket busy, and for an
 //! interval after. [`Permit::granted_at`] is the delivery instant. The budget unit is
 //! spent at the grant. In hold mode the hold timeout counts from the grant: a permit
-//! not taken by then is void, and its future resolves to [`Error::HoldExpired`]
+//! not taken by then is void, and its future resolves to [`AcquireError::HoldExpired`]
 //! (the unit stays spent; ask again).
 //!
-//! [`Error::HoldExpired`]: crate::Error::HoldExpired
+//! [`AcquireError::HoldExpired`]: crate::AcquireError::HoldExpired
 
 mod acquire;
 mod driver;

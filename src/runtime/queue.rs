@@ -58,7 +58,8 @@ impl<R: Runtime> Queue<R> {
     /// Waits until `shard` may IDENTIFY, as a [`Priority::Start`]. The request is made
     /// when the future is first polled; see [`acquire_with`](Self::acquire_with).
     ///
-    /// Resolves to [`Error::AlreadyQueued`] if the shard already waits in this queue.
+    /// Resolves to [`AcquireError::Refused`](crate::AcquireError::Refused) (with
+    /// [`Error::AlreadyQueued`]) if the shard already waits in this queue.
     ///
     /// # Cancel safety
     ///
@@ -89,7 +90,7 @@ impl<R: Runtime> Queue<R> {
 
     /// Like [`acquire`](Self::acquire), but if `shard` already waits here, this
     /// request takes over its place in line and the older one resolves to
-    /// [`Error::Superseded`]. For integrations (twilight) in which asking again means
+    /// [`AcquireError::Superseded`](crate::AcquireError::Superseded). For integrations (twilight) in which asking again means
     /// the earlier request was abandoned.
     ///
     /// # Cancel safety

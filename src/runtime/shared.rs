@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 use super::stats::QueueStats;
 use super::waiters::{Grant, WaiterId, Waiters};
 use crate::shard_map::ShardIndex;
-use crate::{Decision, Error, Priority, Scheduler, SessionStartLimit, ShardId};
+use crate::{AcquireError, Decision, Error, Priority, Scheduler, SessionStartLimit, ShardId};
 
 /// Locks the queue's state. Nothing panics while holding the lock; if something did,
 /// the state is still consistent between changes, so carry on.
@@ -247,7 +247,7 @@ impl Shared {
         grant: Grant,
         now: Instant,
         wakeups: &mut Wakeups,
-    ) -> Result<Delivered, Error> {
+    ) -> Result<Delivered, AcquireError> {
         let now = now.max(grant.at);
         let config = self.scheduler.config();
         let (interval, hold_timeout) = (config.get_interval(), config.get_hold_timeout());
@@ -257,7 +257,7 @@ impl Shared {
                 // held back for it may come back: the queue is asked again.
                 self.scheduler.abandoned(now);
                 self.settle(now, wakeups);
-                return Err(Error::HoldExpired(grant.shard));
+                return Err(AcquireError::HoldExpired(grant.shard));
             }
         }
         // From here its IDENTIFY may be sent: Discord may count it (invariant 6). With

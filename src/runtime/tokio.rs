@@ -8,7 +8,7 @@
 //! use identify_queue::{Config, SessionStartLimit};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() -> Result<(), identify_queue::Error> {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let limit = SessionStartLimit {
 //!     total: 1000,
 //!     remaining: 1000,

@@ -6,7 +6,7 @@
 //! use identify_queue::{Config, SessionStartLimit};
 //! use twilight_gateway::{ConfigBuilder, Intents, Shard, ShardId};
 //!
-//! # async fn run(token: String) -> Result<(), identify_queue::Error> {
+//! # async fn run(token: String) -> Result<(), Box<dyn std::error::Error>> {
 //! // From GET /gateway/bot:
 //! let limit = SessionStartLimit {
 //!     total: 1000,
@@ -52,7 +52,7 @@ use std::task::Poll;
 use ::tokio::sync::oneshot;
 
 use crate::tokio::Queue;
-use crate::{Error, ShardId};
+use crate::{AcquireError, ShardId};
 
 impl twilight_gateway_queue::Queue for Queue {
     fn enqueue(&self, shard: ShardId) -> oneshot::Receiver<()> {
@@ -75,7 +75,7 @@ impl twilight_gateway_queue::Queue for Queue {
 /// sends `()` with it. Returns the permit if `()` reached the shard. Shared with the
 /// cluster queue's integration.
 pub(crate) async fn forward<P>(
-    mut acquire: impl Future<Output = Result<P, Error>> + Unpin,
+    mut acquire: impl Future<Output = Result<P, AcquireError>> + Unpin,
     mut sender: oneshot::Sender<()>,
 ) -> Option<P> {
     let granted = poll_fn(|cx| {

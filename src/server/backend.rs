@@ -3,7 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{Config, Error, Priority, SessionStartLimit, ShardId};
+use crate::{AcquireError, Config, Error, Priority, SessionStartLimit, ShardId};
+
+/// Why the queue could not start or take Discord's word (bad input, Redis out of
+/// reach), for a log line and `/readyz`.
+pub(super) type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 /// One of the two queues.
 pub(super) enum Backend {
@@ -35,13 +39,13 @@ impl Backend {
         limit: SessionStartLimit,
         config: Config,
         redis: Option<(&str, &str)>,
-    ) -> Result<Self, Error> {
-        match redis {
-            None => crate::tokio::Queue::with_limit(limit, config).map(Self::Memory),
-            Some((url, namespace)) => crate::redis::Queue::connect(url, namespace, limit, config)
-                .await
-                .map(Self::Cluster),
-        }
+    ) -> Result<Self, Failure> {
+        Ok(match redis {
+            None => Self::Memory(crate::tokio::Queue::with_limit(limit, config)?),
+            Some((url, namespace)) => {
+                Self::Cluster(crate::redis::Queue::connect(url, namespace, limit, config).await?)
+            }
+        })
     }
 
     /// Waits for `shard`'s turn. Cancel safe: dropped while waiting, nothing is spent.
@@ -49,7 +53,7 @@ impl Backend {
         &self,
         shard: ShardId,
         priority: Priority,
-    ) -> Result<Granted, Error> {
+    ) -> Result<Granted, AcquireError> {
         match self {
             Self::Memory(queue) => queue
                 .acquire_with(shard, priority)
@@ -74,7 +78,7 @@ impl Backend {
                 Ok(granted) => return granted,
                 // The same shard waits already (a client that asked again before its
                 // old request went): wait for that one to go.
-                Err(Error::AlreadyQueued(_)) => {}
+                Err(AcquireError::Refused(Error::AlreadyQueued(_))) => {}
                 Err(error) => tracing::warn!(shard, %error, "acquire failed; asking again"),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -86,10 +90,10 @@ impl Backend {
         &self,
         limit: SessionStartLimit,
         age: Duration,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Failure> {
         match self {
-            Self::Memory(queue) => queue.update_with_age(limit, age),
-            Self::Cluster(queue) => queue.update_with_age(limit, age).await,
+            Self::Memory(queue) => Ok(queue.update_with_age(limit, age)?),
+            Self::Cluster(queue) => Ok(queue.update_with_age(limit, age).await?),
         }
     }
 
