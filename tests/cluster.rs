@@ -68,6 +68,14 @@ fn spawn_shards(
         .collect()
 }
 
+/// Redis's own log of the grants, judged exactly on its clock (see
+/// `GrantLog::assert_spaced`): the Lua's spacing, with no jitter allowance.
+fn judge_log(server: &Server) {
+    let log = server.grant_log("bot").expect("the shared state");
+    assert!(!log.grants.is_empty(), "nothing logged");
+    log.assert_spaced();
+}
+
 /// Same-bucket permits at least `interval` apart (less 1 ms of clock rounding: Redis
 /// counts whole milliseconds).
 fn assert_spaced(log: &[(Instant, ShardId)], max_concurrency: u32, interval: Duration) {
@@ -218,6 +226,7 @@ async fn two_queues_share_buckets_and_budget() {
     })
     .await
     .expect("the last one is served after the second word");
+    judge_log(&server);
 }
 
 /// Waits (real time, bounded) until `check` holds.
@@ -336,6 +345,7 @@ async fn script_flush_changes_nothing() {
     assert_spaced(&log, 2, INTERVAL);
     assert_eq!(queue.snapshot().await.unwrap().unwrap().remaining, 92);
     assert_eq!(queue.health(), Health::Ready);
+    judge_log(&server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,6 +402,7 @@ async fn a_permit_taken_late_keeps_its_bucket_busy_from_delivery() {
         other - taken
     );
     assert!(a.stats().touches >= 1);
+    judge_log(&server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,6 +429,7 @@ async fn hold_mode_frees_a_bucket_on_release_for_the_other_process() {
     // Woken by the notification, not by polling: one ask while held, one after the
     // release (and a touch or two if this machine is slow to poll).
     assert!(b.stats().commands - connected <= 4, "{:?}", b.stats());
+    judge_log(&server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,6 +482,7 @@ async fn a_retried_grant_never_spends_twice() {
         .await
         .unwrap();
     assert_eq!(remaining, "98");
+    judge_log(&server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,6 +513,7 @@ async fn a_request_dropped_while_waiting_delays_no_process() {
         98,
         "the cancel spent nothing"
     );
+    judge_log(&server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,6 +542,7 @@ async fn a_reconnect_in_another_process_goes_before_queued_starts() {
     };
     // Shard 0 went first; the reconnect came next, before A's four other starts.
     assert_eq!(order.iter().position(|&s| s == 9), Some(1), "{order:?}");
+    judge_log(&server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,6 +576,7 @@ async fn a_future_moved_between_tasks_and_a_permit_dropped_on_a_plain_thread() {
         .expect("released long before the 30 s hold timeout")
         .unwrap();
     assert!(other >= released);
+    judge_log(&server);
 }
 
 #[test]
@@ -607,6 +623,7 @@ async fn acquire_all_yields_every_permit_in_grant_order() {
     assert_eq!(log.len(), 6);
     assert_spaced(&log, 2, INTERVAL);
     assert!(queue.is_empty());
+    judge_log(&server);
 }
 
 /// `eta` of a waiting shard: its bucket's next instant plus a spacing (the interval and
@@ -631,4 +648,5 @@ async fn eta_of_a_waiting_shard_counts_the_shards_ahead() {
     assert_eq!(third - second, queue.spacing());
     assert!(second >= first, "{:?}", second - first);
     assert_eq!(queue.eta(3), None);
+    judge_log(&server);
 }

@@ -6,7 +6,8 @@
 //! ("Beside the tokio queue").
 //!
 //! Real time on both (Redis keeps its own clock), short intervals: the checks are on
-//! order and lower bounds, never on tight upper bounds.
+//! order and lower bounds, never on tight upper bounds. Each cluster test ends by
+//! judging Redis's own log of its grants, exactly, on Redis's clock.
 
 #[path = "support/redis_server.rs"]
 mod redis_server;
@@ -62,10 +63,20 @@ macro_rules! queue_contract {
             use super::*;
             use identify_queue::redis::Queue;
 
-            async fn queue(
-                limit: SessionStartLimit,
-                config: Config,
-            ) -> (Queue, redis_server::Server) {
+            /// The test's Redis; when the test ends, Redis's own log of its grants is
+            /// judged on Redis's clock (the Lua's spacing, exactly).
+            struct Judged(redis_server::Server);
+
+            impl Drop for Judged {
+                fn drop(&mut self) {
+                    if !std::thread::panicking() {
+                        let log = self.0.grant_log("bot").expect("the shared state");
+                        log.assert_spaced();
+                    }
+                }
+            }
+
+            async fn queue(limit: SessionStartLimit, config: Config) -> (Queue, Judged) {
                 let server = redis_server::Server::start(false);
                 let queue = Queue::connect(server.url(), "bot", limit, config)
                     .await
@@ -73,7 +84,7 @@ macro_rules! queue_contract {
                 // A fresh state keeps every bucket quiet for an interval (a process
                 // that granted just before may not be known yet).
                 tokio::time::sleep(queue.spacing()).await;
-                (queue, server)
+                (queue, Judged(server))
             }
 
             $(

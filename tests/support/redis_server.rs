@@ -139,6 +139,34 @@ impl Server {
         (output.status.success() && !text.starts_with("Could not connect")).then_some(text)
     }
 
+    /// Redis's own record of the grants of `namespace`, on its own clock: an exact
+    /// oracle for the Lua, with no jitter allowance (`None` if the state is gone).
+    pub fn grant_log(&self, namespace: &str) -> Option<GrantLog> {
+        let prefix = format!("iq:{{{namespace}}}:");
+        let state = self.cli(&["HMGET", &format!("{prefix}state"), "mc", "iv"])?;
+        let mut fields = state.lines().map(|line| line.trim().parse::<u64>().ok());
+        let (Some(Some(max_concurrency)), Some(Some(spacing_ms))) = (fields.next(), fields.next())
+        else {
+            return None;
+        };
+        let log = self.cli(&["ZRANGE", &format!("{prefix}log"), "0", "-1", "WITHSCORES"])?;
+        let lines: Vec<&str> = log.lines().collect();
+        let grants = lines
+            .chunks(2)
+            .filter_map(|pair| {
+                // member `epoch:seq:shard`, score the latest instant of its delivery (ms)
+                let shard = pair.first()?.rsplit(':').next()?.parse().ok()?;
+                let at = pair.get(1)?.trim().parse::<f64>().ok()? as u64;
+                Some((at, shard))
+            })
+            .collect();
+        Some(GrantLog {
+            max_concurrency: u32::try_from(max_concurrency).ok()?,
+            spacing_ms,
+            grants,
+        })
+    }
+
     /// SIGKILL: no goodbye, no final write.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -167,5 +195,40 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The grants Redis logged for one namespace (see [`Server::grant_log`]).
+#[derive(Debug)]
+pub struct GrantLog {
+    pub max_concurrency: u32,
+    /// What Redis keeps between the end of a grant's delivery window and the next grant
+    /// of its bucket (`iv`: the interval, the margin and a millisecond).
+    pub spacing_ms: u64,
+    /// (the latest instant of its delivery, ms of Redis's clock; shard), by instant.
+    pub grants: Vec<(u64, u32)>,
+}
+
+impl GrantLog {
+    /// The rule the Lua keeps, judged on Redis's clock: within a bucket, each grant
+    /// comes at least the spacing after the end of the previous grant's delivery
+    /// window, so the ends of two windows are at least the spacing apart. (Valid while
+    /// `max_concurrency` did not change: a re-key may bring the grants made before it
+    /// under one bucket.)
+    pub fn assert_spaced(&self) {
+        let mut last: std::collections::HashMap<u32, (u64, u32)> = Default::default();
+        for &(at, shard) in &self.grants {
+            let bucket = shard % self.max_concurrency;
+            if let Some(&(before, other)) = last.get(&bucket) {
+                assert!(
+                    at >= before + self.spacing_ms,
+                    "Redis's log: shard {shard} at {at} ms only {} ms after shard {other} in \
+                     bucket {bucket} (spacing {} ms): {self:?}",
+                    at - before,
+                    self.spacing_ms
+                );
+            }
+            last.insert(bucket, (at, shard));
+        }
     }
 }
