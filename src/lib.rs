@@ -168,8 +168,10 @@ mod time;
 pub use budget::MAX_WORD_AGE;
 pub use error::{AcquireError, Error};
 pub use limit::{Config, DEFAULT_GRACE, DISCORD_INTERVAL, MAX_GRACE, SessionStartLimit, ShardId};
+#[cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
+pub(crate) use priority::OnConflict;
 pub use priority::Priority;
-pub use scheduler::{Decision, Scheduler};
+pub use scheduler::{Decision, HoldEnd, Scheduler};
 
 /// The README's code blocks, compiled and run as doctests so that they stay true.
 #[cfg(doctest)]

@@ -29,3 +29,17 @@ impl Priority {
         }
     }
 }
+
+/// What a request does when an earlier request of its shard still waits in the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(any(feature = "tokio", feature = "smol", feature = "async-std")),
+    allow(dead_code)
+)]
+pub(crate) enum OnConflict {
+    /// It is refused (`AlreadyQueued`); the earlier one keeps waiting.
+    Refuse,
+    /// It takes over the earlier one's place in line (`acquire_replacing`); the earlier
+    /// one resolves to `Superseded`.
+    TakeOver,
+}

@@ -13,6 +13,23 @@ use crate::priority::Priority;
 use crate::shard_map::{Seq, ShardMap};
 use crate::time::{Moment, wake_at};
 
+/// When something ends: at an instant, or never (a hold without a timeout, ended only
+/// by its release). Ordered with every instant before `Never`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HoldEnd {
+    /// At this instant.
+    At(Instant),
+    /// Never by itself: only a release ends it.
+    Never,
+}
+
+impl HoldEnd {
+    /// Whether it has ended by `now`.
+    pub fn has_passed(self, now: Instant) -> bool {
+        matches!(self, Self::At(end) if end <= now)
+    }
+}
+
 /// What the scheduler tells its driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
@@ -290,15 +307,15 @@ impl Scheduler {
         self.reindex(id);
     }
 
-    /// Hold mode: when `shard`'s hold of its bucket ends if it is not released,
-    /// `Some(None)` for never; `None` if it holds nothing at `now`.
-    pub fn hold_end(&self, shard: ShardId, now: Instant) -> Option<Option<Instant>> {
+    /// Hold mode: when `shard`'s hold of its bucket ends if it is not released
+    /// ([`HoldEnd::Never`] without a timeout); `None` if it holds nothing at `now`.
+    pub fn hold_end(&self, shard: ShardId, now: Instant) -> Option<HoldEnd> {
         let at = self.clock.max(now);
         let bucket = self.buckets.get(self.bucket_of(shard))?;
         let index = bucket.live_hold(shard, at)?;
         Some(match bucket.holders()[index].until {
-            Moment::At(end) => Some(end),
-            Moment::Never => None,
+            Moment::At(end) => HoldEnd::At(end),
+            Moment::Never => HoldEnd::Never,
         })
     }
 

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use identify_queue::{Config, Decision, Error, Priority, Scheduler, SessionStartLimit, ShardId};
+use identify_queue::{
+    Config, Decision, Error, HoldEnd, Priority, Scheduler, SessionStartLimit, ShardId,
+};
 
 const SECOND: Duration = Duration::from_secs(1);
 const FIVE: Duration = Duration::from_secs(5);
@@ -691,7 +693,7 @@ fn hold_end_says_until_when_a_shard_holds_its_bucket() {
     assert_eq!(scheduler.hold_end(0, start), None, "nothing granted yet");
     assert_eq!(scheduler.request(0, start), Ok(Decision::Grant(0)));
     let end = start + Duration::from_secs(30);
-    assert_eq!(scheduler.hold_end(0, start + FIVE), Some(Some(end)));
+    assert_eq!(scheduler.hold_end(0, start + FIVE), Some(HoldEnd::At(end)));
     assert_eq!(
         scheduler.hold_end(2, start),
         None,
@@ -703,5 +705,5 @@ fn hold_end_says_until_when_a_shard_holds_its_bucket() {
     let forever = Config::default().hold_until_release(Duration::MAX);
     let mut scheduler = Scheduler::with_config(limit(2, 1000), forever, start).unwrap();
     assert_eq!(scheduler.request(1, start), Ok(Decision::Grant(1)));
-    assert_eq!(scheduler.hold_end(1, start + DAY), Some(None));
+    assert_eq!(scheduler.hold_end(1, start + DAY), Some(HoldEnd::Never));
 }

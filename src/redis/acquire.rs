@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::local::{Owner, Taken, Ticket};
 use super::permit::Permit;
 use super::shared::Inner;
-use crate::{AcquireError, Error, Priority, ShardId};
+use crate::{AcquireError, Error, OnConflict, Priority, ShardId};
 
 /// Where an `Acquire` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,8 +40,8 @@ pub struct Acquire {
     inner: Arc<Inner>,
     shard: ShardId,
     priority: Priority,
-    /// Take over the place of a waiting request of the same shard.
-    replace: bool,
+    /// What it does if a request of the same shard waits here.
+    on_conflict: OnConflict,
     state: State,
 }
 
@@ -50,13 +50,13 @@ impl Acquire {
         inner: Arc<Inner>,
         shard: ShardId,
         priority: Priority,
-        replace: bool,
+        on_conflict: OnConflict,
     ) -> Self {
         Self {
             inner,
             shard,
             priority,
-            replace,
+            on_conflict,
             state: State::Start,
         }
     }
@@ -82,7 +82,7 @@ impl Future for Acquire {
             State::Waiting(ticket) => ticket,
             State::Start => {
                 let owner = Owner::Future(None);
-                match local.enqueue(this.shard, this.priority, this.replace, owner, now) {
+                match local.enqueue(this.shard, this.priority, this.on_conflict, owner, now) {
                     Ok(ticket) => {
                         this.state = State::Waiting(ticket);
                         this.inner.wake.notify_one();
@@ -210,7 +210,7 @@ impl Stream for Grants {
                 this.id = Some(id);
                 for shard in std::mem::take(&mut this.shards) {
                     let owner = Owner::Stream(id);
-                    match local.enqueue(shard, Priority::Start, false, owner, now) {
+                    match local.enqueue(shard, Priority::Start, OnConflict::Refuse, owner, now) {
                         Ok(ticket) => drop(this.waiting.insert(shard, ticket)),
                         Err(_) => this.refused.push_back(shard),
                     }

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use super::round_trip::RoundTrip;
 use super::scripts::{Answer, NeedLimit, Token};
 use super::status::{ClusterStats, Health};
-use crate::{Priority, ShardId};
+use crate::{OnConflict, Priority, ShardId};
 
 /// A touch whose answer keeps coming back after its window: after this many in a row
 /// the grant is given up (spent) and its shard asks again, rather than keeping its
@@ -304,21 +304,21 @@ impl Local {
     }
 
     /// Queues `shard` for `owner`: its ticket. If the shard's earlier request still
-    /// waits here (or its grant is on its way to it), `replace` takes over its place
-    /// (and a grant on its way: the older request was abandoned) and wakes the older
-    /// owner to find it gone; otherwise the request is refused.
+    /// waits here (or its grant is on its way to it), `TakeOver` takes its place (and a
+    /// grant on its way: the older request was abandoned) and wakes the older owner to
+    /// find it gone; `Refuse` refuses.
     pub(super) fn enqueue(
         &mut self,
         shard: ShardId,
         priority: Priority,
-        replace: bool,
+        on_conflict: OnConflict,
         owner: Owner,
         now: Instant,
     ) -> Result<Ticket, AlreadyWaiting> {
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         if let Some(waiter) = self.waiters.get_mut(&shard) {
-            if !replace {
+            if on_conflict == OnConflict::Refuse {
                 return Err(AlreadyWaiting);
             }
             waiter.ticket = ticket;

@@ -16,7 +16,7 @@ use super::options::Options;
 use super::scripts::Scripts;
 use super::shared::Inner;
 use super::status::{ClusterStats, Health, Snapshot};
-use crate::{Config, Error, Priority, SessionStartLimit, ShardId};
+use crate::{Config, Error, OnConflict, Priority, SessionStartLimit, ShardId};
 
 /// A queue whose budget and buckets are shared, through Redis, by every process of a
 /// bot that connects with the same namespace. Clone it freely: clones share one
@@ -163,7 +163,7 @@ impl Queue {
     ///
     /// As for [`acquire`](Self::acquire).
     pub fn acquire_with(&self, shard: ShardId, priority: Priority) -> Acquire {
-        Acquire::new(self.inner.clone(), shard, priority, false)
+        Acquire::new(self.inner.clone(), shard, priority, OnConflict::Refuse)
     }
 
     /// Like [`acquire`](Self::acquire), but if `shard` already waits here (or its
@@ -178,7 +178,12 @@ impl Queue {
     /// As for [`acquire`](Self::acquire). Dropping the future that took a place over
     /// cancels the request: the older future is not given its place back.
     pub fn acquire_replacing(&self, shard: ShardId) -> Acquire {
-        Acquire::new(self.inner.clone(), shard, Priority::Start, true)
+        Acquire::new(
+            self.inner.clone(),
+            shard,
+            Priority::Start,
+            OnConflict::TakeOver,
+        )
     }
 
     /// Acquires every shard of `shards`: a stream of permits in the order they are
@@ -341,7 +346,7 @@ impl Queue {
         } else {
             Priority::Start
         };
-        Acquire::new(self.inner.clone(), shard, priority, true)
+        Acquire::new(self.inner.clone(), shard, priority, OnConflict::TakeOver)
     }
 }
 

@@ -12,11 +12,12 @@ use std::task::{Context, Poll};
 use futures_core::{FusedFuture, FusedStream, Stream};
 
 use super::Runtime;
+use super::driver::Caller;
 use super::permit::Permit;
 use super::queue::Queue;
 use super::shared::Found;
 use super::waiters::WaiterId;
-use crate::{AcquireError, Decision, Priority, ShardId};
+use crate::{AcquireError, Decision, OnConflict, Priority, ShardId};
 
 /// Where a waiting future is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,8 +43,8 @@ pub struct Acquire<R: Runtime> {
     queue: Queue<R>,
     shard: ShardId,
     priority: Priority,
-    /// Take over the place of a waiting request of the same shard.
-    take_over: bool,
+    /// What it does if a request of the same shard waits here.
+    on_conflict: OnConflict,
     state: State,
 }
 
@@ -52,13 +53,13 @@ impl<R: Runtime> Acquire<R> {
         queue: Queue<R>,
         shard: ShardId,
         priority: Priority,
-        take_over: bool,
+        on_conflict: OnConflict,
     ) -> Self {
         Self {
             queue,
             shard,
             priority,
-            take_over,
+            on_conflict,
             state: State::Start,
         }
     }
@@ -72,16 +73,18 @@ impl<R: Runtime> Future for Acquire<R> {
             queue,
             shard,
             priority,
-            take_over,
+            on_conflict,
             state,
         } = self.get_mut();
         let shard = *shard;
-        queue.change(true, |shared, wakeups| {
+        queue.change(Caller::WaiterPoll, |shared, wakeups| {
             let now = R::now();
             let id = match *state {
                 State::Done => return Poll::Pending,
                 State::Waiting(id) => id,
-                State::Start if *take_over && shared.is_waiting(shard) => {
+                State::Start
+                    if *on_conflict == OnConflict::TakeOver && shared.is_waiting(shard) =>
+                {
                     let id = shared.add_waiter();
                     shared.take_over(shard, id, wakeups);
                     id
@@ -139,7 +142,7 @@ impl<R: Runtime> Drop for Acquire<R> {
     fn drop(&mut self) {
         if let State::Waiting(id) = self.state {
             let shard = self.shard;
-            self.queue.change(false, |shared, wakeups| {
+            self.queue.change(Caller::Other, |shared, wakeups| {
                 shared.remove_waiter(id, &[shard], R::now(), wakeups);
             });
         }
@@ -192,7 +195,7 @@ impl<R: Runtime> Stream for Grants<R> {
             errors,
             state,
         } = self.get_mut();
-        queue.change(true, |shared, wakeups| {
+        queue.change(Caller::WaiterPoll, |shared, wakeups| {
             let now = R::now();
             let id = match *state {
                 State::Done => return Poll::Ready(None),
@@ -239,7 +242,7 @@ impl<R: Runtime> Drop for Grants<R> {
     fn drop(&mut self) {
         if let State::Waiting(id) = self.state {
             let shards = &self.shards;
-            self.queue.change(false, |shared, wakeups| {
+            self.queue.change(Caller::Other, |shared, wakeups| {
                 shared.remove_waiter(id, shards, R::now(), wakeups);
             });
         }

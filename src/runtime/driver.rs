@@ -7,15 +7,22 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use super::shared::{Shared, Wakeups, lock, wake};
+use super::shared::{Shared, WakeWaiters, Wakeups, lock, wake};
 use super::{DriverTask, Runtime};
 
+/// Who makes a change: a waiting future's poll (which tries again itself if no driver
+/// can start here), or anyone else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Caller {
+    WaiterPoll,
+    Other,
+}
+
 /// Runs `change` under the lock, then acts on what it collected once the lock is
-/// released: wakes the wakers, starts a driver. `from_waiter`: the change is a
-/// waiting future's poll, which will try again itself if no driver can start here.
+/// released: wakes the wakers, starts a driver.
 pub(super) fn change<R: Runtime, T>(
     shared: &Arc<Mutex<Shared>>,
-    from_waiter: bool,
+    caller: Caller,
     change: impl FnOnce(&mut Shared, &mut Wakeups) -> T,
 ) -> T {
     let mut wakeups = Wakeups::default();
@@ -29,7 +36,11 @@ pub(super) fn change<R: Runtime, T>(
             // their own runtime. Not from a waiter's poll: it would wake itself,
             // and fail again, in a loop; it tries again when next polled.
             let mut wakeups = Wakeups::default();
-            lock(shared).driver_gone(id, !from_waiter, &mut wakeups);
+            let wake_waiters = match caller {
+                Caller::WaiterPoll => WakeWaiters::No,
+                Caller::Other => WakeWaiters::Yes,
+            };
+            lock(shared).driver_gone(id, wake_waiters, &mut wakeups);
             drop(driver);
             wake(wakeups.wakers);
         }
@@ -81,7 +92,7 @@ impl<R: Runtime> Future for Driver<R> {
             // delays a grant.
             shared.drive(R::now(), &mut wakeups);
             let Some(deadline) = shared.deadline() else {
-                shared.driver_gone(this.id, false, &mut wakeups);
+                shared.driver_gone(this.id, WakeWaiters::No, &mut wakeups);
                 drop(shared);
                 wake(wakeups.wakers);
                 return Poll::Ready(());
@@ -118,7 +129,7 @@ impl<R: Runtime> Drop for Driver<R> {
         // after running it. Waiters are woken to start a new one on their runtime.
         // (A driver no runtime would take is given up by `Queue::change` first.)
         let mut wakeups = Wakeups::default();
-        lock(&self.shared).driver_gone(self.id, true, &mut wakeups);
+        lock(&self.shared).driver_gone(self.id, WakeWaiters::Yes, &mut wakeups);
         wake(wakeups.wakers);
     }
 }

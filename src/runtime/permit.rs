@@ -58,7 +58,7 @@ impl<R: Runtime> Drop for Permit<R> {
     fn drop(&mut self) {
         if let (true, Some(queue)) = (self.delivered.holds, &self.queue) {
             let Delivered { shard, number, .. } = self.delivered;
-            queue.change(false, |shared, wakeups| {
+            queue.change(super::driver::Caller::Other, |shared, wakeups| {
                 let now = R::now();
                 if shared.release_at(shard, number, now, wakeups) {
                     shared.settle(now, wakeups);

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::Runtime;
 use super::acquire::{Acquire, Grants};
+use super::driver::Caller;
 use super::shared::{Shared, Wakeups, lock};
 use super::stats::QueueStats;
-use crate::{Config, Error, Priority, Scheduler, SessionStartLimit, ShardId};
+use crate::{Config, Error, OnConflict, Priority, Scheduler, SessionStartLimit, ShardId};
 
 /// An async IDENTIFY queue over a [`Scheduler`], shared by every shard of a bot.
 ///
@@ -49,10 +50,10 @@ impl<R: Runtime> Queue<R> {
     /// [`driver::change`](super::driver::change)).
     pub(super) fn change<T>(
         &self,
-        from_waiter: bool,
+        caller: Caller,
         change: impl FnOnce(&mut Shared, &mut Wakeups) -> T,
     ) -> T {
-        super::driver::change::<R, T>(&self.shared, from_waiter, change)
+        super::driver::change::<R, T>(&self.shared, caller, change)
     }
 
     /// Waits until `shard` may IDENTIFY, as a [`Priority::Start`]. The request is made
@@ -85,7 +86,7 @@ impl<R: Runtime> Queue<R> {
     /// As for [`acquire`](Self::acquire): dropping it while it waits cancels the
     /// request and loses its place in line; after its grant, the unit stays spent.
     pub fn acquire_with(&self, shard: ShardId, priority: Priority) -> Acquire<R> {
-        Acquire::new(self.clone(), shard, priority, false)
+        Acquire::new(self.clone(), shard, priority, OnConflict::Refuse)
     }
 
     /// Like [`acquire`](Self::acquire), but if `shard` already waits here, this
@@ -98,7 +99,7 @@ impl<R: Runtime> Queue<R> {
     /// As for [`acquire`](Self::acquire). Dropping the future that took a place over
     /// cancels the request: the older future is not given its place back.
     pub fn acquire_replacing(&self, shard: ShardId) -> Acquire<R> {
-        Acquire::new(self.clone(), shard, Priority::Start, true)
+        Acquire::new(self.clone(), shard, Priority::Start, OnConflict::TakeOver)
     }
 
     /// [`acquire_replacing`](Self::acquire_replacing) for twilight: a shard whose
@@ -107,7 +108,7 @@ impl<R: Runtime> Queue<R> {
     #[cfg(feature = "twilight")]
     pub(crate) fn acquire_inferring(&self, shard: ShardId) -> Acquire<R> {
         let priority = lock(&self.shared).priority_of(shard);
-        Acquire::new(self.clone(), shard, priority, true)
+        Acquire::new(self.clone(), shard, priority, OnConflict::TakeOver)
     }
 
     /// Notes that `shard`'s grant reached its session, so that its next request is a
@@ -121,7 +122,7 @@ impl<R: Runtime> Queue<R> {
     /// which the permit was [kept](super::Permit::keep) rather than held by the
     /// shard's code; whether it still held its bucket.
     pub fn release(&self, shard: ShardId) -> bool {
-        self.change(false, |shared, wakeups| {
+        self.change(Caller::Other, |shared, wakeups| {
             let Some(number) = shared.latest_grant(shard) else {
                 return false;
             };
@@ -164,7 +165,7 @@ impl<R: Runtime> Queue<R> {
     /// back from the read. Errors, changing nothing: a bad limit, or an `age` above
     /// [`MAX_WORD_AGE`](crate::MAX_WORD_AGE).
     pub fn update_with_age(&self, limit: SessionStartLimit, age: Duration) -> Result<(), Error> {
-        self.change(false, |shared, wakeups| {
+        self.change(Caller::Other, |shared, wakeups| {
             let now = R::now();
             shared.update(limit, age, now)?;
             shared.settle(now, wakeups);

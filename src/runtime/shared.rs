@@ -57,7 +57,9 @@ use std::time::{Duration, Instant};
 use super::stats::QueueStats;
 use super::waiters::{Grant, WaiterId, Waiters};
 use crate::shard_map::ShardIndex;
-use crate::{AcquireError, Decision, Error, Priority, Scheduler, SessionStartLimit, ShardId};
+use crate::{
+    AcquireError, Decision, Error, HoldEnd, Priority, Scheduler, SessionStartLimit, ShardId,
+};
 
 /// Locks the queue's state. Nothing panics while holding the lock; if something did,
 /// the state is still consistent between changes, so carry on.
@@ -97,6 +99,14 @@ struct Parked {
     until: Instant,
 }
 
+/// Whether the waiting futures are woken when a driver goes (so that one of them
+/// starts the next from its own runtime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum WakeWaiters {
+    Yes,
+    No,
+}
+
 /// What a change leaves to do once the lock is released.
 #[derive(Default)]
 pub(super) struct Wakeups {
@@ -126,11 +136,11 @@ pub(super) struct Shared {
     /// Updates that changed `max_concurrency` so far.
     rekeys: u64,
     /// Deliveries within the last interval: (end of their interval, shard), oldest
-    /// first (invariant 4). `None`: an interval that never ends.
-    recent_deliveries: VecDeque<(Option<Instant>, ShardId)>,
-    /// Waiters holding a grant that may not be delivered before an instant
-    /// (invariant 4), to wake then; `None`: not before a release.
-    gated: Vec<(Option<Instant>, WaiterId)>,
+    /// first (invariant 4).
+    recent_deliveries: VecDeque<(HoldEnd, ShardId)>,
+    /// Waiters holding a grant that may not be delivered before its gate ends
+    /// (invariant 4), to wake then; `Never`: not before a release.
+    gated: Vec<(HoldEnd, WaiterId)>,
     /// Hold mode: delivered grants whose holds may still run: (shard, grant number).
     delivered_holds: Vec<(ShardId, u64)>,
     driver: DriverSlot,
@@ -276,9 +286,11 @@ impl Shared {
         } else if spent {
             self.settle(now, wakeups);
         }
-        let until = now.checked_add(interval);
+        let until = now
+            .checked_add(interval)
+            .map_or(HoldEnd::Never, HoldEnd::At);
         while let Some(&(end, _)) = self.recent_deliveries.front() {
-            if end.is_some_and(|end| end <= now) {
+            if end.has_passed(now) {
                 self.recent_deliveries.pop_front();
             } else {
                 break;
@@ -359,10 +371,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Invariant 4: the instant before which `grant` may not be delivered, if any
-    /// (`Some(None)`: not before a release, or never): the end of the interval of
-    /// another shard's delivery in its bucket, or of such a shard's hold.
-    fn gate(&self, grant: &Grant, now: Instant) -> Option<Option<Instant>> {
+    /// Invariant 4: when `grant` may be delivered, if it must wait: the end of the
+    /// interval of another shard's delivery in its bucket, or of such a shard's hold
+    /// (`Never`: not before a release).
+    fn gate(&self, grant: &Grant, now: Instant) -> Option<HoldEnd> {
         if grant.rekeys == self.rekeys {
             return None;
         }
@@ -372,7 +384,7 @@ impl Shared {
         let intervals = self
             .recent_deliveries
             .iter()
-            .filter(|&&(end, shard)| other(shard) && end.is_none_or(|end| end > now))
+            .filter(|&&(end, shard)| other(shard) && !end.has_passed(now))
             .map(|&(end, _)| end);
         let holds = self
             .delivered_holds
@@ -381,10 +393,8 @@ impl Shared {
                 other(shard) && self.latest_grant.get(shard) == Some(number)
             })
             .filter_map(|&(shard, _)| self.scheduler.hold_end(shard, now));
-        // The latest end, `None` (never) above every instant.
-        intervals
-            .chain(holds)
-            .max_by_key(|end| end.map_or((1, None), |end| (0, Some(end))))
+        // The latest end (`Never` orders after every instant).
+        intervals.chain(holds).max()
     }
 
     /// Polls the scheduler at `now` until it waits, handing every grant to its waiter
@@ -394,7 +404,7 @@ impl Shared {
         if !self.gated.is_empty() {
             let waiters = &mut self.waiters;
             self.gated.retain(|&(gate, id)| {
-                if gate.is_none_or(|gate| gate > now) {
+                if !gate.has_passed(now) {
                     return true;
                 }
                 if let Some(waker) = waiters.get_mut(id).and_then(|w| w.waker.take()) {
@@ -403,7 +413,14 @@ impl Shared {
                 false
             });
         }
-        let gate = self.gated.iter().filter_map(|&(gate, _)| gate).min();
+        let gate = self
+            .gated
+            .iter()
+            .filter_map(|&(gate, _)| match gate {
+                HoldEnd::At(at) => Some(at),
+                HoldEnd::Never => None,
+            })
+            .min();
         loop {
             match self.scheduler.poll(now) {
                 Decision::Grant(shard) => {
@@ -505,12 +522,12 @@ impl Shared {
     /// Driver `id` is gone (it ended, or its runtime dropped it). If it was the
     /// current one and shards still wait, their futures are woken so that the next
     /// one polled starts a driver on its own runtime.
-    pub(super) fn driver_gone(&mut self, id: u64, wake_waiters: bool, wakeups: &mut Wakeups) {
+    pub(super) fn driver_gone(&mut self, id: u64, wake: WakeWaiters, wakeups: &mut Wakeups) {
         if !self.is_driver(id) {
             return;
         }
         self.driver = DriverSlot::Stopped;
-        if wake_waiters && self.deadline.is_some() {
+        if wake == WakeWaiters::Yes && self.deadline.is_some() {
             self.waiters.take_waiting_wakers(&mut wakeups.wakers);
         }
     }
@@ -607,7 +624,7 @@ impl Shared {
                     // Its gate may have moved (another update): only the latest counts.
                     self.ungate(id);
                     self.gated.push((gate, id));
-                    if let Some(gate) = gate {
+                    if let HoldEnd::At(gate) = gate {
                         self.deadline = Some(self.deadline.map_or(gate, |d| d.min(gate)));
                     }
                 }

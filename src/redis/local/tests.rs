@@ -38,7 +38,13 @@ fn grant(seq: i64, max_concurrency: u32, next_wait: u64) -> Answer {
 /// Asks for `shard` as an `Acquire` would: its ticket.
 fn enqueue(local: &mut Local, shard: ShardId, now: Instant) -> Ticket {
     local
-        .enqueue(shard, Priority::Start, false, Owner::Future(None), now)
+        .enqueue(
+            shard,
+            Priority::Start,
+            OnConflict::Refuse,
+            Owner::Future(None),
+            now,
+        )
         .unwrap()
 }
 
@@ -200,11 +206,23 @@ fn a_replacing_request_takes_the_place_and_the_grant_of_the_older_one() {
     let old = enqueue(&mut local, 0, start);
     let behind = enqueue(&mut local, 1, start);
     assert_eq!(
-        local.enqueue(0, Priority::Start, false, Owner::Future(None), start),
+        local.enqueue(
+            0,
+            Priority::Start,
+            OnConflict::Refuse,
+            Owner::Future(None),
+            start
+        ),
         Err(AlreadyWaiting)
     );
     let new = local
-        .enqueue(0, Priority::Start, true, Owner::Future(None), start)
+        .enqueue(
+            0,
+            Priority::Start,
+            OnConflict::TakeOver,
+            Owner::Future(None),
+            start,
+        )
         .unwrap();
     assert_eq!(local.len(), 2, "one request per shard");
     assert_eq!(local.take(0, old, start), Taken::Superseded);
@@ -226,7 +244,13 @@ fn a_stream_is_told_of_each_grant_by_its_shard() {
     let id = local.open_stream();
     for shard in 0..4 {
         local
-            .enqueue(shard, Priority::Start, false, Owner::Stream(id), start)
+            .enqueue(
+                shard,
+                Priority::Start,
+                OnConflict::Refuse,
+                Owner::Stream(id),
+                start,
+            )
             .unwrap();
     }
     ask_and_answer(&mut local, 1, grant(1, 2, 205), start, start + ms(1));
@@ -332,7 +356,9 @@ impl World {
                     Priority::Start
                 };
                 let owner = Owner::Future(None);
-                let queued = self.local.enqueue(shard, priority, false, owner, now);
+                let queued = self
+                    .local
+                    .enqueue(shard, priority, OnConflict::Refuse, owner, now);
                 assert_eq!(
                     queued.is_ok(),
                     !self.model.contains_key(&shard),
