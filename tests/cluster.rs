@@ -2,16 +2,18 @@
 //! Each test starts its own server(s) on free ports in temp dirs. Real time, short
 //! intervals: the checks are on order and lower bounds, never on tight upper bounds.
 
+#[path = "support/limit.rs"]
+mod limit;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use identify_queue::redis::{ConnectError, Health, NeedLimit, Options, Queue};
 use identify_queue::{Config, Priority, SessionStartLimit, ShardId};
+use limit::limit;
 use redis_server::Server;
-use std::time::Instant;
 
 use tokio::time::{sleep, timeout};
 
@@ -19,15 +21,6 @@ const INTERVAL: Duration = Duration::from_millis(200);
 /// What Redis keeps between two grants of a bucket: the interval, the 5 ms delivery
 /// window and a millisecond of rounding (`Queue::connect_with`).
 const SPACING: Duration = Duration::from_millis(206);
-
-fn limit(remaining: u32, max_concurrency: u32) -> SessionStartLimit {
-    SessionStartLimit {
-        total: 1000,
-        remaining,
-        reset_after: Duration::from_secs(3600),
-        max_concurrency,
-    }
-}
 
 fn config() -> Config {
     Config::default().interval(INTERVAL)
@@ -102,15 +95,15 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let url = server.url();
     let bad_limit = SessionStartLimit {
         max_concurrency: 0,
-        ..limit(10, 1)
+        ..limit(1, 10)
     };
     let cases: Vec<(Result<Queue, ConnectError>, &str)> = vec![
         (
-            Queue::connect(&url, "", limit(10, 1), config()).await,
+            Queue::connect(&url, "", limit(1, 10), config()).await,
             "namespace",
         ),
         (
-            Queue::connect(&url, "a{b}", limit(10, 1), config()).await,
+            Queue::connect(&url, "a{b}", limit(1, 10), config()).await,
             "hash tag",
         ),
         (
@@ -121,25 +114,25 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             Queue::connect(
                 &url,
                 "bot",
-                limit(10, 1),
+                limit(1, 10),
                 Config::default().interval(Duration::ZERO),
             )
             .await,
             "interval",
         ),
         (
-            Queue::connect("http://nope", "bot", limit(10, 1), config()).await,
+            Queue::connect("http://nope", "bot", limit(1, 10), config()).await,
             "URL",
         ),
         (
-            Queue::connect("redis+sentinel:///mymaster", "bot", limit(10, 1), config()).await,
+            Queue::connect("redis+sentinel:///mymaster", "bot", limit(1, 10), config()).await,
             "Sentinel",
         ),
         (
             Queue::connect_with(
                 &url,
                 "bot",
-                limit(10, 1),
+                limit(1, 10),
                 config(),
                 Options::default().head_grace(Duration::ZERO),
             )
@@ -150,7 +143,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             Queue::connect(
                 &format!("redis://127.0.0.1:{}/0", redis_server::free_port()),
                 "bot",
-                limit(10, 1),
+                limit(1, 10),
                 config(),
             )
             .await,
@@ -179,8 +172,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_queues_share_buckets_and_budget() {
     let server = Server::start(false);
-    let a = bot_queue(&server, limit(10, 2), config()).await;
-    let b = bot_queue(&server, limit(10, 2), config()).await;
+    let a = bot_queue(&server, limit(2, 10), config()).await;
+    let b = bot_queue(&server, limit(2, 10), config()).await;
     let log: Log = Default::default();
     let start = Instant::now();
     let mut tasks = spawn_shards(
@@ -214,11 +207,11 @@ async fn two_queues_share_buckets_and_budget() {
     assert_eq!(snapshot.grants_logged, 10);
     // Discord's word: 11 left by its count. Its last seconds may not be counted yet,
     // so the 10 grants of the grace period are subtracted: 1 unit, one more grant.
-    a.update(limit(11, 2)).await.unwrap();
+    a.update(limit(2, 11)).await.unwrap();
     sleep(3 * INTERVAL).await;
     assert_eq!(a.len() + b.len(), 1, "one unit after the word");
     assert_eq!(a.snapshot().await.unwrap().unwrap().remaining, 0);
-    a.update(limit(12, 2)).await.unwrap();
+    a.update(limit(2, 12)).await.unwrap();
     timeout(Duration::from_secs(5), async {
         for task in tasks {
             task.await.unwrap();
@@ -241,7 +234,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_empty_grants_nothing_until_discords_word() {
     let mut server = Server::start(false);
-    let queue = bot_queue(&server, limit(100, 1), config()).await;
+    let queue = bot_queue(&server, limit(1, 100), config()).await;
     drop(queue.acquire(0).await.unwrap());
     let waiting = tokio::spawn({
         let queue = queue.clone();
@@ -265,7 +258,7 @@ async fn restarted_empty_grants_nothing_until_discords_word() {
     assert!(!waiting.is_finished(), "granted without Discord's word");
     assert_eq!(queue.snapshot().await.unwrap(), None);
     let word = Instant::now();
-    queue.update(limit(50, 1)).await.unwrap();
+    queue.update(limit(1, 50)).await.unwrap();
     let permit = timeout(Duration::from_secs(5), waiting)
         .await
         .unwrap()
@@ -285,19 +278,19 @@ async fn restarted_from_aof_asks_the_limit_source_once() {
         let calls = calls.clone();
         Options::default().limit_source(move || {
             *calls.lock().unwrap() += 1;
-            Box::pin(async { Ok(limit(40, 2)) })
+            Box::pin(async { Ok(limit(2, 40)) })
         })
     };
     let a = Queue::connect_with(
         &server.url(),
         "bot",
-        limit(100, 2),
+        limit(2, 100),
         config(),
         options.clone(),
     )
     .await
     .unwrap();
-    let b = Queue::connect_with(&server.url(), "bot", limit(100, 2), config(), options)
+    let b = Queue::connect_with(&server.url(), "bot", limit(2, 100), config(), options)
         .await
         .unwrap();
     let log: Log = Default::default();
@@ -330,7 +323,7 @@ async fn restarted_from_aof_asks_the_limit_source_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flush_changes_nothing() {
     let server = Server::start(false);
-    let queue = bot_queue(&server, limit(100, 2), config()).await;
+    let queue = bot_queue(&server, limit(2, 100), config()).await;
     let log: Log = Default::default();
     let tasks = spawn_shards(&queue, 0..8, &log);
     sleep(INTERVAL + INTERVAL / 2).await;
@@ -351,14 +344,14 @@ async fn script_flush_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_concurrency_changed_mid_run_rekeys_every_process() {
     let server = Server::start(false);
-    let a = bot_queue(&server, limit(100, 2), config()).await;
-    let b = bot_queue(&server, limit(100, 2), config()).await;
+    let a = bot_queue(&server, limit(2, 100), config()).await;
+    let b = bot_queue(&server, limit(2, 100), config()).await;
     let log: Log = Default::default();
     let mut tasks = spawn_shards(&a, 0..12, &log);
     tasks.extend(spawn_shards(&b, 12..24, &log));
     sleep(INTERVAL + INTERVAL / 2).await;
     let changed = Instant::now();
-    a.update(limit(100, 4)).await.unwrap();
+    a.update(limit(4, 100)).await.unwrap();
     for task in tasks {
         timeout(Duration::from_secs(10), task)
             .await
@@ -378,8 +371,8 @@ async fn max_concurrency_changed_mid_run_rekeys_every_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permit_taken_late_keeps_its_bucket_busy_from_delivery() {
     let server = Server::start(false);
-    let a = bot_queue(&server, limit(100, 1), config()).await;
-    let b = bot_queue(&server, limit(100, 1), config()).await;
+    let a = bot_queue(&server, limit(1, 100), config()).await;
+    let b = bot_queue(&server, limit(1, 100), config()).await;
     // Granted at once, but its future is not polled for three intervals.
     let mut late = Box::pin(a.acquire(0));
     assert!(futures_util::FutureExt::now_or_never(late.as_mut()).is_none());
@@ -411,8 +404,8 @@ async fn hold_mode_frees_a_bucket_on_release_for_the_other_process() {
     let held = Config::default()
         .interval(INTERVAL)
         .hold_until_release(Duration::from_secs(5));
-    let a = bot_queue(&server, limit(100, 1), held.clone()).await;
-    let b = bot_queue(&server, limit(100, 1), held).await;
+    let a = bot_queue(&server, limit(1, 100), held.clone()).await;
+    let b = bot_queue(&server, limit(1, 100), held).await;
     // What connecting cost (the scripts loaded, the round trip measured, the sync).
     let connected = b.stats().commands;
     let permit = a.acquire(0).await.unwrap();
@@ -435,7 +428,7 @@ async fn hold_mode_frees_a_bucket_on_release_for_the_other_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_grant_never_spends_twice() {
     let server = Server::start(false);
-    let queue = bot_queue(&server, limit(100, 1), config()).await;
+    let queue = bot_queue(&server, limit(1, 100), config()).await;
     drop(queue);
     // A fresh state is quiet for an interval (a grant may have preceded its loss).
     sleep(SPACING).await;
@@ -491,7 +484,7 @@ async fn a_request_dropped_while_waiting_delays_no_process() {
     // A dead head would be passed by only after 10 s: a cancel must not cost that.
     let options = Options::default().head_grace(Duration::from_secs(10));
     let url = server.url();
-    let connect = || Queue::connect_with(&url, "bot", limit(100, 1), config(), options.clone());
+    let connect = || Queue::connect_with(&url, "bot", limit(1, 100), config(), options.clone());
     let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
     sleep(SPACING).await; // the fresh state's quiet interval
     let first = a.acquire(0).await.unwrap().granted_at();
@@ -519,8 +512,8 @@ async fn a_request_dropped_while_waiting_delays_no_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_in_another_process_goes_before_queued_starts() {
     let server = Server::start(false);
-    let a = bot_queue(&server, limit(100, 1), config()).await;
-    let b = bot_queue(&server, limit(100, 1), config()).await;
+    let a = bot_queue(&server, limit(1, 100), config()).await;
+    let b = bot_queue(&server, limit(1, 100), config()).await;
     let log: Log = Default::default();
     let starts = spawn_shards(&a, 0..5, &log);
     sleep(INTERVAL + INTERVAL / 2).await; // the quiet interval, then shard 0
@@ -551,8 +544,8 @@ async fn a_future_moved_between_tasks_and_a_permit_dropped_on_a_plain_thread() {
     let held = Config::default()
         .interval(INTERVAL)
         .hold_until_release(Duration::from_secs(30));
-    let a = bot_queue(&server, limit(100, 1), held.clone()).await;
-    let b = bot_queue(&server, limit(100, 1), held).await;
+    let a = bot_queue(&server, limit(1, 100), held.clone()).await;
+    let b = bot_queue(&server, limit(1, 100), held).await;
     // Made in one task, polled once there, awaited in another.
     let (send, receive) = tokio::sync::oneshot::channel();
     let a2 = a.clone();
@@ -587,7 +580,7 @@ fn a_queue_outlives_the_runtime_it_connected_on() {
         .block_on(Queue::connect(
             &server.url(),
             "bot",
-            limit(100, 1),
+            limit(1, 100),
             config(),
         ))
         .unwrap();
@@ -607,7 +600,7 @@ fn a_queue_outlives_the_runtime_it_connected_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_all_yields_every_permit_in_grant_order() {
     let server = Server::start(false);
-    let queue = bot_queue(&server, limit(100, 2), config()).await;
+    let queue = bot_queue(&server, limit(2, 100), config()).await;
     let mut grants = queue.acquire_all(0..6);
     let mut log = Vec::new();
     while let Some(permit) = timeout(
@@ -631,7 +624,7 @@ async fn acquire_all_yields_every_permit_in_grant_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eta_of_a_waiting_shard_counts_the_shards_ahead() {
     let server = Server::start(false);
-    let queue = bot_queue(&server, limit(100, 1), config()).await;
+    let queue = bot_queue(&server, limit(1, 100), config()).await;
     sleep(SPACING).await; // the fresh state's quiet interval
     let first = queue.acquire(0).await.unwrap().granted_at();
     // The requests are made at their futures' first poll.

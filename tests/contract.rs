@@ -9,24 +9,18 @@
 //! order and lower bounds, never on tight upper bounds. Each cluster test ends by
 //! judging Redis's own log of its grants, exactly, on Redis's clock.
 
+#[path = "support/limit.rs"]
+mod limit;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
 use std::time::Duration;
 
 use identify_queue::{AcquireError, Config, Error, Priority, SessionStartLimit};
+use limit::limit;
 
 /// The bucket interval of every test.
 const INTERVAL: Duration = Duration::from_millis(300);
-
-fn limit(max_concurrency: u32, remaining: u32) -> SessionStartLimit {
-    SessionStartLimit {
-        total: 1000,
-        remaining,
-        reset_after: Duration::from_secs(3600),
-        max_concurrency,
-    }
-}
 
 fn config() -> Config {
     Config::default().interval(INTERVAL)

@@ -1,11 +1,15 @@
 //! One scenario per rule of the core's semantics (rules 3, `src/rules.rs`), with exact
 //! instants.
 
+#[path = "support/limit.rs"]
+mod limit;
+
 use std::time::{Duration, Instant};
 
 use identify_queue::{
     Config, Decision, Error, HoldEnd, Priority, Scheduler, SessionStartLimit, ShardId,
 };
+use limit::limit;
 
 const SECOND: Duration = Duration::from_secs(1);
 const FIVE: Duration = Duration::from_secs(5);
@@ -13,15 +17,6 @@ const NS: Duration = Duration::from_nanos(1);
 const DAY: Duration = Duration::from_secs(86_400);
 /// `Config::grace` by default (rules 3.11).
 const GRACE: Duration = Duration::from_secs(30);
-
-fn limit(max_concurrency: u32, remaining: u32) -> SessionStartLimit {
-    SessionStartLimit {
-        total: 1000,
-        remaining,
-        reset_after: Duration::from_secs(3600),
-        max_concurrency,
-    }
-}
 
 /// Polls until `Idle`, jumping the clock to each `Wait`; returns (offset, shard) per
 /// grant. Bounded, so a scheduler that never finishes fails instead of hanging.

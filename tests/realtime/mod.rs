@@ -1,6 +1,9 @@
 //! The same behaviours for the queues on real time (smol, async-std): short intervals,
 //! and only order and lower bounds asserted, since the machine may be slow.
 
+#[path = "../support/limit.rs"]
+mod limit;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -8,6 +11,7 @@ use std::time::{Duration, Instant};
 use async_io::Timer;
 use identify_queue::smol::Queue;
 use identify_queue::{Config, Error, SessionStartLimit, ShardId};
+use limit::limit;
 use smol::stream::StreamExt;
 
 pub const INTERVAL: Duration = Duration::from_millis(30);
@@ -18,15 +22,6 @@ pub trait Executor {
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static;
-}
-
-fn limit(max_concurrency: u32, remaining: u32) -> SessionStartLimit {
-    SessionStartLimit {
-        total: 1000,
-        remaining,
-        reset_after: Duration::from_secs(3600),
-        max_concurrency,
-    }
 }
 
 fn queue(limit: SessionStartLimit, config: Config) -> Queue {
