@@ -133,15 +133,8 @@ impl FusedFuture for Acquire {
 
 impl Drop for Acquire {
     fn drop(&mut self) {
-        let State::Waiting(ticket) = self.state else {
-            return;
-        };
-        let mut local = self.inner.lock();
-        local.abandon(self.shard, ticket, Instant::now());
-        let wake = !local.outbox.is_empty();
-        drop(local);
-        if wake {
-            self.inner.wake.notify_one();
+        if let State::Waiting(ticket) = self.state {
+            self.inner.abandon(None, [(self.shard, ticket)]);
         }
     }
 }
@@ -282,19 +275,8 @@ impl FusedStream for Grants {
 
 impl Drop for Grants {
     fn drop(&mut self) {
-        let Some(id) = self.id else {
-            return;
-        };
-        let now = Instant::now();
-        let mut local = self.inner.lock();
-        local.streams.remove(&id);
-        for (&shard, &ticket) in &self.waiting {
-            local.abandon(shard, ticket, now);
-        }
-        let wake = !local.outbox.is_empty();
-        drop(local);
-        if wake {
-            self.inner.wake.notify_one();
+        if self.id.is_some() {
+            self.inner.abandon(self.id, self.waiting.drain());
         }
     }
 }

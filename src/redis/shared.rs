@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::error::{ConnectError, Failure, Unreachable};
 use super::link::{Link, Target};
-use super::local::Local;
+use super::local::{Local, Ticket};
 use super::options::Options;
 use super::scripts::Scripts;
 use super::status::Health;
@@ -155,6 +155,29 @@ impl Inner {
             "Discord's word applied",
         );
         Ok(())
+    }
+
+    /// The futures of `requests` (and stream `stream`, if one) are gone: each request
+    /// leaves its queue, or its grant not taken is spent and its hold released; the
+    /// driver is woken if that left something to send.
+    pub(super) fn abandon(
+        &self,
+        stream: Option<u64>,
+        requests: impl IntoIterator<Item = (ShardId, Ticket)>,
+    ) {
+        let now = Instant::now();
+        let mut local = self.lock();
+        if let Some(id) = stream {
+            local.streams.remove(&id);
+        }
+        for (shard, ticket) in requests {
+            local.abandon(shard, ticket, now);
+        }
+        let wake = !local.outbox.is_empty();
+        drop(local);
+        if wake {
+            self.wake.notify_one();
+        }
     }
 
     /// Hold mode: sends a release for the grant `token` of `shard`.
