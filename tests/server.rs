@@ -478,15 +478,13 @@ async fn sigterm_closes_waiting_requests_at_once() {
     eprintln!("closed {:?} after SIGTERM", terminated.elapsed());
 }
 
-/// Two servers on one Redis namespace serve one bot: spacing and the budget hold
-/// across them, whichever a shard asks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_servers_on_one_namespace_share_buckets_and_budget() {
-    let redis = redis_server::Server::start(false);
-    let url = redis.url();
-    let common = [
+/// A server in cluster mode on `redis` (namespace `bot`, one bucket, a total of 100),
+/// with `remaining` left and `interval_ms` between grants.
+fn on_redis(redis: &redis_server::Server, remaining: u32, interval_ms: u64) -> ServerProcess {
+    let (url, remaining, interval) = (redis.url(), remaining.to_string(), interval_ms.to_string());
+    ServerProcess::start(&[
         "--redis",
-        url.as_str(),
+        &url,
         "--namespace",
         "bot",
         "--max-concurrency",
@@ -494,12 +492,19 @@ async fn two_servers_on_one_namespace_share_buckets_and_budget() {
         "--total",
         "100",
         "--remaining",
-        "3",
+        &remaining,
         "--interval-ms",
-        "200",
-    ];
-    let a = ServerProcess::start(&common);
-    let b = ServerProcess::start(&common);
+        &interval,
+    ])
+}
+
+/// Two servers on one Redis namespace serve one bot: spacing and the budget hold
+/// across them, whichever a shard asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_namespace_share_buckets_and_budget() {
+    let redis = redis_server::Server::start(false);
+    let a = on_redis(&redis, 3, 200);
+    let b = on_redis(&redis, 3, 200);
     ready(&a).await;
     ready(&b).await;
     // One bucket: four shards over two servers, alternately.
@@ -746,22 +751,7 @@ async fn the_native_api_long_polls_keeps_places_and_never_spends_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_run_loses_nobody_and_spends_nothing_twice() {
     let redis = redis_server::Server::start(false);
-    let url = redis.url();
-    let common = [
-        "--redis",
-        url.as_str(),
-        "--namespace",
-        "bot",
-        "--max-concurrency",
-        "1",
-        "--total",
-        "100",
-        "--remaining",
-        "100",
-        "--interval-ms",
-        "150",
-    ];
-    let servers: Vec<ServerProcess> = (0..3).map(|_| ServerProcess::start(&common)).collect();
+    let servers: Vec<ServerProcess> = (0..3).map(|_| on_redis(&redis, 100, 150)).collect();
     for server in &servers {
         ready(server).await;
     }
