@@ -300,10 +300,16 @@ async fn the_auth_token_guards_every_route_but_the_health_checks() {
             .unwrap();
         assert_eq!(answer.status, 401, "{path}");
     }
-    assert_eq!(
-        get(server.address, "/livez", &[]).await.unwrap().status,
-        200
-    );
+    for (method, path) in [
+        ("POST", "/v1/identify?shard=0&key=k"),
+        ("DELETE", "/v1/identify/k"),
+    ] {
+        let answer = send(server.address, method, path, &[]).await.unwrap();
+        assert_eq!(answer.status, 401, "{method} {path}");
+    }
+    for path in ["/livez", "/readyz"] {
+        assert_eq!(get(server.address, path, &[]).await.unwrap().status, 200);
+    }
     let answer = get(
         server.address,
         "/?shard=0",

@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::json;
@@ -17,15 +18,22 @@ use crate::{Priority, ShardId};
 pub(super) const GRANTED: &str = r#"{"message": "You're free to connect now! :)"}"#;
 
 pub(super) fn router(state: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
+    // Every route but the health checks wants the token, when one is set.
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status_page))
         .route("/v1/status", get(status_json))
         .route("/v1/identify", post(identify_v1))
         .route("/v1/identify/{key}", delete(cancel_v1))
         .fallback(twilight)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authorized,
+        ));
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
         .with_state(state)
 }
 
@@ -44,18 +52,22 @@ async fn readyz(State(state): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// `401` unless the request carries the token (when one is set).
-fn refused(state: &Shared, headers: &HeaderMap) -> Option<Response> {
-    let token = state.args.auth_token.as_deref()?;
-    let given = headers
+/// `401` unless the request carries the token (when one is set); the request goes on
+/// otherwise.
+async fn authorized(State(state): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let Some(token) = state.args.auth_token.as_deref() else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     if given == Some(token) {
-        return None;
+        return next.run(request).await;
     }
     let body = json!({ "error": "missing or wrong `Authorization: Bearer <token>`" });
-    Some((StatusCode::UNAUTHORIZED, axum::Json(body)).into_response())
+    (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
 }
 
 fn bad_request(state: &Shared, reason: String) -> Response {
@@ -91,15 +103,8 @@ fn shard_of(query: Option<&str>) -> Result<Option<ShardId>, String> {
 ///
 /// Cancel safety: hyper drops this future when the client closes its connection; the
 /// request is then cancelled, nothing spent.
-async fn twilight(
-    State(state): State<Arc<Shared>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
+async fn twilight(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
     let came = Instant::now();
-    if let Some(refused) = refused(&state, &headers) {
-        return refused;
-    }
     let shard = match shard_of(query.as_deref()) {
         Ok(shard) => shard,
         Err(reason) => return bad_request(&state, reason),
@@ -142,16 +147,9 @@ async fn twilight(
 }
 
 /// The native API's request: see the module docs.
-async fn identify_v1(
-    State(state): State<Arc<Shared>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
+async fn identify_v1(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
     use super::tickets::{MAX_WAIT, Refused, Stage};
     let came = Instant::now();
-    if let Some(refused) = refused(&state, &headers) {
-        return refused;
-    }
     let query = query.as_deref();
     let shard = match shard_of(query) {
         Ok(Some(shard)) => shard,
@@ -252,14 +250,7 @@ async fn identify_v1(
     }
 }
 
-async fn cancel_v1(
-    State(state): State<Arc<Shared>>,
-    Path(key): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = refused(&state, &headers) {
-        return refused;
-    }
+async fn cancel_v1(State(state): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
     if state.tickets.cancel(&key) {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -268,10 +259,7 @@ async fn cancel_v1(
     }
 }
 
-async fn metrics(State(state): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refused(&state, &headers) {
-        return refused;
-    }
+async fn metrics(State(state): State<Arc<Shared>>) -> Response {
     let backend = state.backend.borrow().clone();
     let budget = match backend {
         Some(backend) => Some(backend.budget().await),
@@ -342,17 +330,11 @@ pub(super) async fn status(state: &Shared) -> serde_json::Value {
     })
 }
 
-async fn status_json(State(state): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refused(&state, &headers) {
-        return refused;
-    }
+async fn status_json(State(state): State<Arc<Shared>>) -> Response {
     axum::Json(status(&state).await).into_response()
 }
 
-async fn status_page(State(state): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refused(&state, &headers) {
-        return refused;
-    }
+async fn status_page(State(state): State<Arc<Shared>>) -> Response {
     Html(page::render(&status(&state).await)).into_response()
 }
 
