@@ -312,9 +312,10 @@ pub(super) async fn status(state: &Shared) -> serde_json::Value {
         Some(backend) => Some(backend.budget().await),
         None => None,
     };
+    let not_ready = state.not_ready();
     json!({
-        "ready": state.not_ready().is_none(),
-        "reason": state.not_ready(),
+        "ready": not_ready.is_none(),
+        "reason": not_ready,
         "mode": if state.args.redis.is_some() { "cluster" } else { "memory" },
         "uptime_ms": millis(state.started.elapsed()),
         "max_concurrency": max_concurrency,
