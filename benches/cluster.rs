@@ -19,8 +19,12 @@
 //! rows run interleaved (row 1, 2, ..., then again), so that the machine's noise
 //! spreads over all of them.
 
+#[path = "../tests/support/fake_discord.rs"]
+mod fake_discord;
 #[path = "../tests/support/fault_proxy.rs"]
 mod fault_proxy;
+#[path = "../tests/support/judge.rs"]
+mod judge;
 #[path = "../examples/cluster/run.rs"]
 mod run;
 

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use identify_queue::{AcquireError, Config, Priority, Scheduler, SessionStartLimit};
 use manual::{Manual, Polled};
 use proptest::prelude::*;
+use support::judge::{Judge, Rules};
 use support::model::{Expect, Model};
 
 type Queue = identify_queue::runtime::Queue<Manual>;
@@ -88,9 +89,9 @@ struct World {
     released: bool,
     /// Hold mode: the task whose grant is each shard's latest.
     latest: HashMap<u32, usize>,
-    /// Deliveries: (instant, shard, max_concurrency then).
-    deliveries: Vec<(Instant, u32, u32)>,
-    max_concurrency: u32,
+    /// Discord's rules on the deliveries, exactly (a paused clock: no jitter), under
+    /// the `max_concurrency` in force; it keeps the deliveries, `(instant, shard)`.
+    judge: Judge<Instant>,
     log: Vec<String>,
 }
 
@@ -125,8 +126,7 @@ impl World {
             permits: Vec::new(),
             released: false,
             latest: HashMap::new(),
-            deliveries: Vec::new(),
-            max_concurrency: setup.limit.max_concurrency,
+            judge: Judge::new(Rules::spacing(setup.limit.max_concurrency, setup.interval)),
             log: Vec::new(),
         }
     }
@@ -164,7 +164,7 @@ impl World {
                 let expected = self.model.update(limit, Duration::ZERO, self.now);
                 assert_eq!(actual, expected, "{}", self.context());
                 if actual.is_ok() {
-                    self.max_concurrency = limit.max_concurrency;
+                    self.judge.set_max_concurrency(limit.max_concurrency);
                 }
                 self.drain();
             }
@@ -213,8 +213,14 @@ impl World {
 
     fn delivered(&mut self, id: usize, permit: Permit, granted: Instant) {
         assert_eq!(permit.granted_at(), self.now, "{}", self.context());
-        self.deliveries
-            .push((self.now, permit.shard(), self.max_concurrency));
+        // Deliveries in one bucket (under the concurrency in force at the later one)
+        // are at least the interval apart: judged from the deliveries alone.
+        assert!(
+            self.judge.arrive(self.now, permit.shard()),
+            "{:?}\n{}",
+            self.judge.violations(),
+            self.context()
+        );
         self.permits.push((id, permit, granted));
     }
 
@@ -270,14 +276,15 @@ impl World {
     /// shard's delivery within the interval, or is held by another shard's delivered
     /// permit, is delivered once that ends (`Some(None)`: not before a release).
     fn gate(&self, shard: u32) -> Option<Option<Instant>> {
-        let max_concurrency = self.max_concurrency;
+        let max_concurrency = self.judge.max_concurrency();
         let other = |s: u32| s != shard && s % max_concurrency == shard % max_concurrency;
         let (now, interval) = (self.now, self.setup.interval);
         let intervals = self
-            .deliveries
+            .judge
+            .arrivals()
             .iter()
-            .filter(|&&(_, s, _)| other(s))
-            .map(|&(at, _, _)| at.checked_add(interval))
+            .filter(|&&(_, s)| other(s))
+            .map(|&(at, _)| at.checked_add(interval))
             .filter(|end| end.is_none_or(|end| end > now));
         let holds = self
             .permits
@@ -461,28 +468,9 @@ impl World {
             "futures left waiting\n{}",
             self.context()
         );
-        self.check_spacing();
         // Nothing waits: the driver has ended.
         manual::run_spawned();
         assert_eq!(manual::tasks().0, 0, "the driver outlived the work");
-    }
-
-    /// Deliveries in one bucket (under the concurrency in force at the later one) are
-    /// at least the interval apart: checked from the deliveries alone.
-    fn check_spacing(&self) {
-        for (index, &(later, shard, max_concurrency)) in self.deliveries.iter().enumerate() {
-            for &(earlier, other, _) in &self.deliveries[..index] {
-                if other % max_concurrency == shard % max_concurrency {
-                    assert!(
-                        earlier
-                            .checked_add(self.setup.interval)
-                            .is_none_or(|free| free <= later),
-                        "{other} delivered at {earlier:?}, {shard} at {later:?}\n{}",
-                        self.context()
-                    );
-                }
-            }
-        }
     }
 }
 

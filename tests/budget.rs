@@ -10,18 +10,10 @@ use std::time::{Duration, Instant};
 use identify_queue::{Config, Decision, Error, Scheduler, SessionStartLimit};
 use proptest::prelude::*;
 use support::discord_budget::{DAY, DiscordBudget, Window};
+use support::limit::limit;
 
 const SECOND: Duration = Duration::from_secs(1);
 const GRACE: Duration = Duration::from_secs(30);
-
-fn limit(total: u32, remaining: u32, reset_after: Duration) -> SessionStartLimit {
-    SessionStartLimit {
-        total,
-        remaining,
-        reset_after,
-        max_concurrency: 16,
-    }
-}
 
 fn scheduler(limit: SessionStartLimit, grace: Duration, start: Instant) -> Scheduler {
     let config = Config::default().interval(SECOND).grace(grace);
@@ -40,20 +32,63 @@ fn grant_all(scheduler: &mut Scheduler, shards: std::ops::Range<u32>, now: Insta
 #[test]
 fn a_word_subtracts_the_grants_it_may_not_count_yet() {
     let start = Instant::now();
-    let mut scheduler = scheduler(limit(10, 10, DAY), GRACE, start);
+    let mut scheduler = scheduler(
+        SessionStartLimit {
+            total: 10,
+            reset_after: DAY,
+            ..limit(16, 10)
+        },
+        GRACE,
+        start,
+    );
     grant_all(&mut scheduler, 0..4, start);
     // Read at 10 s, not yet counting the four: Discord's remaining is 10.
     let now = start + 10 * SECOND;
-    scheduler.update(limit(10, 10, DAY), now).unwrap();
+    scheduler
+        .update(
+            SessionStartLimit {
+                total: 10,
+                reset_after: DAY,
+                ..limit(16, 10)
+            },
+            now,
+        )
+        .unwrap();
     assert_eq!(scheduler.remaining(now), 6);
     // The same word with no grace trusts it: the four would be spent twice.
-    let mut trusting = self::scheduler(limit(10, 10, DAY), Duration::ZERO, start);
+    let mut trusting = self::scheduler(
+        SessionStartLimit {
+            total: 10,
+            reset_after: DAY,
+            ..limit(16, 10)
+        },
+        Duration::ZERO,
+        start,
+    );
     grant_all(&mut trusting, 0..4, start);
-    trusting.update(limit(10, 10, DAY), now).unwrap();
+    trusting
+        .update(
+            SessionStartLimit {
+                total: 10,
+                reset_after: DAY,
+                ..limit(16, 10)
+            },
+            now,
+        )
+        .unwrap();
     assert_eq!(trusting.remaining(now), 10);
     // Grants older than the grace before the read are Discord's: not subtracted again.
     let later = start + GRACE + 2 * SECOND;
-    scheduler.update(limit(10, 6, DAY), later).unwrap();
+    scheduler
+        .update(
+            SessionStartLimit {
+                total: 10,
+                reset_after: DAY,
+                ..limit(16, 6)
+            },
+            later,
+        )
+        .unwrap();
     assert_eq!(scheduler.remaining(later), 6);
 }
 
@@ -68,11 +103,26 @@ fn a_word_subtracts_the_grants_it_may_not_count_yet() {
 fn a_delivery_at_the_earliest_reset_counts_in_the_new_window() {
     let grace = Duration::from_secs(38);
     let start = Instant::now();
-    let mut scheduler = scheduler(limit(3, 3, DAY), grace, start);
+    let mut scheduler = scheduler(
+        SessionStartLimit {
+            total: 3,
+            reset_after: DAY,
+            ..limit(16, 3)
+        },
+        grace,
+        start,
+    );
     grant_all(&mut scheduler, 0..3, start);
     let reset = start + DAY;
     scheduler
-        .update(limit(3, 0, 40 * SECOND), reset - 40 * SECOND)
+        .update(
+            SessionStartLimit {
+                total: 3,
+                reset_after: 40 * SECOND,
+                ..limit(16, 0)
+            },
+            reset - 40 * SECOND,
+        )
         .unwrap();
     for shard in 3..5 {
         let _ = scheduler.request(shard, reset - 40 * SECOND).unwrap();
@@ -81,7 +131,14 @@ fn a_delivery_at_the_earliest_reset_counts_in_the_new_window() {
     assert_eq!(scheduler.poll(reset), Decision::Grant(4));
     let applied = reset + Duration::from_millis(1);
     scheduler
-        .update(limit(3, 0, 38 * SECOND - Duration::from_millis(1)), applied)
+        .update(
+            SessionStartLimit {
+                total: 3,
+                reset_after: 38 * SECOND - Duration::from_millis(1),
+                ..limit(16, 0)
+            },
+            applied,
+        )
         .unwrap();
     let ours = reset + grace;
     assert_eq!(scheduler.remaining(ours - Duration::from_nanos(1)), 0);
@@ -97,12 +154,24 @@ fn a_delivery_at_the_earliest_reset_counts_in_the_new_window() {
 #[test]
 fn a_word_with_an_age_counts_from_its_read() {
     let start = Instant::now();
-    let mut scheduler = scheduler(limit(10, 10, DAY), GRACE, start);
+    let mut scheduler = scheduler(
+        SessionStartLimit {
+            total: 10,
+            reset_after: DAY,
+            ..limit(16, 10)
+        },
+        GRACE,
+        start,
+    );
     grant_all(&mut scheduler, 0..2, start);
     // Read at 20 s (after the two were counted: remaining 8, reset in 100 s), applied
     // at 60 s, after a retry loop.
     let now = start + 60 * SECOND;
-    let word = limit(10, 8, 100 * SECOND);
+    let word = SessionStartLimit {
+        total: 10,
+        reset_after: 100 * SECOND,
+        ..limit(16, 8)
+    };
     scheduler.update_with_age(word, 40 * SECOND, now).unwrap();
     // The two were within a grace before the read: Discord may not count them yet.
     assert_eq!(scheduler.remaining(now), 6);
@@ -126,8 +195,25 @@ fn a_word_with_an_age_counts_from_its_read() {
 #[test]
 fn a_reset_refills_less_the_grants_near_it() {
     let start = Instant::now();
-    let mut scheduler = scheduler(limit(3, 3, DAY), GRACE, start);
-    scheduler.update(limit(3, 2, 100 * SECOND), start).unwrap();
+    let mut scheduler = scheduler(
+        SessionStartLimit {
+            total: 3,
+            reset_after: DAY,
+            ..limit(16, 3)
+        },
+        GRACE,
+        start,
+    );
+    scheduler
+        .update(
+            SessionStartLimit {
+                total: 3,
+                reset_after: 100 * SECOND,
+                ..limit(16, 2)
+            },
+            start,
+        )
+        .unwrap();
     // Two grants 10 s before the reset we know.
     let near = start + 90 * SECOND;
     grant_all(&mut scheduler, 0..2, near);
@@ -157,8 +243,25 @@ fn a_reset_refills_less_the_grants_near_it() {
 #[test]
 fn a_window_that_may_have_opened_early_counts_from_its_earliest_opening() {
     let start = Instant::now();
-    let mut scheduler = scheduler(limit(10, 10, DAY), GRACE, start);
-    scheduler.update(limit(10, 9, 100 * SECOND), start).unwrap();
+    let mut scheduler = scheduler(
+        SessionStartLimit {
+            total: 10,
+            reset_after: DAY,
+            ..limit(16, 10)
+        },
+        GRACE,
+        start,
+    );
+    scheduler
+        .update(
+            SessionStartLimit {
+                total: 10,
+                reset_after: 100 * SECOND,
+                ..limit(16, 9)
+            },
+            start,
+        )
+        .unwrap();
     grant_all(&mut scheduler, 0..1, start + 95 * SECOND);
     let reset = start + 100 * SECOND;
     assert_eq!(scheduler.remaining(reset), 9);
@@ -187,8 +290,25 @@ fn a_window_that_may_have_opened_early_counts_from_its_earliest_opening() {
 #[test]
 fn the_earliest_grant_held_back_bounds_the_next_window() {
     let start = Instant::now();
-    let mut scheduler = scheduler(limit(10, 10, DAY), GRACE, start);
-    scheduler.update(limit(10, 8, 100 * SECOND), start).unwrap();
+    let mut scheduler = scheduler(
+        SessionStartLimit {
+            total: 10,
+            reset_after: DAY,
+            ..limit(16, 10)
+        },
+        GRACE,
+        start,
+    );
+    scheduler
+        .update(
+            SessionStartLimit {
+                total: 10,
+                reset_after: 100 * SECOND,
+                ..limit(16, 8)
+            },
+            start,
+        )
+        .unwrap();
     grant_all(&mut scheduler, 0..1, start + 71 * SECOND);
     grant_all(&mut scheduler, 1..2, start + 99 * SECOND);
     let reset = start + 100 * SECOND;
@@ -211,13 +331,30 @@ fn the_earliest_grant_held_back_bounds_the_next_window() {
 #[test]
 fn undelivered_grants_count_until_they_are_delivered_or_abandoned() {
     let start = Instant::now();
-    let mut scheduler = scheduler(limit(3, 3, DAY), GRACE, start);
+    let mut scheduler = scheduler(
+        SessionStartLimit {
+            total: 3,
+            reset_after: DAY,
+            ..limit(16, 3)
+        },
+        GRACE,
+        start,
+    );
     scheduler.defer_deliveries();
     grant_all(&mut scheduler, 0..2, start);
     assert_eq!(scheduler.undelivered(), 2);
     // An hour later, a word that counts neither: both may still arrive.
     let hour = start + 3600 * SECOND;
-    scheduler.update(limit(3, 3, DAY), hour).unwrap();
+    scheduler
+        .update(
+            SessionStartLimit {
+                total: 3,
+                reset_after: DAY,
+                ..limit(16, 3)
+            },
+            hour,
+        )
+        .unwrap();
     assert_eq!(scheduler.remaining(hour), 1);
     // Discord's window is not open, nothing was delivered: no reset to wait for.
     assert_eq!(scheduler.resets_at(), None);
@@ -238,7 +375,15 @@ fn undelivered_grants_count_until_they_are_delivered_or_abandoned() {
 #[test]
 fn a_full_word_waits_for_the_window_our_next_grant_opens() {
     let start = Instant::now();
-    let mut scheduler = scheduler(limit(2, 2, 10 * SECOND), GRACE, start);
+    let mut scheduler = scheduler(
+        SessionStartLimit {
+            total: 2,
+            reset_after: 10 * SECOND,
+            ..limit(16, 2)
+        },
+        GRACE,
+        start,
+    );
     grant_all(&mut scheduler, 0..2, start + 5 * SECOND);
     // Taking `reset_after` as Discord's reset would refill at 10 s, while Discord's
     // window opened at 5 s holds both grants for a day.
@@ -255,7 +400,16 @@ fn a_full_word_waits_for_the_window_our_next_grant_opens() {
 fn the_grace_is_bounded() {
     let start = Instant::now();
     let config = Config::default().grace(Duration::from_secs(3601));
-    let error = Scheduler::with_config(limit(1, 1, DAY), config, start).unwrap_err();
+    let error = Scheduler::with_config(
+        SessionStartLimit {
+            total: 1,
+            reset_after: DAY,
+            ..limit(16, 1)
+        },
+        config,
+        start,
+    )
+    .unwrap_err();
     assert_eq!(error, Error::GraceTooLong(Duration::from_secs(3601)));
     assert!(error.to_string().contains("`grace`"), "{error}");
     assert_eq!(Config::default().get_grace(), GRACE);

@@ -2,6 +2,8 @@
 //! Each test starts its own server(s) on free ports in temp dirs. Real time, short
 //! intervals: the checks are on order and lower bounds, never on tight upper bounds.
 
+#[path = "support/judge.rs"]
+mod judge;
 #[path = "support/limit.rs"]
 mod limit;
 #[path = "support/redis_server.rs"]

@@ -2,37 +2,22 @@
 //! each finding of the safety review (`F1`..`F9`) as a test against real
 //! `redis-server` processes, shaped so that it fails without its fix.
 
+#[path = "support/judge.rs"]
+mod judge;
+#[path = "support/limit.rs"]
+mod limit;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use identify_queue::redis::{Health, NeedLimit, Options, Queue};
 use identify_queue::{Config, SessionStartLimit};
+use limit::limit;
 use redis_server::Server;
-use std::time::Instant;
-
 use tokio::time::{sleep, timeout};
 
 const INTERVAL: Duration = Duration::from_millis(100);
-
-fn limit(
-    total: u32,
-    remaining: u32,
-    reset_after: Duration,
-    max_concurrency: u32,
-) -> SessionStartLimit {
-    SessionStartLimit {
-        total,
-        remaining,
-        reset_after,
-        max_concurrency,
-    }
-}
-
-fn hour() -> Duration {
-    Duration::from_secs(3600)
-}
 
 /// A queue's settings: its grace (`Config::grace`) and the cluster options.
 struct Settings {
@@ -93,12 +78,7 @@ async fn remaining(queue: &Queue) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_word_read_while_grants_wait_untaken_does_not_count_them_twice() {
     let server = Server::start(false);
-    let queue = queue(
-        &server,
-        limit(1000, 10, hour(), 4),
-        options(Duration::from_secs(1)),
-    )
-    .await;
+    let queue = queue(&server, limit(4, 10), options(Duration::from_secs(1))).await;
     let mut discord_remaining = 10;
     let mut waiting: Vec<_> = (0..4).map(|shard| queue.acquire(shard)).collect();
     let mut rest = waiting.split_off(1);
@@ -109,10 +89,7 @@ async fn a_word_read_while_grants_wait_untaken_does_not_count_them_twice() {
     drop(first.await.unwrap());
     discord_remaining -= 1; // shard 0 identified
     sleep(Duration::from_secs(3)).await; // starting shard 0
-    queue
-        .update(limit(1000, discord_remaining, hour(), 4))
-        .await
-        .unwrap();
+    queue.update(limit(4, discord_remaining)).await.unwrap();
     for acquire in rest {
         drop(acquire.await.unwrap());
         discord_remaining -= 1;
@@ -136,13 +113,20 @@ async fn the_refill_after_a_late_word_leaves_out_the_grants_near_the_reset() {
     let server = Server::start(false);
     let queue = queue(
         &server,
-        limit(3, 3, hour(), 1),
+        SessionStartLimit {
+            total: 3,
+            ..limit(1, 3)
+        },
         options(Duration::from_secs(1)),
     )
     .await;
     // Read 1 s ago (as far as the queue knows: now), applied now.
     queue
-        .update(limit(3, 3, Duration::from_millis(2000), 1))
+        .update(SessionStartLimit {
+            total: 3,
+            reset_after: Duration::from_millis(2000),
+            ..limit(1, 3)
+        })
         .await
         .unwrap();
     let discord_reset = Instant::now() + Duration::from_millis(1000);
@@ -176,7 +160,16 @@ async fn the_next_window_is_placed_at_the_latest_arrival() {
     let server = Server::start(false);
     let grace = Duration::from_secs(5);
     // reset_after 0: the window opens with the next grant.
-    let queue = queue(&server, limit(10, 10, Duration::ZERO, 1), options(grace)).await;
+    let queue = queue(
+        &server,
+        SessionStartLimit {
+            total: 10,
+            reset_after: Duration::ZERO,
+            ..limit(1, 10)
+        },
+        options(grace),
+    )
+    .await;
     drop(queue.acquire(0).await.unwrap());
     let reset_in = queue.snapshot().await.unwrap().unwrap().reset_in.unwrap();
     let day = Duration::from_secs(24 * 3600);
@@ -193,24 +186,19 @@ async fn the_next_window_is_placed_at_the_latest_arrival() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_word_subtracts_the_grants_before_its_reading() {
     let server = Server::start(false);
-    let queue = queue(
-        &server,
-        limit(1000, 10, hour(), 2),
-        options(Duration::from_secs(1)),
-    )
-    .await;
+    let queue = queue(&server, limit(2, 10), options(Duration::from_secs(1))).await;
     drop(queue.acquire(0).await.unwrap());
     drop(queue.acquire(1).await.unwrap());
     sleep(Duration::from_millis(2000)).await;
     // Read 2.5 s ago (before the grants), applied now: Discord had not counted them.
     queue
-        .update_with_age(limit(1000, 10, hour(), 2), Duration::from_millis(2500))
+        .update_with_age(limit(2, 10), Duration::from_millis(2500))
         .await
         .unwrap();
     assert_eq!(remaining(&queue).await, 8);
     // The same word as if just read: they are older than the grace, Discord counted
     // them.
-    queue.update(limit(1000, 8, hour(), 2)).await.unwrap();
+    queue.update(limit(2, 8)).await.unwrap();
     assert_eq!(remaining(&queue).await, 8);
 }
 
@@ -225,7 +213,7 @@ async fn a_server_that_may_evict_the_state_is_refused() {
     let error = Queue::connect(
         server.url(),
         "bot",
-        limit(1000, 10, hour(), 1),
+        limit(1, 10),
         Config::default().interval(INTERVAL),
     )
     .await
@@ -234,7 +222,7 @@ async fn a_server_that_may_evict_the_state_is_refused() {
     assert!(error.contains("maxmemory-policy allkeys-lru"), "{error}");
     // A volatile policy never evicts keys without a TTL: accepted.
     server.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
-    let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
+    let queue = queue(&server, limit(1, 10), Options::default()).await;
     drop(queue.acquire(0).await.unwrap());
     // Changed under load: nothing more is granted, and health says why.
     server.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-random"]);
@@ -260,7 +248,7 @@ async fn a_server_that_may_evict_the_state_is_refused() {
 async fn part_of_the_state_lost_counts_as_all_of_it() {
     for key in ["iq:{bot}:bkt", "iq:{bot}:log"] {
         let server = Server::start(false);
-        let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
+        let queue = queue(&server, limit(1, 10), Options::default()).await;
         drop(queue.acquire(0).await.unwrap());
         server.cli(&["DEL", key]);
         let waiting = spawn_acquire(&queue, 1);
@@ -275,7 +263,7 @@ async fn part_of_the_state_lost_counts_as_all_of_it() {
             "{key}"
         );
         let word = Instant::now();
-        queue.update(limit(1000, 9, hour(), 1)).await.unwrap();
+        queue.update(limit(1, 9)).await.unwrap();
         let granted = timeout(Duration::from_secs(5), waiting)
             .await
             .unwrap()
@@ -294,7 +282,7 @@ async fn part_of_the_state_lost_counts_as_all_of_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_and_repromoted_server_is_a_new_epoch() {
     let server = Server::start(false);
-    let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
+    let queue = queue(&server, limit(1, 10), Options::default()).await;
     drop(queue.acquire(0).await.unwrap());
     let before = queue.snapshot().await.unwrap().unwrap().epoch;
     let run_id = |server: &Server| {
@@ -316,7 +304,7 @@ async fn a_demoted_and_repromoted_server_is_a_new_epoch() {
         "granted without Discord's word after a promotion"
     );
     assert_eq!(queue.health(), Health::NeedsLimit(NeedLimit::NewServer));
-    queue.update(limit(1000, 9, hour(), 1)).await.unwrap();
+    queue.update(limit(1, 9)).await.unwrap();
     timeout(Duration::from_secs(5), waiting)
         .await
         .unwrap()
@@ -331,7 +319,7 @@ async fn a_demoted_and_repromoted_server_is_a_new_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epochs_are_unique_stamps() {
     let mut server = Server::start(true);
-    let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
+    let queue = queue(&server, limit(1, 10), Options::default()).await;
     // The AOF's fsync, and enough time that the creation stamp plus one is stale.
     sleep(Duration::from_millis(2100)).await;
     server.restart();
@@ -358,7 +346,7 @@ async fn epochs_are_unique_stamps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_touch_of_an_earlier_epoch_is_refused() {
     let server = Server::start(false);
-    let queue = queue(&server, limit(1000, 10, hour(), 1), Options::default()).await;
+    let queue = queue(&server, limit(1, 10), Options::default()).await;
     let permit = queue.acquire(0).await.unwrap();
     let (epoch, seq) = permit.token();
     let touch = redis::Script::new(&format!(
@@ -402,12 +390,7 @@ async fn a_touch_of_an_earlier_epoch_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reserve_on_a_single_server_is_kept() {
     let server = Server::start(true);
-    let queue = queue(
-        &server,
-        limit(1000, 4, hour(), 4),
-        Options::default().reserve(2),
-    )
-    .await;
+    let queue = queue(&server, limit(4, 4), Options::default().reserve(2)).await;
     drop(queue.acquire(0).await.unwrap());
     drop(queue.acquire(1).await.unwrap());
     let third = queue.acquire(2);
@@ -451,7 +434,7 @@ async fn sentinel_without_a_minority_fence_is_refused() {
         Queue::connect_with(
             url.clone(),
             "bot",
-            limit(1000, 10, hour(), 1),
+            limit(1, 10),
             Config::default().interval(INTERVAL),
             options,
         )
@@ -488,7 +471,11 @@ async fn a_word_counting_nothing_waits_for_the_window_the_next_grant_opens() {
     let server = Server::start(false);
     let queue = queue(
         &server,
-        limit(2, 2, Duration::from_millis(600), 1),
+        SessionStartLimit {
+            total: 2,
+            reset_after: Duration::from_millis(600),
+            ..limit(1, 2)
+        },
         options(Duration::from_millis(100)),
     )
     .await;
@@ -516,7 +503,11 @@ async fn a_refill_that_held_back_a_grant_waits_for_both_openings() {
     let day = Duration::from_secs(24 * 3600);
     let queue = queue(
         &server,
-        limit(10, 9, Duration::from_millis(1500), 1),
+        SessionStartLimit {
+            total: 10,
+            reset_after: Duration::from_millis(1500),
+            ..limit(1, 9)
+        },
         options(grace),
     )
     .await;

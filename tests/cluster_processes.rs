@@ -5,19 +5,20 @@
 
 #[path = "support/fake_discord.rs"]
 mod fake_discord;
+#[path = "support/judge.rs"]
+mod judge;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fake_discord::FakeDiscord;
+use fake_discord::{FakeDiscord, ask_limit};
+use identify_queue::Config;
 use identify_queue::redis::{Options, Queue};
-use identify_queue::{Config, SessionStartLimit};
 use redis_server::Server;
 
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -91,26 +92,6 @@ impl Work {
     }
 }
 
-/// Asks the fake Discord for its `session_start_limit`.
-fn ask_limit(discord: SocketAddr) -> Result<SessionStartLimit, String> {
-    let mut stream = TcpStream::connect(discord).map_err(|e| e.to_string())?;
-    stream.write_all(b"LIMIT\n").map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let n: Vec<u64> = line
-        .split_whitespace()
-        .map(|w| w.parse().unwrap())
-        .collect();
-    Ok(SessionStartLimit {
-        total: n[0] as u32,
-        remaining: n[1] as u32,
-        reset_after: Duration::from_millis(n[2]),
-        max_concurrency: n[3] as u32,
-    })
-}
-
 /// The worker process: acquires its shards, one task each, and sends IDENTIFY to the
 /// fake Discord with each permit. Any `acquire` error fails the worker.
 #[test]
@@ -153,8 +134,7 @@ fn worker() {
                         .acquire(shard)
                         .await
                         .unwrap_or_else(|e| panic!("worker {worker}, shard {shard}: {e}"));
-                    let mut stream = TcpStream::connect(discord).unwrap();
-                    writeln!(stream, "IDENTIFY {shard} {worker}").unwrap();
+                    fake_discord::identify(discord, shard, worker).unwrap();
                     if hold {
                         permit.keep();
                     }
@@ -225,7 +205,7 @@ fn processes_share_one_budget_and_every_bucket() {
     finish(workers);
     assert_eq!(arrived, 40);
     assert_eq!(discord.arrivals().len(), 40);
-    assert_eq!(discord.violations(4, INTERVAL), Vec::<String>::new());
+    assert_eq!(discord.violations(INTERVAL), Vec::<String>::new());
     // Every worker got some: each bucket serves its processes in turn.
     let mut per_worker: HashMap<u32, usize> = HashMap::new();
     for arrival in discord.arrivals() {
@@ -250,7 +230,7 @@ fn the_judge_catches_processes_that_do_not_share() {
     wait_for(&discord, 18, Duration::from_secs(20));
     finish(workers);
     assert!(
-        !discord.violations(2, INTERVAL).is_empty(),
+        !discord.violations(INTERVAL).is_empty(),
         "the judge saw nothing wrong"
     );
 }
@@ -287,7 +267,7 @@ fn a_worker_killed_while_waiting_delays_no_one() {
     );
     assert_eq!(from_survivor(), 6);
     assert!(discord.arrivals().len() > before);
-    assert_eq!(discord.violations(1, INTERVAL), Vec::<String>::new());
+    assert_eq!(discord.violations(INTERVAL), Vec::<String>::new());
     // Everything after the kill came from the survivor.
     assert!(
         discord
@@ -345,7 +325,7 @@ fn a_worker_killed_while_next_in_line_is_passed_within_a_round_trip() {
         gap <= INTERVAL + Duration::from_millis(100),
         "the bucket's next IDENTIFY came {gap:?} after its last"
     );
-    assert_eq!(discord.violations(1, INTERVAL), Vec::<String>::new());
+    assert_eq!(discord.violations(INTERVAL), Vec::<String>::new());
 }
 
 #[test]
@@ -409,7 +389,7 @@ fn redis_unreachable_for_a_while_then_recovered() {
         "redis down 1.5 s: 0 IDENTIFYs meanwhile; the first {:?} after its restart (from its AOF, a new epoch: Discord's word first)",
         first_after.map(|at| at - restarted)
     );
-    assert_eq!(discord.violations(2, INTERVAL), Vec::<String>::new());
+    assert_eq!(discord.violations(INTERVAL), Vec::<String>::new());
 }
 
 /// A master, two replicas and three sentinels (quorum 2) on loopback, the replicas
@@ -479,7 +459,7 @@ fn assert_all_served_within_the_rules(discord: &FakeDiscord, arrived: usize, exp
         .collect();
     assert_eq!(arrived, expected, "{trace:#?}");
     assert_eq!(
-        discord.violations(2, INTERVAL),
+        discord.violations(INTERVAL),
         Vec::<String>::new(),
         "{trace:#?}"
     );
@@ -612,7 +592,7 @@ fn redis_restarted_empty_under_load() {
         first_after.map(|at| at - restarted)
     );
     assert_eq!(arrived, 24);
-    assert_eq!(discord.violations(2, INTERVAL), Vec::<String>::new());
+    assert_eq!(discord.violations(INTERVAL), Vec::<String>::new());
 }
 
 #[test]
@@ -626,7 +606,7 @@ fn script_flush_under_load() {
     let arrived = wait_for(&discord, 24, Duration::from_secs(30));
     finish(workers);
     assert_eq!(arrived, 24);
-    assert_eq!(discord.violations(2, INTERVAL), Vec::<String>::new());
+    assert_eq!(discord.violations(INTERVAL), Vec::<String>::new());
 }
 
 #[test]
@@ -643,5 +623,5 @@ fn max_concurrency_changed_under_load() {
     let arrived = wait_for(&discord, 48, Duration::from_secs(30));
     finish(workers);
     assert_eq!(arrived, 48);
-    assert_eq!(discord.violations(4, INTERVAL), Vec::<String>::new());
+    assert_eq!(discord.violations(INTERVAL), Vec::<String>::new());
 }

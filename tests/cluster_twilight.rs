@@ -4,6 +4,8 @@
 
 #[allow(dead_code)] // the gateway serves tests/twilight.rs too, with more to check
 mod gateway;
+#[path = "support/judge.rs"]
+mod judge;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 

@@ -9,6 +9,8 @@
 //! order and lower bounds, never on tight upper bounds. Each cluster test ends by
 //! judging Redis's own log of its grants, exactly, on Redis's clock.
 
+#[path = "support/judge.rs"]
+mod judge;
 #[path = "support/limit.rs"]
 mod limit;
 #[path = "support/redis_server.rs"]

@@ -2,6 +2,9 @@
 //! "spacing counts from delivery": one test per way a caller may hold, park, drop or
 //! move a future, with exact instants on tokio's paused clock where one will do.
 
+#[path = "support/limit.rs"]
+mod limit;
+
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -11,24 +14,16 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use identify_queue::tokio::{Permit, Queue};
-use identify_queue::{AcquireError, Config, Priority, SessionStartLimit};
+use identify_queue::{AcquireError, Config, Priority};
+use limit::limit;
 use tokio::time::{Instant, sleep};
 
 const FIVE: Duration = Duration::from_secs(5);
 const SECOND: Duration = Duration::from_secs(1);
 
-fn limit(max_concurrency: u32) -> SessionStartLimit {
-    SessionStartLimit {
-        total: 1000,
-        remaining: 1000,
-        reset_after: Duration::from_secs(86_400),
-        max_concurrency,
-    }
-}
-
 /// A queue on tokio's clock, started now.
 fn queue(max_concurrency: u32, config: Config) -> Queue {
-    Queue::with_limit(limit(max_concurrency), config).unwrap()
+    Queue::with_limit(limit(max_concurrency, 1000), config).unwrap()
 }
 
 /// When `permit` was delivered, as an offset from `start`.
@@ -295,7 +290,7 @@ async fn an_update_rekeys_an_undelivered_grant_like_a_hold() {
     // Shard 3 is granted at 5 s and not taken; at 6 s max_concurrency becomes 1, so
     // shard 4 shares its bucket and waits for it.
     sleep(Duration::from_secs(6)).await;
-    queue.update(limit(1)).unwrap();
+    queue.update(limit(1, 1000)).unwrap();
     let four = spawn_shard(&queue, 4, start);
     sleep(Duration::from_secs(14)).await;
     let Poll::Ready(Ok(three)) = poll_once(&mut three).await else {
@@ -350,7 +345,7 @@ fn real_time_queue(max_concurrency: u32) -> identify_queue::tokio::Queue {
         .build()
         .unwrap();
     let _inside = runtime.enter();
-    Queue::with_limit(limit(max_concurrency), config).unwrap()
+    Queue::with_limit(limit(max_concurrency, 1000), config).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -7,6 +7,8 @@
 //! Real time, short intervals: the tests assert order and lower bounds, never tight
 //! upper bounds.
 
+#[path = "support/judge.rs"]
+mod judge;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 

@@ -5,6 +5,10 @@
 //! generous upper bounds only where a makespan is compared with the optimum.
 
 mod gateway;
+#[path = "support/judge.rs"]
+mod judge;
+#[path = "support/limit.rs"]
+mod limit;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,6 +16,7 @@ use std::time::{Duration, Instant};
 use gateway::{Gateway, Rules};
 use identify_queue::tokio::Queue;
 use identify_queue::{Config, SessionStartLimit};
+use limit::limit;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use twilight_gateway::{ConfigBuilder, Event, EventTypeFlags, Intents, Shard, ShardId, StreamExt};
@@ -31,15 +36,6 @@ fn rules(remaining: u32) -> Rules {
         jitter: JITTER,
         remaining,
         ready_after: Duration::ZERO,
-    }
-}
-
-fn limit(remaining: u32) -> SessionStartLimit {
-    SessionStartLimit {
-        total: 1000,
-        remaining,
-        reset_after: Duration::from_secs(3600),
-        max_concurrency: C,
     }
 }
 
@@ -130,7 +126,7 @@ async fn sixty_four_shards(hold_mode: bool) {
     if hold_mode {
         config = config.hold_until_release(Duration::from_secs(10));
     }
-    let queue = Queue::with_limit(limit(1000), config).unwrap();
+    let queue = Queue::with_limit(limit(C, 1000), config).unwrap();
     let (ready_sender, mut readies) = mpsc::unbounded_channel();
 
     // 64 shards at once: 16 rounds of 4 buckets.
@@ -213,7 +209,7 @@ async fn sixty_four_shards(hold_mode: bool) {
 async fn an_exhausted_budget_waits_for_the_update_that_refills_it() {
     let _one = ONE_AT_A_TIME.lock().await;
     let gateway = Gateway::start(rules(20)).await;
-    let queue = Queue::with_limit(limit(20), Config::default().interval(INTERVAL)).unwrap();
+    let queue = Queue::with_limit(limit(C, 20), Config::default().interval(INTERVAL)).unwrap();
     let (ready_sender, mut readies) = mpsc::unbounded_channel();
     let shards = start_shards(0..32, 32, &gateway, &queue, false, &ready_sender);
     wait_for_readies(&mut readies, 20).await;
@@ -228,7 +224,7 @@ async fn an_exhausted_budget_waits_for_the_update_that_refills_it() {
         .update(SessionStartLimit {
             remaining: 1000,
             reset_after: Duration::from_secs(86_400),
-            ..limit(1000)
+            ..limit(C, 1000)
         })
         .unwrap();
     wait_for_readies(&mut readies, 12).await;
@@ -253,7 +249,7 @@ async fn hold_mode_frees_a_bucket_when_twilight_reports_ready() {
     let config = Config::default()
         .interval(INTERVAL)
         .hold_until_release(Duration::from_secs(10));
-    let queue = Queue::with_limit(limit(1000), config).unwrap();
+    let queue = Queue::with_limit(limit(C, 1000), config).unwrap();
     let (ready_sender, mut readies) = mpsc::unbounded_channel();
     let shards = start_shards(0..16, 16, &gateway, &queue, true, &ready_sender);
     wait_for_readies(&mut readies, 16).await;
@@ -290,7 +286,7 @@ async fn dropped_handshakes_and_invalid_sessions_leak_nothing() {
     // their connection before READY.
     gateway.reject_next_identifies(4);
     gateway.drop_next_identifies(6);
-    let queue = Queue::with_limit(limit(1000), Config::default().interval(INTERVAL)).unwrap();
+    let queue = Queue::with_limit(limit(C, 1000), Config::default().interval(INTERVAL)).unwrap();
     let (ready_sender, mut readies) = mpsc::unbounded_channel();
     let shards = start_shards(0..16, 16, &gateway, &queue, false, &ready_sender);
     wait_for_readies(&mut readies, 16).await;
@@ -363,7 +359,7 @@ async fn the_queue_keeps_twilights_contract() {
     use twilight_gateway_queue::Queue as _;
     let limit = SessionStartLimit {
         max_concurrency: 1,
-        ..limit(1000)
+        ..limit(C, 1000)
     };
     let queue = Queue::with_limit(limit, Config::default()).unwrap();
     let start = tokio::time::Instant::now();
@@ -400,7 +396,7 @@ async fn a_shard_served_before_enqueues_again_as_a_reconnect() {
     let queue = Queue::with_limit(
         SessionStartLimit {
             max_concurrency: 1,
-            ..limit(1000)
+            ..limit(C, 1000)
         },
         Config::default(),
     )

@@ -5,18 +5,11 @@ use std::time::{Duration, Instant};
 
 use identify_queue::{Decision, Scheduler, SessionStartLimit};
 
+use crate::DAY;
+use crate::limit::limit;
 use crate::{alloc, human};
 
 const INTERVAL: Duration = Duration::from_secs(5);
-
-fn limit(shards: u32, max_concurrency: u32) -> SessionStartLimit {
-    SessionStartLimit {
-        total: shards.saturating_mul(2),
-        remaining: shards.saturating_mul(2),
-        reset_after: Duration::from_secs(86_400),
-        max_concurrency,
-    }
-}
 
 /// How a run treats its shards.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -41,7 +34,15 @@ fn simulate(shards: u32, max_concurrency: u32, workload: Workload) -> Outcome {
     let start = Instant::now();
     let mut now = start;
     let began = Instant::now();
-    let mut scheduler = Scheduler::new(limit(shards, max_concurrency), now).expect("valid");
+    let mut scheduler = Scheduler::new(
+        SessionStartLimit {
+            total: shards.saturating_mul(2),
+            reset_after: DAY,
+            ..limit(max_concurrency, shards.saturating_mul(2))
+        },
+        now,
+    )
+    .expect("valid");
     let mut grants = 0u64;
     let mut reconnected = vec![
         false;
@@ -176,7 +177,15 @@ pub fn memory(shards: u32) {
     for max_concurrency in [1, 16, 64] {
         let now = Instant::now();
         let before = alloc::in_use();
-        let mut scheduler = Scheduler::new(limit(shards, max_concurrency), now).expect("valid");
+        let mut scheduler = Scheduler::new(
+            SessionStartLimit {
+                total: shards.saturating_mul(2),
+                reset_after: DAY,
+                ..limit(max_concurrency, shards.saturating_mul(2))
+            },
+            now,
+        )
+        .expect("valid");
         for shard in 0..shards {
             let _ = scheduler.request(shard, now);
         }

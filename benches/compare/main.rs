@@ -8,6 +8,8 @@
 
 mod alloc;
 mod core;
+#[path = "../../tests/support/limit.rs"]
+mod limit;
 mod plot;
 mod rules;
 mod runtimes;
@@ -15,6 +17,9 @@ mod side_by_side;
 mod task_per_shard;
 
 use std::time::Duration;
+
+/// A reset no run reaches.
+pub const DAY: Duration = Duration::from_secs(86_400);
 
 #[global_allocator]
 static ALLOCATOR: alloc::Counting = alloc::Counting;

@@ -5,18 +5,11 @@ use std::time::{Duration, Instant};
 use identify_queue::runtime::QueueStats;
 use identify_queue::{Config, SessionStartLimit};
 
+use crate::DAY;
+use crate::limit::limit;
 use crate::{cpu_time, human};
 
 const C: u32 = 16;
-
-fn limit(shards: u32) -> SessionStartLimit {
-    SessionStartLimit {
-        total: shards,
-        remaining: shards,
-        reset_after: Duration::from_secs(86_400),
-        max_concurrency: C,
-    }
-}
 
 struct Run {
     wall: Duration,
@@ -37,8 +30,15 @@ fn tokio(shards: u32, interval: Option<Duration>) -> Run {
     });
     timed(|| {
         runtime.block_on(async {
-            let queue =
-                identify_queue::tokio::Queue::with_limit(limit(shards), config).expect("valid");
+            let queue = identify_queue::tokio::Queue::with_limit(
+                SessionStartLimit {
+                    total: shards,
+                    reset_after: DAY,
+                    ..limit(C, shards)
+                },
+                config,
+            )
+            .expect("valid");
             let tasks: Vec<_> = (0..shards)
                 .map(|shard| {
                     let queue = queue.clone();
@@ -56,7 +56,15 @@ fn tokio(shards: u32, interval: Option<Duration>) -> Run {
 fn smol(shards: u32, interval: Duration) -> Run {
     timed(|| {
         let config = Config::default().interval(interval);
-        let queue = identify_queue::smol::Queue::with_limit(limit(shards), config).expect("valid");
+        let queue = identify_queue::smol::Queue::with_limit(
+            SessionStartLimit {
+                total: shards,
+                reset_after: DAY,
+                ..limit(C, shards)
+            },
+            config,
+        )
+        .expect("valid");
         let executor = smol::LocalExecutor::new();
         smol::block_on(executor.run(async {
             let tasks: Vec<_> = (0..shards)
@@ -77,8 +85,15 @@ fn smol(shards: u32, interval: Duration) -> Run {
 fn async_std(shards: u32, interval: Duration) -> Run {
     timed(|| {
         let config = Config::default().interval(interval);
-        let queue =
-            identify_queue::async_std::Queue::with_limit(limit(shards), config).expect("valid");
+        let queue = identify_queue::async_std::Queue::with_limit(
+            SessionStartLimit {
+                total: shards,
+                reset_after: DAY,
+                ..limit(C, shards)
+            },
+            config,
+        )
+        .expect("valid");
         async_std::task::block_on(async {
             let tasks: Vec<_> = (0..shards)
                 .map(|shard| {

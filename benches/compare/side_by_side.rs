@@ -11,10 +11,11 @@ use identify_queue::{Config, SessionStartLimit};
 use tokio::time::{Instant, sleep};
 use twilight_gateway_queue::{InMemoryQueue, Queue as _};
 
+use crate::DAY;
+use crate::limit::limit;
 use crate::{cpu_time, human, rules};
 
 const INTERVAL: Duration = Duration::from_secs(5);
-const DAY: Duration = Duration::from_secs(86_400);
 const C: u32 = 16;
 
 fn paused_runtime() -> tokio::runtime::Runtime {
@@ -23,15 +24,6 @@ fn paused_runtime() -> tokio::runtime::Runtime {
         .start_paused(true)
         .build()
         .expect("runtime")
-}
-
-fn limit(remaining: u32, reset_after: Duration) -> SessionStartLimit {
-    SessionStartLimit {
-        total: remaining.max(1000),
-        remaining,
-        reset_after,
-        max_concurrency: C,
-    }
 }
 
 fn ours(limit: SessionStartLimit) -> identify_queue::tokio::Queue {
@@ -53,7 +45,11 @@ type Schedule = Vec<(Duration, u32)>;
 /// Ours: every shard through one `acquire_all` stream (no task per shard, so the
 /// harness costs next to nothing).
 async fn ours_start_up(shards: u32) -> Schedule {
-    let queue = ours(limit(shards, DAY));
+    let queue = ours(SessionStartLimit {
+        total: shards.max(1000),
+        reset_after: DAY,
+        ..limit(C, shards)
+    });
     let start = Instant::now();
     let mut grants = queue.acquire_all(0..shards);
     let mut schedule = Schedule::with_capacity(shards as usize);
@@ -70,7 +66,11 @@ async fn ours_start_up(shards: u32) -> Schedule {
 /// Theirs: every shard enqueued at once, receivers awaited in order (it grants in
 /// shard order, so each is read the instant it resolves).
 async fn theirs_start_up(shards: u32) -> Schedule {
-    let queue = theirs(limit(shards, DAY));
+    let queue = theirs(SessionStartLimit {
+        total: shards.max(1000),
+        reset_after: DAY,
+        ..limit(C, shards)
+    });
     let start = Instant::now();
     let receivers: Vec<_> = (0..shards).map(|shard| queue.enqueue(shard)).collect();
     let mut schedule = Schedule::with_capacity(shards as usize);
@@ -166,7 +166,10 @@ fn late_request_latency() {
     let mut theirs_latency = Vec::new();
     for &offset in &offsets {
         ours_latency.push(paused_runtime().block_on(async {
-            let queue = ours(limit(1000, DAY));
+            let queue = ours(SessionStartLimit {
+                reset_after: DAY,
+                ..limit(C, 1000)
+            });
             let busy = queue.acquire_all((0..10).map(|round| round * C));
             let mut busy = Box::pin(busy);
             // Ask for the busy shards (the first is granted at once).
@@ -181,7 +184,10 @@ fn late_request_latency() {
             Instant::from_std(permit.granted_at()) - asked
         }));
         theirs_latency.push(paused_runtime().block_on(async {
-            let queue = theirs(limit(1000, DAY));
+            let queue = theirs(SessionStartLimit {
+                reset_after: DAY,
+                ..limit(C, 1000)
+            });
             let _busy: Vec<_> = (0..10).map(|round| queue.enqueue(round * C)).collect();
             tokio::task::yield_now().await;
             sleep(offset).await;
@@ -214,7 +220,11 @@ fn half_cancel(shards: u32) {
     let kept = (0..shards).filter(|&shard| keep(shard)).count() as u32;
     let optimum = INTERVAL * (kept.div_ceil(C) - 1);
     let (ours_cpu, ours_schedule) = measure(|| async move {
-        let queue = ours(limit(shards, DAY));
+        let queue = ours(SessionStartLimit {
+            total: shards.max(1000),
+            reset_after: DAY,
+            ..limit(C, shards)
+        });
         let start = Instant::now();
         let mut waiting: Vec<_> = (0..shards)
             .map(|shard| Box::pin(queue.acquire(shard)))
@@ -244,7 +254,11 @@ fn half_cancel(shards: u32) {
         schedule
     });
     let (theirs_cpu, theirs_schedule) = measure(|| async move {
-        let queue = theirs(limit(shards, DAY));
+        let queue = theirs(SessionStartLimit {
+            total: shards.max(1000),
+            reset_after: DAY,
+            ..limit(C, shards)
+        });
         let start = Instant::now();
         let receivers: Vec<_> = (0..shards).map(|shard| queue.enqueue(shard)).collect();
         let mut schedule = Schedule::new();
@@ -277,8 +291,14 @@ fn budget_refresh() {
     println!(
         "\n## Budget exhausted, then refreshed by an update at 60 s (100 shards, 50 left, reset in 1 h)\n"
     );
-    let exhausted = limit(50, Duration::from_secs(3600));
-    let fresh = limit(1000, DAY);
+    let exhausted = SessionStartLimit {
+        reset_after: Duration::from_secs(3600),
+        ..limit(C, 50)
+    };
+    let fresh = SessionStartLimit {
+        reset_after: DAY,
+        ..limit(C, 1000)
+    };
     let resume_ours = paused_runtime().block_on(async move {
         let queue = ours(exhausted);
         let start = Instant::now();

@@ -11,6 +11,8 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep};
 use twilight_gateway_queue::{InMemoryQueue, Queue as _};
 
+use crate::DAY;
+use crate::limit::limit;
 use crate::{cpu_time, human, rules};
 
 const INTERVAL: Duration = Duration::from_secs(5);
@@ -18,15 +20,6 @@ const C: u32 = 16;
 
 /// A schedule: (offset from start, shard) per grant.
 type Schedule = Vec<(Duration, u32)>;
-
-fn limit(shards: u32) -> SessionStartLimit {
-    SessionStartLimit {
-        total: shards.max(1000),
-        remaining: shards,
-        reset_after: Duration::from_secs(86_400),
-        max_concurrency: C,
-    }
-}
 
 /// Runs `shards` tasks, each awaiting what `wait(shard)` gives; collects when each
 /// resolved. The harness is the same for all three.
@@ -52,8 +45,15 @@ where
 }
 
 async fn ours(shards: u32) -> Schedule {
-    let queue =
-        identify_queue::tokio::Queue::with_limit(limit(shards), Config::default()).expect("valid");
+    let queue = identify_queue::tokio::Queue::with_limit(
+        SessionStartLimit {
+            total: shards.max(1000),
+            reset_after: DAY,
+            ..limit(C, shards)
+        },
+        Config::default(),
+    )
+    .expect("valid");
     a_task_per_shard(shards, |shard| {
         let queue = queue.clone();
         async move { drop(queue.acquire(shard).await.expect("acquire")) }
@@ -62,7 +62,11 @@ async fn ours(shards: u32) -> Schedule {
 }
 
 async fn theirs(shards: u32) -> Schedule {
-    let limit = limit(shards);
+    let limit = SessionStartLimit {
+        total: shards.max(1000),
+        reset_after: DAY,
+        ..limit(C, shards)
+    };
     let queue = InMemoryQueue::new(C as u16, limit.remaining, limit.reset_after, limit.total);
     a_task_per_shard(shards, |shard| {
         let receiver = queue.enqueue(shard);

@@ -18,8 +18,12 @@
 //! `--rtt-ms 20` puts a network between the workers and Redis: a proxy on loopback
 //! that delays every chunk by half of it each way (`--jitter-ms` more or less).
 
+#[path = "../../tests/support/fake_discord.rs"]
+mod fake_discord;
 #[path = "../../tests/support/fault_proxy.rs"]
 mod fault_proxy;
+#[path = "../../tests/support/judge.rs"]
+mod judge;
 mod run;
 
 use std::process::ExitCode;
@@ -174,7 +178,7 @@ fn parent(args: &[String]) -> Result<bool, String> {
     if outcome.violations.is_empty() {
         println!(
             "rules           0 violations (judged on arrival, {:?} of loopback jitter allowed)",
-            run::JITTER
+            fake_discord::JITTER
         );
     } else {
         for violation in &outcome.violations {

@@ -1,24 +1,22 @@
 //! One simulated cluster start-up: worker processes (this binary, run again with
-//! `--worker`) share one budget through Redis; this process plays Discord, judging
-//! each IDENTIFY as it arrives on its own clock. Shared by `examples/cluster` and
+//! `--worker`) share one budget through Redis; this process plays Discord (the tests'
+//! fake, `tests/support/fake_discord.rs`), judging each IDENTIFY as it arrives on its
+//! own clock with the tests' one judge. Shared by `examples/cluster` and
 //! `benches/cluster.rs`.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use identify_queue::Config;
 use identify_queue::redis::{Health, Options, Queue};
-use identify_queue::{Config, SessionStartLimit};
 
+use crate::fake_discord::{self, FakeDiscord};
 use crate::fault_proxy::FaultProxy;
-
-/// Two IDENTIFYs granted exactly an interval apart may arrive closer by this much:
-/// loopback delivery between busy processes.
-pub const JITTER: Duration = Duration::from_millis(40);
 
 /// The spacing the cluster queue keeps for `interval` (no margin) and a delivery
 /// `window`: see `identify_queue::redis::Queue::spacing`.
@@ -70,31 +68,13 @@ pub struct Outcome {
     pub violations: Vec<String>,
 }
 
-/// An IDENTIFY as Discord saw it.
-#[derive(Clone, Copy)]
-struct Arrival {
-    at: Instant,
-    shard: u32,
-}
-
 /// Runs the plan; `progress` sees (identifies so far, expected).
 pub fn run(plan: &Plan, mut progress: impl FnMut(u32, u32)) -> Result<Outcome, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let discord = listener.local_addr().map_err(|e| e.to_string())?;
-    let arrivals: Arc<Mutex<Vec<Arrival>>> = Default::default();
     let commands: Arc<Mutex<HashMap<u32, Report>>> = Default::default();
-    {
-        let (arrivals, commands) = (arrivals.clone(), commands.clone());
-        let (budget, max_concurrency) = (plan.budget, plan.max_concurrency);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (arrivals, commands) = (arrivals.clone(), commands.clone());
-                std::thread::spawn(move || {
-                    serve(stream, &arrivals, &commands, budget, max_concurrency)
-                });
-            }
-        });
-    }
+    let discord = FakeDiscord::start_with(plan.budget, plan.max_concurrency, {
+        let commands = Arc::clone(&commands);
+        move |words| record(&commands, words)
+    });
     let expected = plan.shards.min(plan.budget);
     // The network between the workers and Redis, if any.
     let proxy = if plan.round_trip.is_zero() {
@@ -108,7 +88,7 @@ pub fn run(plan: &Plan, mut progress: impl FnMut(u32, u32)) -> Result<Outcome, S
         .as_ref()
         .map_or_else(|| plan.url.clone(), FaultProxy::url);
     let mut children: Vec<Child> = (0..plan.workers)
-        .map(|worker| spawn_worker(plan, &url, worker, discord))
+        .map(|worker| spawn_worker(plan, &url, worker, discord.address))
         .collect::<Result<_, _>>()?;
     let started = Instant::now();
     let deadline = started
@@ -123,7 +103,7 @@ pub fn run(plan: &Plan, mut progress: impl FnMut(u32, u32)) -> Result<Outcome, S
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
-        let now = arrivals.lock().unwrap().len() as u32;
+        let now = discord.count() as u32;
         if now != seen {
             seen = now;
             progress(seen, expected);
@@ -142,8 +122,7 @@ pub fn run(plan: &Plan, mut progress: impl FnMut(u32, u32)) -> Result<Outcome, S
     let idle_to = poll_counts(&commands, plan.workers, 2);
     kill(&mut children);
     drop(proxy);
-    let mut arrivals = arrivals.lock().unwrap().clone();
-    arrivals.sort_by_key(|a| a.at);
+    let arrivals = discord.arrivals();
     let rounds = expected.div_ceil(plan.max_concurrency).saturating_sub(1);
     let reports: Vec<Report> = commands.lock().unwrap().values().copied().collect();
     let workers = reports.len().max(1) as u32;
@@ -160,7 +139,7 @@ pub fn run(plan: &Plan, mut progress: impl FnMut(u32, u32)) -> Result<Outcome, S
         wasted: reports.iter().map(|r| r.wasted).sum(),
         window,
         measured_round_trip: reports.iter().map(|r| r.round_trip).sum::<Duration>() / workers,
-        violations: judge(&arrivals, plan),
+        violations: discord.violations(plan.interval),
     })
 }
 
@@ -212,78 +191,24 @@ fn kill(children: &mut [Child]) {
     }
 }
 
-/// Discord's rules on arrivals: the budget, and per bucket the interval.
-fn judge(arrivals: &[Arrival], plan: &Plan) -> Vec<String> {
-    let mut violations = Vec::new();
-    if arrivals.len() as u32 > plan.budget {
-        violations.push(format!(
-            "{} IDENTIFYs for a budget of {}",
-            arrivals.len(),
-            plan.budget
-        ));
-    }
-    let mut last: HashMap<u32, Arrival> = HashMap::new();
-    for &arrival in arrivals {
-        let bucket = arrival.shard % plan.max_concurrency;
-        if let Some(previous) = last.insert(bucket, arrival) {
-            let gap = arrival.at - previous.at;
-            if gap + JITTER < plan.interval {
-                violations.push(format!(
-                    "bucket {bucket}: shard {} {gap:?} after shard {}",
-                    arrival.shard, previous.shard
-                ));
-            }
-        }
-    }
-    violations
-}
-
-/// One connection: `IDENTIFY <shard>`, `LIMIT` (answers Discord's
-/// session_start_limit by its own count) or `COMMANDS <worker> <round> <count>
-/// <wasted> <window_us> <round_trip_us>`.
-fn serve(
-    stream: TcpStream,
-    arrivals: &Mutex<Vec<Arrival>>,
-    commands: &Mutex<HashMap<u32, Report>>,
-    budget: u32,
-    max_concurrency: u32,
-) {
-    let mut line = String::new();
-    if BufReader::new(&stream).read_line(&mut line).is_err() {
+/// A worker's report, `COMMANDS <worker> <round> <count> <wasted> <window_us>
+/// <round_trip_us>`: a line the fake Discord does not know.
+fn record(commands: &Mutex<HashMap<u32, Report>>, words: &[&str]) {
+    let ["COMMANDS", worker, numbers @ ..] = words else {
         return;
-    }
-    let at = Instant::now();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    match words.as_slice() {
-        ["IDENTIFY", shard] => {
-            if let Ok(shard) = shard.parse() {
-                arrivals.lock().unwrap().push(Arrival { at, shard });
-            }
-        }
-        ["LIMIT"] => {
-            let used = arrivals.lock().unwrap().len() as u32;
-            let reply = format!(
-                "1000 {} 86400000 {max_concurrency}\n",
-                budget.saturating_sub(used)
-            );
-            let _ = (&stream).write_all(reply.as_bytes());
-        }
-        ["COMMANDS", worker, numbers @ ..] => {
-            let numbers: Vec<u64> = numbers.iter().filter_map(|n| n.parse().ok()).collect();
-            if let (Ok(worker), &[round, commands_sent, wasted, window, round_trip]) =
-                (worker.parse(), numbers.as_slice())
-            {
-                let report = Report {
-                    round,
-                    commands: commands_sent,
-                    wasted,
-                    window: Duration::from_micros(window),
-                    round_trip: Duration::from_micros(round_trip),
-                };
-                commands.lock().unwrap().insert(worker, report);
-            }
-        }
-        _ => {}
+    };
+    let numbers: Vec<u64> = numbers.iter().filter_map(|n| n.parse().ok()).collect();
+    if let (Ok(worker), &[round, commands_sent, wasted, window, round_trip]) =
+        (worker.parse(), numbers.as_slice())
+    {
+        let report = Report {
+            round,
+            commands: commands_sent,
+            wasted,
+            window: Duration::from_micros(window),
+            round_trip: Duration::from_micros(round_trip),
+        };
+        commands.lock().unwrap().insert(worker, report);
     }
 }
 
@@ -309,35 +234,6 @@ fn spawn_worker(plan: &Plan, url: &str, worker: u32, discord: SocketAddr) -> Res
         .map_err(|e| format!("cannot start a worker: {e}"))
 }
 
-/// Asks the judge (Discord) for its session_start_limit.
-fn ask_limit(discord: SocketAddr) -> Result<SessionStartLimit, String> {
-    let mut stream = TcpStream::connect(discord).map_err(|e| e.to_string())?;
-    stream.write_all(b"LIMIT\n").map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let n: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    match n.as_slice() {
-        &[total, remaining, reset_after, max_concurrency] => Ok(SessionStartLimit {
-            total: total as u32,
-            remaining: remaining as u32,
-            reset_after: Duration::from_millis(reset_after),
-            max_concurrency: max_concurrency as u32,
-        }),
-        _ => Err(format!("bad LIMIT answer {line:?}")),
-    }
-}
-
-fn tell(discord: SocketAddr, line: String) {
-    if let Ok(mut stream) = TcpStream::connect(discord) {
-        let _ = stream.write_all(line.as_bytes());
-    }
-}
-
 /// The worker process: `--worker <url> <namespace> <id> <discord> <interval_ms>
 /// <shards>`. A task per shard; each permit becomes an IDENTIFY sent to the judge.
 pub fn worker(args: &[String]) -> Result<(), String> {
@@ -353,9 +249,9 @@ pub fn worker(args: &[String]) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let options =
-            Options::default().limit_source(move || Box::pin(async move { ask_limit(discord) }));
-        let limit = ask_limit(discord)?;
+        let options = Options::default()
+            .limit_source(move || Box::pin(async move { fake_discord::ask_limit(discord) }));
+        let limit = fake_discord::ask_limit(discord)?;
         let config = Config::default().interval(interval);
         let queue = Queue::connect_with(url, namespace, limit, config, options)
             .await
@@ -364,7 +260,7 @@ pub fn worker(args: &[String]) -> Result<(), String> {
             let queue = queue.clone();
             tokio::spawn(async move {
                 if let Ok(_permit) = queue.acquire(shard).await {
-                    tell(discord, format!("IDENTIFY {shard}\n"));
+                    let _ = fake_discord::identify(discord, shard, id);
                 }
             });
         }
@@ -377,13 +273,13 @@ pub fn worker(args: &[String]) -> Result<(), String> {
                 break;
             }
         }
-        tell(discord, report(id, 1, &queue));
+        let _ = fake_discord::tell(discord, &report(id, 1, &queue));
         let stdin = tokio::task::spawn_blocking(|| {
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
         });
         let _ = stdin.await;
-        tell(discord, report(id, 2, &queue));
+        let _ = fake_discord::tell(discord, &report(id, 2, &queue));
         std::future::pending::<()>().await;
         Ok(())
     })
@@ -393,7 +289,7 @@ pub fn worker(args: &[String]) -> Result<(), String> {
 fn report(id: u32, round: u64, queue: &Queue) -> String {
     let stats = queue.stats();
     format!(
-        "COMMANDS {id} {round} {} {} {} {}\n",
+        "COMMANDS {id} {round} {} {} {} {}",
         stats.commands,
         stats.undelivered + stats.unacknowledged + stats.orphaned,
         stats.window.as_micros(),

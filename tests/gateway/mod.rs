@@ -1,7 +1,9 @@
 //! A fake Discord gateway on loopback, enough of one for real twilight shards: HELLO,
 //! heartbeat ACKs, IDENTIFY answered with READY, or with INVALID_SESSION when the
 //! IDENTIFY breaks Discord's rules. It checks those rules on its own clock, knowing
-//! nothing of the queue under test, and records every IDENTIFY.
+//! nothing of the queue under test, with the one judge (`tests/support/judge.rs`, which
+//! its includer declares as `crate::judge`), and
+//! records every IDENTIFY.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::judge::{self, Judge};
 
 /// Discord's rules as this gateway enforces them.
 #[derive(Clone, Copy, Debug)]
@@ -40,12 +44,9 @@ pub struct Identify {
     pub accepted: bool,
 }
 
-#[derive(Default)]
 struct State {
-    last_in_bucket: HashMap<u32, Instant>,
-    remaining: u32,
+    judge: Judge<Instant>,
     identifies: Vec<Identify>,
-    violations: Vec<String>,
     /// Sessions by shard, to push messages to.
     sessions: HashMap<u32, mpsc::UnboundedSender<Message>>,
     /// Answer this many IDENTIFYs with INVALID_SESSION though they keep the rules.
@@ -74,8 +75,17 @@ impl Gateway {
             .expect("bind loopback");
         let address: SocketAddr = listener.local_addr().expect("address");
         let state = Arc::new(Mutex::new(State {
-            remaining: rules.remaining,
-            ..State::default()
+            judge: Judge::new(judge::Rules {
+                max_concurrency: rules.max_concurrency,
+                interval: rules.interval,
+                jitter: rules.jitter,
+                remaining: Some(rules.remaining),
+            }),
+            identifies: Vec::new(),
+            sessions: HashMap::new(),
+            reject_next: 0,
+            drop_next: 0,
+            sessions_started: 0,
         }));
         let url = format!("ws://{address}");
         let server = tokio::spawn({
@@ -106,16 +116,16 @@ impl Gateway {
     }
 
     pub fn violations(&self) -> Vec<String> {
-        self.state().violations.clone()
+        self.state().judge.violations().to_vec()
     }
 
     pub fn remaining(&self) -> u32 {
-        self.state().remaining
+        self.state().judge.remaining().unwrap_or(0)
     }
 
     /// Discord's daily reset: the budget is back.
     pub fn refill(&self, remaining: u32) {
-        self.state().remaining = remaining;
+        self.state().judge.refill(remaining);
     }
 
     /// Ends `shard`'s session (op 9, not resumable): it must IDENTIFY again.
@@ -150,36 +160,17 @@ enum Answer {
     Drop,
 }
 
-fn judge(state: &mut State, rules: &Rules, shard: u32, now: Instant) -> Answer {
-    let bucket = shard % rules.max_concurrency;
-    let mut broken = Vec::new();
-    if let Some(&last) = state.last_in_bucket.get(&bucket) {
-        let spacing = now - last;
-        if spacing + rules.jitter < rules.interval {
-            broken.push(format!(
-                "shard {shard}: bucket {bucket} again after {spacing:?}"
-            ));
-        }
-    }
-    if state.remaining == 0 {
-        broken.push(format!(
-            "shard {shard}: IDENTIFY with no session starts left"
-        ));
-    }
-    let accepted = broken.is_empty();
+/// Judges an IDENTIFY of `shard` arriving `now` and picks the answer.
+fn answer(state: &mut State, shard: u32, now: Instant) -> Answer {
+    let accepted = state.judge.arrive(now, shard);
     state.identifies.push(Identify {
         at: now,
         shard,
         accepted,
     });
-    state.violations.extend(broken);
     if !accepted {
-        // Discord counts it all the same: a wasted unit.
-        state.remaining = state.remaining.saturating_sub(1);
         return Answer::Invalid;
     }
-    state.remaining -= 1;
-    state.last_in_bucket.insert(bucket, now);
     if state.reject_next > 0 {
         state.reject_next -= 1;
         return Answer::Invalid;
@@ -234,7 +225,7 @@ async fn serve(stream: TcpStream, rules: Rules, state: Arc<Mutex<State>>, url: S
                 let total = payload["d"]["shard"][1].as_u64().unwrap_or(1);
                 let (answer, session) = {
                     let mut state = state.lock().unwrap();
-                    let answer = judge(&mut state, &rules, shard, Instant::now());
+                    let answer = answer(&mut state, shard, Instant::now());
                     state.sessions_started += 1;
                     state.sessions.insert(shard, outbox.clone());
                     (answer, state.sessions_started)

@@ -1,138 +1,215 @@
-//! Discord, as far as the cluster tests need it: it judges every IDENTIFY on its own
-//! clock as it arrives, and answers `session_start_limit` from its own count.
+//! Discord, as far as worker processes need it: it judges every IDENTIFY on its own
+//! clock as it arrives (with the one judge, `judge.rs`, which its includer declares as
+//! `crate::judge`), and answers
+//! `session_start_limit` from its own count. Used by the cluster tests and by the
+//! cluster example and bench, whose workers are other processes.
 //!
 //! A plain TCP server on loopback, one line per connection:
-//! `IDENTIFY <shard> <worker>` records an arrival; `LIMIT` answers
-//! `<total> <remaining> <reset_after_ms> <max_concurrency>`.
+//! `IDENTIFY <shard> [<worker>]` records an arrival ([`identify`] sends one); `LIMIT`
+//! answers `<total> <remaining> <reset_after_ms> <max_concurrency>` ([`ask_limit`]
+//! reads it); any other line goes to the caller's handler, if it gave one.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use identify_queue::SessionStartLimit;
+
+use crate::judge::{self, Event, Rules};
 
 /// Loopback delivery between processes on a busy 2-core machine: two IDENTIFYs
 /// granted exactly an interval apart may arrive closer by this much.
 pub const JITTER: Duration = Duration::from_millis(40);
 
+/// `reset_after` in every `LIMIT` answer: a day, so that no reset falls in a run.
+const RESET_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
 #[derive(Clone, Copy, Debug)]
 pub struct Arrival {
     pub at: Instant,
     pub shard: u32,
+    /// The worker that sent it (0 when it did not say).
     pub worker: u32,
 }
+
+/// What a caller does with a line the fake does not know: its words.
+type Handler = Box<dyn Fn(&[&str]) + Send + Sync>;
 
 pub struct FakeDiscord {
     pub address: SocketAddr,
     pub budget: u32,
-    pub max_concurrency: Arc<Mutex<u32>>,
-    arrivals: Arc<Mutex<Vec<Arrival>>>,
+    state: Arc<Mutex<State>>,
+}
+
+struct State {
+    /// The `max_concurrency` it started with, and the one in force.
+    started_with: u32,
+    max_concurrency: u32,
+    arrivals: Vec<Arrival>,
     /// When `max_concurrency` changed, and to what.
-    changes: Mutex<Vec<(Instant, u32)>>,
+    changes: Vec<(Instant, u32)>,
 }
 
 impl FakeDiscord {
     /// A bot with `budget` session starts left (of 1000) and `max_concurrency`.
     pub fn start(budget: u32, max_concurrency: u32) -> Self {
+        Self::start_with(budget, max_concurrency, |words| {
+            panic!("fake Discord: unexpected line {words:?}")
+        })
+    }
+
+    /// The same, handing every line it does not know to `other` (the cluster
+    /// example's workers report their command counts this way).
+    pub fn start_with(
+        budget: u32,
+        max_concurrency: u32,
+        other: impl Fn(&[&str]) + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
         let address = listener.local_addr().expect("its address");
-        let arrivals: Arc<Mutex<Vec<Arrival>>> = Default::default();
-        let max_concurrency = Arc::new(Mutex::new(max_concurrency));
-        let (log, concurrency) = (arrivals.clone(), max_concurrency.clone());
+        let state = Arc::new(Mutex::new(State {
+            started_with: max_concurrency,
+            max_concurrency,
+            arrivals: Vec::new(),
+            changes: Vec::new(),
+        }));
+        let other: Arc<Handler> = Arc::new(Box::new(other));
+        let served = Arc::clone(&state);
         std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let (log, concurrency) = (log.clone(), concurrency.clone());
-                std::thread::spawn(move || {
-                    let mut line = String::new();
-                    if BufReader::new(&stream).read_line(&mut line).is_err() {
-                        return;
-                    }
-                    let at = Instant::now();
-                    let words: Vec<&str> = line.split_whitespace().collect();
-                    match words.as_slice() {
-                        ["IDENTIFY", shard, worker] => log.lock().unwrap().push(Arrival {
-                            at,
-                            shard: shard.parse().unwrap(),
-                            worker: worker.parse().unwrap(),
-                        }),
-                        ["LIMIT"] => {
-                            let used = log.lock().unwrap().len() as u32;
-                            let reply = format!(
-                                "1000 {} 3600000 {}\n",
-                                budget.saturating_sub(used),
-                                concurrency.lock().unwrap()
-                            );
-                            let _ = stream.write_all(reply.as_bytes());
-                        }
-                        _ => panic!("fake Discord: unexpected line {line:?}"),
-                    }
-                });
+            for stream in listener.incoming().flatten() {
+                let (state, other) = (Arc::clone(&served), Arc::clone(&other));
+                std::thread::spawn(move || serve(stream, &state, budget, &**other));
             }
         });
         Self {
             address,
             budget,
-            max_concurrency,
-            arrivals,
-            changes: Mutex::new(Vec::new()),
+            state,
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    /// Every IDENTIFY so far, by arrival.
     pub fn arrivals(&self) -> Vec<Arrival> {
-        let mut arrivals = self.arrivals.lock().unwrap().clone();
+        let mut arrivals = self.state().arrivals.clone();
         arrivals.sort_by_key(|a| a.at);
         arrivals
+    }
+
+    /// How many IDENTIFYs arrived so far.
+    pub fn count(&self) -> usize {
+        self.state().arrivals.len()
     }
 
     /// Discord's `max_concurrency` changes from now on (it answers `LIMIT` with it,
     /// and judges IDENTIFYs arriving from now on by it).
     pub fn set_max_concurrency(&self, max_concurrency: u32) {
-        *self.max_concurrency.lock().unwrap() = max_concurrency;
-        self.changes
-            .lock()
-            .unwrap()
-            .push((Instant::now(), max_concurrency));
+        let mut state = self.state();
+        state.max_concurrency = max_concurrency;
+        state.changes.push((Instant::now(), max_concurrency));
     }
 
-    /// Every rule Discord enforces, judged on arrivals: no more than the budget, and
-    /// two IDENTIFYs of one bucket (under the `max_concurrency` in force when the
-    /// later one arrived: `max_concurrency` until a change) at least `interval` apart
-    /// (less the loopback jitter). Returns the violations, described.
-    pub fn violations(&self, max_concurrency: u32, interval: Duration) -> Vec<String> {
-        let arrivals = self.arrivals();
-        let changes = self.changes.lock().unwrap().clone();
-        let in_force = |at: Instant| {
-            changes
-                .iter()
-                .rev()
-                .find(|(since, _)| *since <= at)
-                .map_or(max_concurrency, |&(_, mc)| mc)
+    /// Every rule Discord enforces, judged on arrivals by the one judge: no more than
+    /// the budget, and two IDENTIFYs of one bucket (under the `max_concurrency` in
+    /// force when the later one arrived) at least `interval` apart, less [`JITTER`].
+    /// Returns the violations, described.
+    pub fn violations(&self, interval: Duration) -> Vec<String> {
+        let state = self.state();
+        let rules = Rules {
+            max_concurrency: state.started_with,
+            interval,
+            jitter: JITTER,
+            remaining: Some(self.budget),
         };
-        let mut violations = Vec::new();
-        if arrivals.len() as u32 > self.budget {
-            violations.push(format!(
-                "{} IDENTIFYs for a budget of {}",
-                arrivals.len(),
-                self.budget
-            ));
-        }
-        for (i, later) in arrivals.iter().enumerate() {
-            let mc = in_force(later.at);
-            for earlier in &arrivals[..i] {
-                let gap = later.at - earlier.at;
-                if earlier.shard % mc == later.shard % mc && gap + JITTER < interval {
-                    violations.push(format!(
-                        "bucket {} of {mc}: shard {} (worker {}) {gap:?} after shard {} (worker {})",
-                        later.shard % mc,
-                        later.shard,
-                        later.worker,
-                        earlier.shard,
-                        earlier.worker
-                    ));
-                }
+        let arrivals = state
+            .arrivals
+            .iter()
+            .map(|arrival| (arrival.at, Event::Arrival(arrival.shard)));
+        let changes = state
+            .changes
+            .iter()
+            .map(|&(at, max_concurrency)| (at, Event::MaxConcurrency(max_concurrency)));
+        judge::judge(rules, arrivals.chain(changes))
+    }
+}
+
+/// One connection, one line.
+fn serve(
+    stream: TcpStream,
+    state: &Mutex<State>,
+    budget: u32,
+    other: &(dyn Fn(&[&str]) + Send + Sync),
+) {
+    let mut line = String::new();
+    if BufReader::new(&stream).read_line(&mut line).is_err() {
+        return;
+    }
+    let at = Instant::now();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let number = |word: &str| word.parse::<u32>().ok();
+    match words.as_slice() {
+        ["IDENTIFY", shard, worker @ ..] => {
+            let worker = worker.first().map_or(Some(0), |w| number(w));
+            if let (Some(shard), Some(worker)) = (number(shard), worker) {
+                state
+                    .lock()
+                    .unwrap()
+                    .arrivals
+                    .push(Arrival { at, shard, worker });
             }
         }
-        violations
+        ["LIMIT"] => {
+            let reply = {
+                let state = state.lock().unwrap();
+                let used = state.arrivals.len() as u32;
+                format!(
+                    "1000 {} {} {}\n",
+                    budget.saturating_sub(used),
+                    RESET_AFTER.as_millis(),
+                    state.max_concurrency
+                )
+            };
+            let _ = (&stream).write_all(reply.as_bytes());
+        }
+        words => other(words),
+    }
+}
+
+/// Sends an IDENTIFY of `shard` from `worker` to the fake Discord at `discord`.
+pub fn identify(discord: SocketAddr, shard: u32, worker: u32) -> std::io::Result<()> {
+    tell(discord, &format!("IDENTIFY {shard} {worker}"))
+}
+
+/// Sends one line to the fake Discord at `discord`.
+pub fn tell(discord: SocketAddr, line: &str) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(discord)?;
+    writeln!(stream, "{line}")
+}
+
+/// Asks the fake Discord at `discord` for its `session_start_limit`.
+pub fn ask_limit(discord: SocketAddr) -> Result<SessionStartLimit, String> {
+    let mut stream = TcpStream::connect(discord).map_err(|e| e.to_string())?;
+    stream.write_all(b"LIMIT\n").map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    match numbers.as_slice() {
+        &[total, remaining, reset_after, max_concurrency] => Ok(SessionStartLimit {
+            total: total as u32,
+            remaining: remaining as u32,
+            reset_after: Duration::from_millis(reset_after),
+            max_concurrency: max_concurrency as u32,
+        }),
+        _ => Err(format!("a bad LIMIT answer: {line:?}")),
     }
 }

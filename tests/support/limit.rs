@@ -1,6 +1,6 @@
-//! The tests' one Discord word: `limit(max_concurrency, remaining)`, a window of 1,000
-//! session starts resetting in an hour. Vary the rest with struct update syntax:
-//! `SessionStartLimit { reset_after: DAY, ..limit(16, 1000) }`.
+//! The one Discord word of the tests and the benches: `limit(max_concurrency,
+//! remaining)`, a window of 1,000 session starts resetting in an hour. Vary the rest
+//! with struct update syntax: `SessionStartLimit { reset_after: DAY, ..limit(16, 1000) }`.
 
 use std::time::Duration;
 

@@ -1,12 +1,15 @@
 //! Real Redis servers for the cluster tests: `redis-server` and `redis-sentinel`
 //! processes on free loopback ports, each in its own temp dir, stopped on drop.
-//! `.ci/run` installs Debian's packages when they are missing.
+//! `.ci/run` installs Debian's packages when they are missing. Redis's grant log is
+//! judged by the one judge, `judge.rs`, which the includer declares as `crate::judge`.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::judge;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
@@ -216,19 +219,17 @@ impl GrantLog {
     /// `max_concurrency` did not change: a re-key may bring the grants made before it
     /// under one bucket.)
     pub fn assert_spaced(&self) {
-        let mut last: std::collections::HashMap<u32, (u64, u32)> = Default::default();
-        for &(at, shard) in &self.grants {
-            let bucket = shard % self.max_concurrency;
-            if let Some(&(before, other)) = last.get(&bucket) {
-                assert!(
-                    at >= before + self.spacing_ms,
-                    "Redis's log: shard {shard} at {at} ms only {} ms after shard {other} in \
-                     bucket {bucket} (spacing {} ms): {self:?}",
-                    at - before,
-                    self.spacing_ms
-                );
-            }
-            last.insert(bucket, (at, shard));
-        }
+        // Redis's own clock, no delivery after it: judged exactly, with no jitter.
+        let rules =
+            judge::Rules::spacing(self.max_concurrency, Duration::from_millis(self.spacing_ms));
+        let grants = self
+            .grants
+            .iter()
+            .map(|&(at, shard)| (Duration::from_millis(at), shard));
+        let violations = judge::judge_arrivals(rules, grants);
+        assert!(
+            violations.is_empty(),
+            "Redis's log breaks the spacing: {violations:?}\n{self:?}"
+        );
     }
 }
