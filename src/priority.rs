@@ -21,8 +21,10 @@ impl Priority {
     /// Classes in the order they are served: the index of a bucket's queue.
     pub(crate) const COUNT: usize = 2;
 
-    /// Where this class stands: lower goes first.
-    pub(crate) fn rank(self) -> usize {
+    /// Where this class stands: lower goes first. The one order of the core's
+    /// queues, the cluster's (`redis::local`, and the scores of `lua/acquire.lua`)
+    /// and the server's places.
+    pub(crate) fn rank(self) -> u8 {
         match self {
             Self::Reconnect => 0,
             Self::Start => 1,

@@ -181,7 +181,7 @@ impl Scheduler {
             }
         }
         self.advance(now);
-        let rank = priority.rank();
+        let rank = usize::from(priority.rank());
         let id = self.bucket_of(shard);
         let clock = self.clock;
         // Eligible shards ahead of this one: the ready heads of its class and above.

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::round_trip::RoundTrip;
-use super::scripts::{Answer, NeedLimit, Token};
+use super::scripts::{Answer, NEVER_MS, NeedLimit, Token};
 use super::status::{ClusterStats, Health};
 use crate::{OnConflict, Priority, ShardId};
 
@@ -130,20 +130,13 @@ pub(super) struct AlreadyWaiting;
 impl Waiter {
     /// Its place in its bucket's queue: priority class, then request order.
     pub(super) fn key(&self, shard: ShardId) -> Key {
-        (rank(self.priority), self.seq, shard)
+        (self.priority.rank(), self.seq, shard)
     }
 }
 
-/// Order within a bucket: (rank, sequence, shard).
+/// Order within a bucket: (rank, sequence, shard). The rank is [`Priority::rank`],
+/// the order of `lua/acquire.lua`'s scores.
 pub(super) type Key = (u8, u64, ShardId);
-
-/// Reconnects go first (0), then starts (1): the order of `lua/acquire.lua` scores.
-pub(super) fn rank(priority: Priority) -> u8 {
-    match priority {
-        Priority::Reconnect => 0,
-        _ => 1,
-    }
-}
 
 #[derive(Default)]
 pub(super) struct Bucket {
@@ -722,7 +715,7 @@ impl Local {
             Some("n") => {
                 let millis = |word: Option<&str>| {
                     word.and_then(|w| w.parse::<u64>().ok())
-                        .map(|w| Duration::from_millis(w.min(1 << 50)))
+                        .map(|w| Duration::from_millis(w.min(NEVER_MS)))
                 };
                 let bucket = words.next().and_then(|b| b.parse::<u32>().ok());
                 let head = words.next();

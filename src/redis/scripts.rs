@@ -6,6 +6,10 @@
 
 use redis::Script;
 
+/// The scripts' "never", in ms: 2^50 (35,000 years; `FAR` in `lua/prelude.lua`).
+/// Waits and resets beyond it are read and written as it.
+pub(super) const NEVER_MS: u64 = 1 << 50;
+
 /// The source of one script: the shebang (Redis 7 flags), the prelude, the body.
 fn source(flags: &str, body: &str) -> String {
     format!("#!lua{flags}\n{}\n{body}", include_str!("lua/prelude.lua"))
@@ -108,8 +112,8 @@ pub(super) struct Token {
 pub(super) fn answer(reply: &[i64]) -> Option<Answer> {
     let field = |i: usize| reply.get(i).copied();
     let count = |i: usize| field(i).and_then(|v| u32::try_from(v).ok());
-    // Waits beyond the scripts' "never" (2^50 ms, 35,000 years) are read as it.
-    let millis = |i: usize| field(i).map(|v| v.clamp(0, 1 << 50) as u64);
+    // Waits beyond the scripts' "never" are read as it.
+    let millis = |i: usize| field(i).map(|v| v.clamp(0, NEVER_MS as i64) as u64);
     Some(match field(0)? {
         1 => Answer::Grant {
             token: Token {

@@ -14,14 +14,12 @@ use super::error::{ConnectError, Failure, Unreachable};
 use super::link::{Link, Target};
 use super::local::{Local, Ticket};
 use super::options::Options;
-use super::scripts::Scripts;
+use super::scripts::{NEVER_MS, Scripts};
 use super::status::Health;
 use crate::{Config, SessionStartLimit, ShardId};
 
 /// The length of Discord's budget window.
 const WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
-/// `reset_after` beyond this means "never" (the scripts' far future).
-const NEVER_MS: u128 = 1 << 50;
 /// Round trips measured on each new link before it is used.
 const PINGS: usize = 4;
 
@@ -50,9 +48,15 @@ pub(super) struct Inner {
     pub(super) connection: Mutex<Option<MultiplexedConnection>>,
 }
 
+/// `duration` in whole ms of the wire, rounded down, "never" at most.
+fn millis_down(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis().min(u128::from(NEVER_MS))).unwrap_or(NEVER_MS)
+}
+
+/// `duration` in whole ms of the wire, rounded up, "never" at most.
 fn millis_up(duration: Duration) -> u64 {
     let millis = duration.as_nanos().div_ceil(1_000_000);
-    u64::try_from(millis.min(NEVER_MS)).unwrap_or(u64::MAX)
+    u64::try_from(millis.min(u128::from(NEVER_MS))).unwrap_or(NEVER_MS)
 }
 
 impl Inner {
@@ -114,7 +118,7 @@ impl Inner {
         limit: SessionStartLimit,
         age: Duration,
     ) -> Result<(), ConnectError> {
-        let reset_after = if limit.reset_after.as_millis() >= NEVER_MS {
+        let reset_after = if limit.reset_after.as_millis() >= u128::from(NEVER_MS) {
             -1
         } else {
             millis_up(limit.reset_after) as i64
@@ -134,7 +138,7 @@ impl Inner {
             .arg(millis_up(WINDOW))
             .arg(self.options.reserve)
             .arg(millis_up(self.options.head_grace))
-            .arg(age.as_millis().min(NEVER_MS) as u64)
+            .arg(millis_down(age))
             .invoke_async(connection)
             .await
             .map_err(|e| self.unreachable(Failure::redis("the sync script", e)))?;

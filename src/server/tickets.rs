@@ -176,17 +176,16 @@ impl Tickets {
     /// (`max_concurrency` buckets), by priority then age.
     pub(super) fn place(&self, shard: ShardId, since: Instant, max_concurrency: u32) -> usize {
         let tickets = lock(&self.tickets);
-        let rank = |priority: Priority| u8::from(priority != Priority::Reconnect);
         let own = tickets
             .values()
             .find(|t| t.shard == shard && t.since == since)
-            .map_or(1, |t| rank(t.priority));
+            .map_or(Priority::Start.rank(), |t| t.priority.rank());
         let bucket = |s: ShardId| s % max_concurrency.max(1);
         tickets
             .values()
             .filter(|t| *t.stage.borrow() == Stage::Waiting)
             .filter(|t| bucket(t.shard) == bucket(shard) && t.shard != shard)
-            .filter(|t| (rank(t.priority), t.since) < (own, since))
+            .filter(|t| (t.priority.rank(), t.since) < (own, since))
             .count()
     }
 

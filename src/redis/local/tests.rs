@@ -367,7 +367,7 @@ impl World {
                 if let Ok(ticket) = queued {
                     self.seq += 1;
                     self.model.insert(shard, Model::Waiting);
-                    self.keys.insert(shard, (rank(priority), self.seq));
+                    self.keys.insert(shard, (priority.rank(), self.seq));
                     self.tickets.insert(shard, ticket);
                 }
             }
