@@ -13,7 +13,7 @@ use twilight_gateway_queue::{InMemoryQueue, Queue as _};
 
 use crate::DAY;
 use crate::limit::limit;
-use crate::{cpu_time, human, rules};
+use crate::{alloc, cpu_time, human, rules};
 
 const INTERVAL: Duration = Duration::from_secs(5);
 const C: u32 = 16;
@@ -100,24 +100,31 @@ async fn floor(shards: u32) -> Schedule {
     schedule
 }
 
-fn measure<F: std::future::Future<Output = Schedule>>(run: F) -> (Duration, Schedule) {
+/// One run's CPU time, allocations (the runtime's own included) and schedule.
+fn measure<F: std::future::Future<Output = Schedule>>(run: F) -> (Duration, usize, Schedule) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("runtime");
-    let began = cpu_time();
+    let (began, allocations) = (cpu_time(), alloc::allocations());
     let schedule = runtime.block_on(run);
-    (cpu_time() - began, schedule)
+    (
+        cpu_time() - began,
+        alloc::allocations() - allocations,
+        schedule,
+    )
 }
 
 fn makespan(schedule: &Schedule) -> Duration {
     schedule.iter().map(|&(at, _)| at).max().unwrap_or_default()
 }
 
-/// Ours, theirs and the floor, ns of CPU per grant: the best of `rounds` turns each.
-pub fn compare(shards: u32, rounds: u32) -> [f64; 3] {
+/// Ours, theirs and the floor: ns of CPU per grant (the best of `rounds` turns each)
+/// and allocations per grant (the same in every turn).
+pub fn compare(shards: u32, rounds: u32) -> ([f64; 3], [f64; 3]) {
     let mut best = [Duration::MAX; 3];
+    let mut allocations = [0.0; 3];
     let mut schedules: [Schedule; 3] = Default::default();
     for _ in 0..rounds {
         let runs = [
@@ -125,7 +132,8 @@ pub fn compare(shards: u32, rounds: u32) -> [f64; 3] {
             measure(theirs(shards)),
             measure(floor(shards)),
         ];
-        for (index, (cpu, schedule)) in runs.into_iter().enumerate() {
+        for (index, (cpu, allocated, schedule)) in runs.into_iter().enumerate() {
+            allocations[index] = allocated as f64 / f64::from(shards);
             if cpu < best[index] {
                 best[index] = cpu;
                 schedules[index] = schedule;
@@ -142,7 +150,10 @@ pub fn compare(shards: u32, rounds: u32) -> [f64; 3] {
             "{name}: violations"
         );
     }
-    best.map(|cpu| cpu.as_secs_f64() * 1e9 / f64::from(shards))
+    (
+        best.map(|cpu| cpu.as_secs_f64() * 1e9 / f64::from(shards)),
+        allocations,
+    )
 }
 
 pub fn run(sizes: &[u32], rounds: u32) {
@@ -155,20 +166,23 @@ pub fn run(sizes: &[u32], rounds: u32) {
     );
     println!();
     println!(
-        "| N | ours | twilight 0.18 | floor | ours above floor | twilight above floor | ours / twilight above floor |"
+        "| N | ours | twilight 0.18 | floor | ours above floor | twilight above floor | ours / twilight above floor | allocations per grant: ours, twilight, floor |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &shards in sizes {
-        let [ours, theirs, floor] = compare(shards, rounds);
+        let ([ours, theirs, floor], allocations) = compare(shards, rounds);
         let ns = |value: f64| human(Duration::from_nanos(value.max(0.0) as u64));
         println!(
-            "| {shards} | {} | {} | {} | {} | {} | {:.2} |",
+            "| {shards} | {} | {} | {} | {} | {} | {:.2} | {:.2}, {:.2}, {:.2} |",
             ns(ours),
             ns(theirs),
             ns(floor),
             ns(ours - floor),
             ns(theirs - floor),
             (ours - floor) / (theirs - floor),
+            allocations[0],
+            allocations[1],
+            allocations[2],
         );
     }
     println!("\nEach run: every grant at the optimum makespan, 0 rule violations (asserted).");
