@@ -14,6 +14,17 @@ use support::limit::limit;
 
 const SECOND: Duration = Duration::from_secs(1);
 const GRACE: Duration = Duration::from_secs(30);
+/// Fresh words of bots with 10 and 3 session starts a day, none spent yet.
+const TEN: SessionStartLimit = SessionStartLimit {
+    total: 10,
+    reset_after: DAY,
+    ..limit(16, 10)
+};
+const THREE: SessionStartLimit = SessionStartLimit {
+    total: 3,
+    reset_after: DAY,
+    ..limit(16, 3)
+};
 
 fn scheduler(limit: SessionStartLimit, grace: Duration, start: Instant) -> Scheduler {
     let config = Config::default().interval(SECOND).grace(grace);
@@ -32,59 +43,24 @@ fn grant_all(scheduler: &mut Scheduler, shards: std::ops::Range<u32>, now: Insta
 #[test]
 fn a_word_subtracts_the_grants_it_may_not_count_yet() {
     let start = Instant::now();
-    let mut scheduler = scheduler(
-        SessionStartLimit {
-            total: 10,
-            reset_after: DAY,
-            ..limit(16, 10)
-        },
-        GRACE,
-        start,
-    );
+    let mut scheduler = scheduler(TEN, GRACE, start);
     grant_all(&mut scheduler, 0..4, start);
     // Read at 10 s, not yet counting the four: Discord's remaining is 10.
     let now = start + 10 * SECOND;
-    scheduler
-        .update(
-            SessionStartLimit {
-                total: 10,
-                reset_after: DAY,
-                ..limit(16, 10)
-            },
-            now,
-        )
-        .unwrap();
+    scheduler.update(TEN, now).unwrap();
     assert_eq!(scheduler.remaining(now), 6);
     // The same word with no grace trusts it: the four would be spent twice.
-    let mut trusting = self::scheduler(
-        SessionStartLimit {
-            total: 10,
-            reset_after: DAY,
-            ..limit(16, 10)
-        },
-        Duration::ZERO,
-        start,
-    );
+    let mut trusting = self::scheduler(TEN, Duration::ZERO, start);
     grant_all(&mut trusting, 0..4, start);
-    trusting
-        .update(
-            SessionStartLimit {
-                total: 10,
-                reset_after: DAY,
-                ..limit(16, 10)
-            },
-            now,
-        )
-        .unwrap();
+    trusting.update(TEN, now).unwrap();
     assert_eq!(trusting.remaining(now), 10);
     // Grants older than the grace before the read are Discord's: not subtracted again.
     let later = start + GRACE + 2 * SECOND;
     scheduler
         .update(
             SessionStartLimit {
-                total: 10,
-                reset_after: DAY,
-                ..limit(16, 6)
+                remaining: 6,
+                ..TEN
             },
             later,
         )
@@ -103,23 +79,15 @@ fn a_word_subtracts_the_grants_it_may_not_count_yet() {
 fn a_delivery_at_the_earliest_reset_counts_in_the_new_window() {
     let grace = Duration::from_secs(38);
     let start = Instant::now();
-    let mut scheduler = scheduler(
-        SessionStartLimit {
-            total: 3,
-            reset_after: DAY,
-            ..limit(16, 3)
-        },
-        grace,
-        start,
-    );
+    let mut scheduler = scheduler(THREE, grace, start);
     grant_all(&mut scheduler, 0..3, start);
     let reset = start + DAY;
     scheduler
         .update(
             SessionStartLimit {
-                total: 3,
+                remaining: 0,
                 reset_after: 40 * SECOND,
-                ..limit(16, 0)
+                ..THREE
             },
             reset - 40 * SECOND,
         )
@@ -133,9 +101,9 @@ fn a_delivery_at_the_earliest_reset_counts_in_the_new_window() {
     scheduler
         .update(
             SessionStartLimit {
-                total: 3,
+                remaining: 0,
                 reset_after: 38 * SECOND - Duration::from_millis(1),
-                ..limit(16, 0)
+                ..THREE
             },
             applied,
         )
@@ -154,23 +122,15 @@ fn a_delivery_at_the_earliest_reset_counts_in_the_new_window() {
 #[test]
 fn a_word_with_an_age_counts_from_its_read() {
     let start = Instant::now();
-    let mut scheduler = scheduler(
-        SessionStartLimit {
-            total: 10,
-            reset_after: DAY,
-            ..limit(16, 10)
-        },
-        GRACE,
-        start,
-    );
+    let mut scheduler = scheduler(TEN, GRACE, start);
     grant_all(&mut scheduler, 0..2, start);
     // Read at 20 s (after the two were counted: remaining 8, reset in 100 s), applied
     // at 60 s, after a retry loop.
     let now = start + 60 * SECOND;
     let word = SessionStartLimit {
-        total: 10,
+        remaining: 8,
         reset_after: 100 * SECOND,
-        ..limit(16, 8)
+        ..TEN
     };
     scheduler.update_with_age(word, 40 * SECOND, now).unwrap();
     // The two were within a grace before the read: Discord may not count them yet.
@@ -195,21 +155,13 @@ fn a_word_with_an_age_counts_from_its_read() {
 #[test]
 fn a_reset_refills_less_the_grants_near_it() {
     let start = Instant::now();
-    let mut scheduler = scheduler(
-        SessionStartLimit {
-            total: 3,
-            reset_after: DAY,
-            ..limit(16, 3)
-        },
-        GRACE,
-        start,
-    );
+    let mut scheduler = scheduler(THREE, GRACE, start);
     scheduler
         .update(
             SessionStartLimit {
-                total: 3,
+                remaining: 2,
                 reset_after: 100 * SECOND,
-                ..limit(16, 2)
+                ..THREE
             },
             start,
         )
@@ -243,21 +195,13 @@ fn a_reset_refills_less_the_grants_near_it() {
 #[test]
 fn a_window_that_may_have_opened_early_counts_from_its_earliest_opening() {
     let start = Instant::now();
-    let mut scheduler = scheduler(
-        SessionStartLimit {
-            total: 10,
-            reset_after: DAY,
-            ..limit(16, 10)
-        },
-        GRACE,
-        start,
-    );
+    let mut scheduler = scheduler(TEN, GRACE, start);
     scheduler
         .update(
             SessionStartLimit {
-                total: 10,
+                remaining: 9,
                 reset_after: 100 * SECOND,
-                ..limit(16, 9)
+                ..TEN
             },
             start,
         )
@@ -290,21 +234,13 @@ fn a_window_that_may_have_opened_early_counts_from_its_earliest_opening() {
 #[test]
 fn the_earliest_grant_held_back_bounds_the_next_window() {
     let start = Instant::now();
-    let mut scheduler = scheduler(
-        SessionStartLimit {
-            total: 10,
-            reset_after: DAY,
-            ..limit(16, 10)
-        },
-        GRACE,
-        start,
-    );
+    let mut scheduler = scheduler(TEN, GRACE, start);
     scheduler
         .update(
             SessionStartLimit {
-                total: 10,
+                remaining: 8,
                 reset_after: 100 * SECOND,
-                ..limit(16, 8)
+                ..TEN
             },
             start,
         )
@@ -331,30 +267,13 @@ fn the_earliest_grant_held_back_bounds_the_next_window() {
 #[test]
 fn undelivered_grants_count_until_they_are_delivered_or_abandoned() {
     let start = Instant::now();
-    let mut scheduler = scheduler(
-        SessionStartLimit {
-            total: 3,
-            reset_after: DAY,
-            ..limit(16, 3)
-        },
-        GRACE,
-        start,
-    );
+    let mut scheduler = scheduler(THREE, GRACE, start);
     scheduler.defer_deliveries();
     grant_all(&mut scheduler, 0..2, start);
     assert_eq!(scheduler.undelivered(), 2);
     // An hour later, a word that counts neither: both may still arrive.
     let hour = start + 3600 * SECOND;
-    scheduler
-        .update(
-            SessionStartLimit {
-                total: 3,
-                reset_after: DAY,
-                ..limit(16, 3)
-            },
-            hour,
-        )
-        .unwrap();
+    scheduler.update(THREE, hour).unwrap();
     assert_eq!(scheduler.remaining(hour), 1);
     // Discord's window is not open, nothing was delivered: no reset to wait for.
     assert_eq!(scheduler.resets_at(), None);

@@ -75,6 +75,7 @@ fn assert_same_schedule(actual: &[(Duration, ShardId)], expected: &[(Duration, S
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_shards_are_granted_in_the_cores_order_at_its_instants() {
     let start = Instant::now();
+    // 10,000 shards: a budget above the one word's 1,000.
     let scheduler = Scheduler::new(
         SessionStartLimit {
             total: 20_000,
@@ -128,14 +129,7 @@ async fn ten_thousand_shards_are_granted_in_the_cores_order_at_its_instants() {
 async fn acquire_all_yields_permits_in_grant_order() {
     use std::pin::Pin;
     let start = Instant::now();
-    let scheduler = Scheduler::new(
-        SessionStartLimit {
-            total: 20_000,
-            ..limit(4, 20_000)
-        },
-        start.into_std(),
-    )
-    .unwrap();
+    let scheduler = Scheduler::new(limit(4, 1000), start.into_std()).unwrap();
     let expected = expected_schedule(&mut scheduler.clone(), 0..64);
     let queue = Queue::new(scheduler);
     let mut grants = pin!(queue.acquire_all(0..64));
@@ -152,16 +146,7 @@ async fn acquire_all_yields_permits_in_grant_order() {
 #[tokio::test(start_paused = true)]
 async fn a_waiter_dropped_by_timeout_is_never_granted_and_delays_nobody() {
     let start = Instant::now();
-    let queue = Queue::new(
-        Scheduler::new(
-            SessionStartLimit {
-                total: 20_000,
-                ..limit(1, 20_000)
-            },
-            start.into_std(),
-        )
-        .unwrap(),
-    );
+    let queue = Queue::new(Scheduler::new(limit(1, 1000), start.into_std()).unwrap());
     let log = Log::default();
     spawn_shard(&queue, 0, start, &log).await.unwrap();
     let quitter = {
@@ -178,22 +163,13 @@ async fn a_waiter_dropped_by_timeout_is_never_granted_and_delays_nobody() {
     assert_eq!(queue.len(), 1, "only shard 2 waits after 3 s");
     behind.await.unwrap();
     assert_eq!(*log.lock().unwrap(), vec![(Duration::ZERO, 0), (FIVE, 2)]);
-    assert_eq!(queue.remaining(), 20_000 - 2, "nothing spent for shard 1");
+    assert_eq!(queue.remaining(), 1000 - 2, "nothing spent for shard 1");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_dropped_by_select_is_cancelled_at_once() {
     let start = Instant::now();
-    let queue = Queue::new(
-        Scheduler::new(
-            SessionStartLimit {
-                total: 20_000,
-                ..limit(1, 20_000)
-            },
-            start.into_std(),
-        )
-        .unwrap(),
-    );
+    let queue = Queue::new(Scheduler::new(limit(1, 1000), start.into_std()).unwrap());
     let _first = queue.acquire(0).await.unwrap();
     tokio::select! {
         _ = queue.acquire(1) => panic!("shard 1 cannot be granted within 1 s"),
@@ -208,16 +184,7 @@ async fn a_waiter_dropped_by_select_is_cancelled_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_shard_that_asks_twice_gets_an_error_not_a_hang() {
     let start = Instant::now();
-    let queue = Queue::new(
-        Scheduler::new(
-            SessionStartLimit {
-                total: 20_000,
-                ..limit(1, 20_000)
-            },
-            start.into_std(),
-        )
-        .unwrap(),
-    );
+    let queue = Queue::new(Scheduler::new(limit(1, 1000), start.into_std()).unwrap());
     let _first = queue.acquire(0).await.unwrap();
     let waiting = tokio::spawn({
         let queue = queue.clone();
@@ -235,16 +202,7 @@ async fn a_shard_that_asks_twice_gets_an_error_not_a_hang() {
 #[tokio::test(start_paused = true)]
 async fn a_waiter_dropped_just_after_its_grant_counts_as_granted() {
     let start = Instant::now();
-    let queue = Queue::new(
-        Scheduler::new(
-            SessionStartLimit {
-                total: 20_000,
-                ..limit(2, 20_000)
-            },
-            start.into_std(),
-        )
-        .unwrap(),
-    );
+    let queue = Queue::new(Scheduler::new(limit(2, 1000), start.into_std()).unwrap());
     let _zero = queue.acquire(0).await.unwrap();
     let mut late = Box::pin(queue.acquire(2));
     // Poll once: it waits for bucket 0.
@@ -257,7 +215,7 @@ async fn a_waiter_dropped_just_after_its_grant_counts_as_granted() {
     // Another waiter's poll hands shard 2 its grant before shard 2 is polled again.
     let _one = queue.acquire(1).await.unwrap();
     drop(late);
-    assert_eq!(queue.remaining(), 20_000 - 3, "shard 2's grant was spent");
+    assert_eq!(queue.remaining(), 1000 - 3, "shard 2's grant was spent");
     // Bucket 0 counts it: shard 4 goes 5 s after shard 2's grant.
     let four = queue.acquire(4).await.unwrap();
     assert_eq!((four.shard(), start.elapsed()), (4, 2 * FIVE));
@@ -267,17 +225,8 @@ async fn a_waiter_dropped_just_after_its_grant_counts_as_granted() {
 async fn hold_mode_waits_for_permits_released_early_late_or_never() {
     let start = Instant::now();
     let config = Config::default().hold_until_release(Duration::from_secs(30));
-    let queue = Queue::new(
-        Scheduler::with_config(
-            SessionStartLimit {
-                total: 20_000,
-                ..limit(1, 20_000)
-            },
-            config,
-            start.into_std(),
-        )
-        .unwrap(),
-    );
+    let queue =
+        Queue::new(Scheduler::with_config(limit(1, 1000), config, start.into_std()).unwrap());
     let log = Log::default();
     let first = queue.acquire(0).await.unwrap();
     let second = spawn_shard(&queue, 1, start, &log);
@@ -317,16 +266,7 @@ async fn hold_mode_waits_for_permits_released_early_late_or_never() {
 #[tokio::test(start_paused = true)]
 async fn an_update_that_rekeys_buckets_wakes_waiters_at_once() {
     let start = Instant::now();
-    let queue = Queue::new(
-        Scheduler::new(
-            SessionStartLimit {
-                total: 20_000,
-                ..limit(1, 20_000)
-            },
-            start.into_std(),
-        )
-        .unwrap(),
-    );
+    let queue = Queue::new(Scheduler::new(limit(1, 1000), start.into_std()).unwrap());
     let log = Log::default();
     let _zero = queue.acquire(0).await.unwrap();
     let waiters: Vec<_> = (1..4)
@@ -334,12 +274,7 @@ async fn an_update_that_rekeys_buckets_wakes_waiters_at_once() {
         .collect();
     sleep(Duration::from_secs(1)).await;
     // max_concurrency 1 -> 4: shards 1, 2, 3 get buckets of their own, all free.
-    queue
-        .update(SessionStartLimit {
-            total: 20_000,
-            ..limit(4, 19_999)
-        })
-        .unwrap();
+    queue.update(limit(4, 999)).unwrap();
     for waiter in waiters {
         waiter.await.unwrap();
     }
@@ -408,14 +343,7 @@ async fn the_budget_reset_wakes_waiters_exactly_then() {
 async fn shards_on_many_worker_threads_keep_the_rules() {
     const INTERVAL: Duration = Duration::from_millis(20);
     let config = Config::default().interval(INTERVAL);
-    let queue = Queue::with_limit(
-        SessionStartLimit {
-            total: 20_000,
-            ..limit(4, 20_000)
-        },
-        config,
-    )
-    .unwrap();
+    let queue = Queue::with_limit(limit(4, 1000), config).unwrap();
     let start = Instant::now();
     let log = Log::default();
     let tasks: Vec<_> = (0..64)
@@ -446,17 +374,8 @@ async fn shards_on_many_worker_threads_keep_the_rules() {
 async fn an_old_permit_does_not_release_a_newer_hold_of_its_shard() {
     let start = Instant::now();
     let config = Config::default().hold_until_release(Duration::from_secs(10));
-    let queue = Queue::new(
-        Scheduler::with_config(
-            SessionStartLimit {
-                total: 20_000,
-                ..limit(1, 20_000)
-            },
-            config,
-            start.into_std(),
-        )
-        .unwrap(),
-    );
+    let queue =
+        Queue::new(Scheduler::with_config(limit(1, 1000), config, start.into_std()).unwrap());
     let old = queue.acquire(0).await.unwrap();
     // READY never came; the hold timed out and shard 0 reconnects.
     let new = queue.acquire(0).await.unwrap();

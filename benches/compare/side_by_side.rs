@@ -291,10 +291,7 @@ fn budget_refresh() {
     println!(
         "\n## Budget exhausted, then refreshed by an update at 60 s (100 shards, 50 left, reset in 1 h)\n"
     );
-    let exhausted = SessionStartLimit {
-        reset_after: Duration::from_secs(3600),
-        ..limit(C, 50)
-    };
+    let exhausted = limit(C, 50);
     let fresh = SessionStartLimit {
         reset_after: DAY,
         ..limit(C, 1000)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use identify_queue::SessionStartLimit;
 
-pub fn limit(max_concurrency: u32, remaining: u32) -> SessionStartLimit {
+pub const fn limit(max_concurrency: u32, remaining: u32) -> SessionStartLimit {
     SessionStartLimit {
         total: 1000,
         remaining,
