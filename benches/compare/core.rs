@@ -34,15 +34,7 @@ fn simulate(shards: u32, max_concurrency: u32, workload: Workload) -> Outcome {
     let start = Instant::now();
     let mut now = start;
     let began = Instant::now();
-    let mut scheduler = Scheduler::new(
-        SessionStartLimit {
-            total: shards.saturating_mul(2),
-            reset_after: DAY,
-            ..limit(max_concurrency, shards.saturating_mul(2))
-        },
-        now,
-    )
-    .expect("valid");
+    let mut scheduler = Scheduler::new(word(shards, max_concurrency), now).expect("valid");
     let mut grants = 0u64;
     let mut reconnected = vec![
         false;
@@ -177,15 +169,7 @@ pub fn memory(shards: u32) {
     for max_concurrency in [1, 16, 64] {
         let now = Instant::now();
         let before = alloc::in_use();
-        let mut scheduler = Scheduler::new(
-            SessionStartLimit {
-                total: shards.saturating_mul(2),
-                reset_after: DAY,
-                ..limit(max_concurrency, shards.saturating_mul(2))
-            },
-            now,
-        )
-        .expect("valid");
+        let mut scheduler = Scheduler::new(word(shards, max_concurrency), now).expect("valid");
         for shard in 0..shards {
             let _ = scheduler.request(shard, now);
         }
@@ -193,5 +177,15 @@ pub fn memory(shards: u32) {
         let per_shard = used as f64 / scheduler.len() as f64;
         println!("| {max_concurrency} | {used} | {per_shard:.1} | 32 |");
         black_box(&scheduler);
+    }
+}
+
+/// The word every run gets: a budget of twice its shards (reconnects ask again), no
+/// reset within it.
+fn word(shards: u32, max_concurrency: u32) -> SessionStartLimit {
+    SessionStartLimit {
+        total: shards.saturating_mul(2),
+        reset_after: DAY,
+        ..limit(max_concurrency, shards.saturating_mul(2))
     }
 }

@@ -30,15 +30,8 @@ fn tokio(shards: u32, interval: Option<Duration>) -> Run {
     });
     timed(|| {
         runtime.block_on(async {
-            let queue = identify_queue::tokio::Queue::with_limit(
-                SessionStartLimit {
-                    total: shards,
-                    reset_after: DAY,
-                    ..limit(C, shards)
-                },
-                config,
-            )
-            .expect("valid");
+            let queue =
+                identify_queue::tokio::Queue::with_limit(word(shards), config).expect("valid");
             let tasks: Vec<_> = (0..shards)
                 .map(|shard| {
                     let queue = queue.clone();
@@ -53,18 +46,19 @@ fn tokio(shards: u32, interval: Option<Duration>) -> Run {
     })
 }
 
+/// The word every run gets: a budget of exactly its shards, no reset within it.
+fn word(shards: u32) -> SessionStartLimit {
+    SessionStartLimit {
+        total: shards,
+        reset_after: DAY,
+        ..limit(C, shards)
+    }
+}
+
 fn smol(shards: u32, interval: Duration) -> Run {
     timed(|| {
         let config = Config::default().interval(interval);
-        let queue = identify_queue::smol::Queue::with_limit(
-            SessionStartLimit {
-                total: shards,
-                reset_after: DAY,
-                ..limit(C, shards)
-            },
-            config,
-        )
-        .expect("valid");
+        let queue = identify_queue::smol::Queue::with_limit(word(shards), config).expect("valid");
         let executor = smol::LocalExecutor::new();
         smol::block_on(executor.run(async {
             let tasks: Vec<_> = (0..shards)
@@ -85,15 +79,8 @@ fn smol(shards: u32, interval: Duration) -> Run {
 fn async_std(shards: u32, interval: Duration) -> Run {
     timed(|| {
         let config = Config::default().interval(interval);
-        let queue = identify_queue::async_std::Queue::with_limit(
-            SessionStartLimit {
-                total: shards,
-                reset_after: DAY,
-                ..limit(C, shards)
-            },
-            config,
-        )
-        .expect("valid");
+        let queue =
+            identify_queue::async_std::Queue::with_limit(word(shards), config).expect("valid");
         async_std::task::block_on(async {
             let tasks: Vec<_> = (0..shards)
                 .map(|shard| {
