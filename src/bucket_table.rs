@@ -37,6 +37,7 @@ impl BucketTable {
         }
     }
 
+    #[inline]
     pub(crate) fn get(&self, id: BucketId) -> Option<&Bucket> {
         match self {
             Self::Dense(buckets) => buckets.get(id as usize),
@@ -44,6 +45,7 @@ impl BucketTable {
         }
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, id: BucketId) -> Option<&mut Bucket> {
         match self {
             Self::Dense(buckets) => buckets.get_mut(id as usize),
@@ -52,6 +54,7 @@ impl BucketTable {
     }
 
     /// Bucket `id`, made if absent; idle buckets (as of `now`) may be forgotten first.
+    #[inline]
     pub(crate) fn get_or_insert(&mut self, id: BucketId, now: Instant) -> &mut Bucket {
         match self {
             Self::Dense(buckets) => {

@@ -286,17 +286,21 @@ impl Budget {
     /// Logs a delivery at `now`; the first one after a refill may open Discord's window.
     fn deliver(&mut self, now: Instant) {
         self.deliveries.push(now);
-        // Discord's reset comes a day after the arrival that opened its window.
-        let opened_at_latest = Moment::after(now, self.grace.saturating_add(DAY));
+        // Discord's reset comes a day after the arrival that opened its window (worked
+        // out only while the window may not be open: most deliveries find it open).
+        let opened_at_latest = || Moment::after(now, self.grace.saturating_add(DAY));
         self.next = match self.next {
-            Next::Unopened => {
-                reset_at(opened_at_latest, Moment::after(now, DAY), self.grace, false)
-            }
+            Next::Unopened => reset_at(
+                opened_at_latest(),
+                Moment::after(now, DAY),
+                self.grace,
+                false,
+            ),
             Next::Reset {
                 at,
                 count_from,
                 unopened: true,
-            } => match opened_at_latest {
+            } => match opened_at_latest() {
                 // Either an earlier delivery opened it (`count_from` covers that) or
                 // this one does: the later reset of the two.
                 Moment::At(latest) => Next::Reset {

@@ -160,6 +160,7 @@ mod bucket_table;
 mod budget;
 mod error;
 mod limit;
+mod min_queue;
 mod priority;
 mod scheduler;
 mod shard_map;

@@ -1,7 +1,6 @@
 //! The sans-IO scheduler: request / poll / cancel / release / update.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::Error;
@@ -9,6 +8,7 @@ use crate::bucket_table::BucketTable;
 use crate::buckets::{Bucket, BucketId, Entry, Hold, Order, Standing, rank_of};
 use crate::budget::{Budget, DAY, MAX_WORD_AGE};
 use crate::limit::{Config, SessionStartLimit, ShardId};
+use crate::min_queue::MinQueue;
 use crate::priority::Priority;
 use crate::shard_map::{Seq, ShardMap};
 use crate::time::{Moment, wake_at};
@@ -97,11 +97,11 @@ pub struct Scheduler {
     /// Buckets whose first shard is eligible, first in order first. Entries whose
     /// bucket has moved on are skipped when met and purged when they outnumber the live
     /// ones.
-    ready: BinaryHeap<Reverse<(Order, BucketId)>>,
+    ready: MinQueue<(Order, BucketId)>,
     /// Buckets standing `Ready`, by the priority rank of their first shard.
     ready_counts: [usize; Priority::COUNT],
     /// Non-empty buckets not yet free, soonest first; stale entries as in `ready`.
-    waiting: BinaryHeap<Reverse<(Instant, BucketId)>>,
+    waiting: MinQueue<(Instant, BucketId)>,
     waiting_count: usize,
     /// Grants within the last interval, oldest first, with the end of their
     /// cooldown: an update that changes `max_concurrency` needs them to know which
@@ -131,9 +131,9 @@ impl Scheduler {
             queued: ShardMap::default(),
             next_seq: 0,
             buckets: BucketTable::new(limit.max_concurrency),
-            ready: BinaryHeap::new(),
+            ready: MinQueue::new(),
             ready_counts: [0; Priority::COUNT],
-            waiting: BinaryHeap::new(),
+            waiting: MinQueue::new(),
             waiting_count: 0,
             recent_grants: VecDeque::new(),
         })
@@ -187,9 +187,11 @@ impl Scheduler {
         // Eligible shards ahead of this one: the ready heads of its class and above.
         let ahead: usize = self.ready_counts[..=rank].iter().sum();
         let budget_covers = self.budget.remaining() as usize > ahead;
-        let bucket = self.bucket_mut(id);
-        let free = bucket.free_at().is_none_or(|free| free.has_passed(clock));
-        if bucket.is_clear_for(rank) && free && budget_covers {
+        let bucket = self.buckets.get_or_insert(id, clock);
+        let goes_first = bucket.is_clear_for(rank);
+        // The cheap tests first: in a start-up the bucket has a line.
+        if goes_first && budget_covers && bucket.free_at().is_none_or(|free| free.has_passed(clock))
+        {
             let behind = !bucket.is_empty();
             self.record_grant(id, shard);
             if behind {
@@ -199,11 +201,9 @@ impl Scheduler {
             return Ok(Decision::Grant(shard));
         }
         let seq = self.next_seq;
+        bucket.push(rank, Entry { seq, shard });
         self.next_seq += 1;
         self.queued.insert(shard, seq);
-        let bucket = self.bucket_mut(id);
-        let goes_first = bucket.is_clear_for(rank);
-        bucket.push(rank, Entry { seq, shard });
         if goes_first {
             self.reindex(id);
         }
@@ -219,7 +219,7 @@ impl Scheduler {
     pub fn poll(&mut self, now: Instant) -> Decision {
         self.advance(now);
         if self.budget.remaining() > 0 {
-            while let Some(Reverse((order, id))) = self.ready.pop() {
+            while let Some((order, id)) = self.ready.pop() {
                 let Some(bucket) = self.buckets.get_mut(id) else {
                     continue;
                 };
@@ -535,7 +535,7 @@ impl Scheduler {
         self.clock = now;
         let clock = now;
         self.budget.refresh(clock);
-        while let Some(&Reverse((at, id))) = self.waiting.peek() {
+        while let Some((at, id)) = self.waiting.peek() {
             if at > clock {
                 break;
             }
@@ -552,7 +552,7 @@ impl Scheduler {
             bucket.standing = Standing::Ready(head);
             self.waiting_count -= 1;
             self.ready_counts[rank_of(head)] += 1;
-            self.ready.push(Reverse((head, id)));
+            self.ready.push((head, id));
         }
         while let Some(&(cooldown, _)) = self.recent_grants.front() {
             if !cooldown.has_passed(clock) {
@@ -598,7 +598,7 @@ impl Scheduler {
 
     /// When the soonest waiting bucket frees (`Never` if none will by itself).
     fn earliest_waiting(&mut self) -> Moment {
-        while let Some(&Reverse((at, id))) = self.waiting.peek() {
+        while let Some((at, id)) = self.waiting.peek() {
             let current = self
                 .buckets
                 .get(id)
@@ -637,11 +637,11 @@ impl Scheduler {
         match standing {
             Standing::Ready(head) => {
                 self.ready_counts[rank_of(head)] += 1;
-                self.ready.push(Reverse((head, id)));
+                self.ready.push((head, id));
             }
             Standing::Waiting(at) => {
                 self.waiting_count += 1;
-                self.waiting.push(Reverse((at, id)));
+                self.waiting.push((at, id));
             }
             Standing::Empty | Standing::Stalled => {}
         }
@@ -655,14 +655,14 @@ impl Scheduler {
         let buckets = &self.buckets;
         let ready_count: usize = self.ready_counts.iter().sum();
         if self.ready.len() > 2 * ready_count + SLACK {
-            self.ready.retain(|&Reverse((head, id))| {
+            self.ready.retain(|&(head, id)| {
                 buckets
                     .get(id)
                     .is_some_and(|b| b.standing == Standing::Ready(head))
             });
         }
         if self.waiting.len() > 2 * self.waiting_count + SLACK {
-            self.waiting.retain(|&Reverse((at, id))| {
+            self.waiting.retain(|&(at, id)| {
                 buckets
                     .get(id)
                     .is_some_and(|b| b.standing == Standing::Waiting(at))
@@ -743,7 +743,7 @@ impl Scheduler {
             bucket.relabel(queued);
             if let (Standing::Ready(_), Some(head)) = (bucket.standing, bucket.head_order()) {
                 bucket.standing = Standing::Ready(head);
-                ready.push(Reverse((head, id)));
+                ready.push((head, id));
             }
         });
     }

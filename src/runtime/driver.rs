@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use super::shared::{Shared, WakeWaiters, Wakeups, lock, wake};
@@ -27,7 +27,10 @@ pub(super) fn change<R: Runtime, T>(
 ) -> T {
     let mut wakeups = Wakeups::default();
     let result = change(&mut lock(shared), &mut wakeups);
-    wake(wakeups.wakers);
+    // Most changes (a request, a delivery) wake no one.
+    if !wakeups.wakers.is_empty() {
+        wake(wakeups.wakers);
+    }
     if let Some(id) = wakeups.start_driver {
         let driver: DriverTask = Box::pin(Driver::<R>::new(Arc::clone(shared), id));
         if let Err(driver) = R::spawn(driver) {
@@ -62,6 +65,10 @@ pub(super) struct Driver<R: Runtime> {
     timer: Option<Pin<Box<R::Timer>>>,
     /// The deadline the timer is set to, until it fires.
     armed_for: Option<Instant>,
+    /// The list a round collects wakers in, kept between rounds: a tick wakes a shard
+    /// per bucket, and a list grown anew each time cost more than the rest of the
+    /// round's bookkeeping.
+    wakers: Vec<Waker>,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -71,6 +78,7 @@ impl<R: Runtime> Driver<R> {
             id,
             timer: None,
             armed_for: None,
+            wakers: Vec::new(),
         }
     }
 }
@@ -81,7 +89,10 @@ impl<R: Runtime> Future for Driver<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         for _ in 0..MAX_ROUNDS {
-            let mut wakeups = Wakeups::default();
+            let mut wakeups = Wakeups {
+                wakers: std::mem::take(&mut this.wakers),
+                start_driver: None,
+            };
             let mut shared = lock(&this.shared);
             if !shared.is_driver(this.id) {
                 return Poll::Ready(());
@@ -112,7 +123,7 @@ impl<R: Runtime> Future for Driver<R> {
                 shared.park_driver(this.id, cx.waker(), deadline);
             }
             drop(shared);
-            wake(wakeups.wakers);
+            this.wake(wakeups.wakers);
             if !fired {
                 return Poll::Pending;
             }
@@ -120,6 +131,19 @@ impl<R: Runtime> Future for Driver<R> {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+impl<R: Runtime> Driver<R> {
+    /// Wakes what a round collected, with the lock released, and keeps the list for
+    /// the next round (unless a rare round made it large).
+    fn wake(&mut self, mut wakers: Vec<Waker>) {
+        /// Wakers a kept list has room for: ticks of up to this many buckets.
+        const KEPT: usize = 1024;
+        wakers.drain(..).for_each(Waker::wake);
+        if wakers.capacity() <= KEPT {
+            self.wakers = wakers;
+        }
     }
 }
 

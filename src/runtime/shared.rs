@@ -573,6 +573,10 @@ impl Shared {
 
     /// Forgets waiter `id`'s gate; whether it had one.
     fn ungate(&mut self, id: WaiterId) -> bool {
+        if self.gated.is_empty() {
+            // Gates come only with an update that changed `max_concurrency`.
+            return false;
+        }
         let gates = self.gated.len();
         self.gated.retain(|&(_, gated)| gated != id);
         self.gated.len() != gates
@@ -609,11 +613,17 @@ impl Shared {
         wakeups: &mut Wakeups,
     ) -> Found {
         self.stats.polls += 1;
-        let Some(waiter) = self.waiters.get(id) else {
+        let Some(waiter) = self.waiters.get_mut(id) else {
             return Found::Nothing;
         };
-        if let Some(grant) = waiter.granted.front().copied() {
-            match self.gate(&grant, now) {
+        match waiter.granted.front().copied() {
+            // Made since the latest update that changed `max_concurrency`: no gate
+            // (invariant 4), the common case.
+            Some(grant) if grant.rekeys == self.rekeys => {
+                waiter.granted.pop_front();
+                return Found::Grant(grant);
+            }
+            Some(grant) => match self.gate(&grant, now) {
                 None => {
                     if let Some(waiter) = self.waiters.get_mut(id) {
                         waiter.granted.pop_front();
@@ -628,9 +638,13 @@ impl Shared {
                         self.deadline = Some(self.deadline.map_or(gate, |d| d.min(gate)));
                     }
                 }
+            },
+            None if waiter.queued == 0 => return Found::Nothing,
+            None => {
+                waiter.register(waker);
+                self.ensure_driver(wakeups);
+                return Found::Waiting;
             }
-        } else if waiter.queued == 0 {
-            return Found::Nothing;
         }
         let Some(waiter) = self.waiters.get_mut(id) else {
             return Found::Nothing;

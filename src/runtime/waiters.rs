@@ -125,10 +125,6 @@ impl Waiters {
         usize::try_from(id).unwrap_or(usize::MAX)
     }
 
-    pub(super) fn get(&self, id: WaiterId) -> Option<&Waiter> {
-        self.slots.get(Self::slot(id))?.as_ref()
-    }
-
     pub(super) fn get_mut(&mut self, id: WaiterId) -> Option<&mut Waiter> {
         self.slots.get_mut(Self::slot(id))?.as_mut()
     }
