@@ -1,12 +1,14 @@
 //! identify-queue-server, the real binary on free loopback ports: twilight's protocol
 //! from raw HTTP clients and from python3's standard library, every answer judged on
 //! arrival (spacing per bucket, FIFO, the budget); cancels by closing; bad input; the
-//! token; Discord's word from a fake `/gateway/bot`; the operations routes; SIGTERM;
+//! token; Discord's word from the one fake Discord's `/gateway/bot`; the operations routes; SIGTERM;
 //! two servers on one Redis namespace; hold mode; the cap on request keys.
 //!
 //! Real time, short intervals: the tests assert order and lower bounds, never tight
 //! upper bounds.
 
+#[path = "support/fake_discord.rs"]
+mod fake_discord;
 #[path = "support/judge.rs"]
 mod judge;
 #[path = "support/redis_server.rs"]
@@ -15,13 +17,13 @@ mod redis_server;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout};
+
+use fake_discord::FakeDiscord;
 
 const GRANTED: &str = r#"{"message": "You're free to connect now! :)"}"#;
 
@@ -352,51 +354,18 @@ async fn a_python_client_gets_twilights_answer() {
     assert!(gap >= 99, "{gap} ms");
 }
 
-/// A fake Discord: `GET /gateway/bot` failing until `up`, then answering `limit`.
-async fn fake_discord(
-    up: Arc<AtomicBool>,
-    limit: serde_json::Value,
-) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    use axum::http::{HeaderMap, StatusCode};
-    use axum::response::IntoResponse;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let app = axum::Router::new().route(
-        "/api/v10/gateway/bot",
-        axum::routing::get(move |headers: HeaderMap| {
-            let (up, limit) = (Arc::clone(&up), limit.clone());
-            async move {
-                let token = headers.get("authorization").and_then(|v| v.to_str().ok());
-                if token != Some("Bot t0ken") {
-                    return StatusCode::UNAUTHORIZED.into_response();
-                }
-                if !up.load(Ordering::SeqCst) {
-                    return StatusCode::BAD_GATEWAY.into_response();
-                }
-                axum::Json(serde_json::json!({
-                    "url": "wss://gateway.discord.gg",
-                    "shards": 2,
-                    "session_start_limit": limit,
-                }))
-                .into_response()
-            }
-        }),
-    );
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    (address, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discords_word_comes_from_gateway_bot_and_nothing_is_granted_before_it() {
-    let up = Arc::new(AtomicBool::new(false));
-    let limit = serde_json::json!({
-        "total": 1000, "remaining": 1, "reset_after": 3_600_000, "max_concurrency": 2
-    });
-    let (discord, _task) = fake_discord(Arc::clone(&up), limit).await;
-    let api = format!("http://{discord}/api/v10");
-    let server = ServerProcess::start(&["--discord-token", "t0ken", "--discord-api", &api]);
+    // Discord with one session start left, down at first.
+    let discord = FakeDiscord::start(1, 2);
+    discord.set_reachable(false);
+    let api = format!("http://{}/api/v10", discord.address);
+    let server = ServerProcess::start(&[
+        "--discord-token",
+        fake_discord::TOKEN,
+        "--discord-api",
+        &api,
+    ]);
     // Discord fails: not ready, and a request waits.
     sleep(Duration::from_millis(200)).await;
     let answer = get(server.address, "/readyz", &[]).await.unwrap();
@@ -408,7 +377,7 @@ async fn discords_word_comes_from_gateway_bot_and_nothing_is_granted_before_it()
     assert!(!waiting.is_finished(), "granted without Discord's word");
     // Discord answers (the server retries after a second): granted, ready; its
     // budget of one is spent.
-    up.store(true, Ordering::SeqCst);
+    discord.set_reachable(true);
     timeout(Duration::from_secs(10), waiting)
         .await
         .expect("granted once Discord answered")

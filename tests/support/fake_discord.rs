@@ -1,13 +1,19 @@
 //! Discord, as far as worker processes need it: it judges every IDENTIFY on its own
 //! clock as it arrives (with the one judge, `judge.rs`, which its includer declares as
 //! `crate::judge`), and answers
-//! `session_start_limit` from its own count. Used by the cluster tests and by the
-//! cluster example and bench, whose workers are other processes.
+//! `session_start_limit` from its own count. The one fake Discord of the project: used
+//! by the cluster tests and by the cluster example and bench, whose workers are other
+//! processes, and by the server's tests, which read Discord's word over HTTP.
 //!
 //! A plain TCP server on loopback, one line per connection:
 //! `IDENTIFY <shard> [<worker>]` records an arrival ([`identify`] sends one); `LIMIT`
 //! answers `<total> <remaining> <reset_after_ms> <max_concurrency>` ([`ask_limit`]
 //! reads it); any other line goes to the caller's handler, if it gave one.
+//!
+//! It also answers Discord's own HTTP route, `GET /api/v10/gateway/bot` (what
+//! identify-queue-server reads with a token), with the same `session_start_limit`:
+//! 401 without `Authorization: Bot` [`TOKEN`], 502 while made unreachable
+//! ([`FakeDiscord::set_reachable`]).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -25,6 +31,12 @@ pub const JITTER: Duration = Duration::from_millis(40);
 
 /// `reset_after` in every `LIMIT` answer: a day, so that no reset falls in a run.
 const RESET_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The bot token `GET /api/v10/gateway/bot` accepts.
+pub const TOKEN: &str = "t0ken";
+
+/// Discord's HTTP route for the limit.
+const GATEWAY_BOT: &str = "/api/v10/gateway/bot";
 
 #[derive(Clone, Copy, Debug)]
 pub struct Arrival {
@@ -50,6 +62,8 @@ struct State {
     arrivals: Vec<Arrival>,
     /// When `max_concurrency` changed, and to what.
     changes: Vec<(Instant, u32)>,
+    /// Whether `GET /api/v10/gateway/bot` answers (502 when not).
+    reachable: bool,
 }
 
 impl FakeDiscord {
@@ -74,6 +88,7 @@ impl FakeDiscord {
             max_concurrency,
             arrivals: Vec::new(),
             changes: Vec::new(),
+            reachable: true,
         }));
         let other: Arc<Handler> = Arc::new(Box::new(other));
         let served = Arc::clone(&state);
@@ -114,6 +129,11 @@ impl FakeDiscord {
         state.changes.push((Instant::now(), max_concurrency));
     }
 
+    /// Whether `GET /api/v10/gateway/bot` answers from now on (a Discord outage: 502).
+    pub fn set_reachable(&self, reachable: bool) {
+        self.state().reachable = reachable;
+    }
+
     /// Every rule Discord enforces, judged on arrivals by the one judge: no more than
     /// the budget, and two IDENTIFYs of one bucket (under the `max_concurrency` in
     /// force when the later one arrived) at least `interval` apart, less [`JITTER`].
@@ -145,8 +165,9 @@ fn serve(
     budget: u32,
     other: &(dyn Fn(&[&str]) + Send + Sync),
 ) {
+    let mut reader = BufReader::new(&stream);
     let mut line = String::new();
-    if BufReader::new(&stream).read_line(&mut line).is_err() {
+    if reader.read_line(&mut line).is_err() {
         return;
     }
     let at = Instant::now();
@@ -164,20 +185,72 @@ fn serve(
             }
         }
         ["LIMIT"] => {
-            let reply = {
-                let state = state.lock().unwrap();
-                let used = state.arrivals.len() as u32;
-                format!(
-                    "1000 {} {} {}\n",
-                    budget.saturating_sub(used),
-                    RESET_AFTER.as_millis(),
-                    state.max_concurrency
-                )
-            };
+            let (remaining, max_concurrency) = limit(state, budget);
+            let reply = format!(
+                "1000 {remaining} {} {max_concurrency}\n",
+                RESET_AFTER.as_millis(),
+            );
+            let _ = (&stream).write_all(reply.as_bytes());
+        }
+        ["GET", path, _version] => {
+            let reply = gateway_bot(&mut reader, path, state, budget);
             let _ = (&stream).write_all(reply.as_bytes());
         }
         words => other(words),
     }
+}
+
+/// `(remaining, max_concurrency)` now: the budget less the IDENTIFYs that arrived.
+fn limit(state: &Mutex<State>, budget: u32) -> (u32, u32) {
+    let state = state.lock().unwrap();
+    let used = u32::try_from(state.arrivals.len()).unwrap_or(u32::MAX);
+    (budget.saturating_sub(used), state.max_concurrency)
+}
+
+/// The HTTP answer to a `GET` of `path` whose headers `reader` holds.
+fn gateway_bot(reader: &mut impl BufRead, path: &str, state: &Mutex<State>, budget: u32) -> String {
+    let mut authorized = false;
+    let mut header = String::new();
+    while reader.read_line(&mut header).is_ok_and(|read| read > 0) {
+        let line = header.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("authorization") {
+                authorized = value.trim() == format!("Bot {TOKEN}");
+            }
+        }
+        header.clear();
+    }
+    let answer = |status: &str, body: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    if path != GATEWAY_BOT {
+        return answer(
+            "404 Not Found",
+            r#"{"message": "404: Not Found", "code": 0}"#,
+        );
+    }
+    if !authorized {
+        return answer(
+            "401 Unauthorized",
+            r#"{"message": "401: Unauthorized", "code": 0}"#,
+        );
+    }
+    if !state.lock().unwrap().reachable {
+        return answer("502 Bad Gateway", r#"{"message": "upstream down"}"#);
+    }
+    let (remaining, max_concurrency) = limit(state, budget);
+    let body = format!(
+        r#"{{"url": "wss://gateway.discord.gg", "shards": 2, "session_start_limit": {{"total": 1000, "remaining": {remaining}, "reset_after": {}, "max_concurrency": {max_concurrency}}}}}"#,
+        RESET_AFTER.as_millis()
+    );
+    answer("200 OK", &body)
 }
 
 /// Sends an IDENTIFY of `shard` from `worker` to the fake Discord at `discord`.
