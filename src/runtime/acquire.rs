@@ -103,12 +103,22 @@ impl<R: Runtime> Future for Acquire<R> {
                         return Poll::Ready(delivered.map(|d| Permit::new(queue, d)));
                     }
                     Ok(decision) => {
-                        let id = shared.add_waiter();
-                        shared.enqueued(id, shard);
-                        match decision {
+                        let id = shared.add_queued_waiter(shard, cx.waker());
+                        *state = State::Waiting(id);
+                        let drove = match decision {
                             Decision::Wait(until) => shared.queued(until, now, wakeups),
-                            _ => shared.settle(now, wakeups),
+                            _ => {
+                                shared.settle(now, wakeups);
+                                true
+                            }
+                        };
+                        if !drove {
+                            // Nothing handed out since the request, and a driver has
+                            // the deadline: it waits, registered (the common case).
+                            shared.stats.polls += 1;
+                            return Poll::Pending;
                         }
+                        // A drive at `now` may have granted it already: look.
                         id
                     }
                 },

@@ -451,13 +451,16 @@ impl Shared {
 
     /// After a request that queued its shard and answered `Wait(until)`: others may be
     /// due at once (`until` is `now`), else the deadline is `until` (the scheduler's
-    /// answer covers every queued shard), and a driver must take it.
-    pub(super) fn queued(&mut self, until: Instant, now: Instant, wakeups: &mut Wakeups) {
+    /// answer covers every queued shard), and a driver must take it. Whether it drove
+    /// (and so may have handed out grants).
+    pub(super) fn queued(&mut self, until: Instant, now: Instant, wakeups: &mut Wakeups) -> bool {
         if until <= now || !self.gated.is_empty() {
             self.settle(now, wakeups);
+            true
         } else {
             self.deadline = Some(until);
             self.ensure_driver(wakeups);
+            false
         }
     }
 
@@ -534,6 +537,15 @@ impl Shared {
 
     pub(super) fn add_waiter(&mut self) -> WaiterId {
         self.waiters.insert()
+    }
+
+    /// A waiter for `shard`, which the scheduler has just queued, polled by the task
+    /// of `waker`: its first poll registers it at once (invariant 5: it asked for
+    /// `shard`).
+    pub(super) fn add_queued_waiter(&mut self, shard: ShardId, waker: &Waker) -> WaiterId {
+        let id = self.waiters.insert_queued(waker);
+        self.asked_by.insert(shard, id);
+        id
     }
 
     /// Requests `shard` for waiter `id` at `now`; a grant at once goes to the waiter's

@@ -102,12 +102,25 @@ pub(super) struct Waiters {
 }
 
 impl Waiters {
+    /// A waiter with nothing queued yet, not polled yet.
     pub(super) fn insert(&mut self) -> WaiterId {
-        let waiter = Waiter {
+        self.insert_waiter(Waiter {
             waker: None,
             queued: 0,
             granted: Granted::default(),
-        };
+        })
+    }
+
+    /// A waiter with one shard queued, polled by the task of `waker`.
+    pub(super) fn insert_queued(&mut self, waker: &Waker) -> WaiterId {
+        self.insert_waiter(Waiter {
+            waker: Some(waker.clone()),
+            queued: 1,
+            granted: Granted::default(),
+        })
+    }
+
+    fn insert_waiter(&mut self, waiter: Waiter) -> WaiterId {
         let index = match self.free.pop() {
             Some(index) => {
                 self.slots[index] = Some(waiter);
