@@ -25,10 +25,29 @@ pub(crate) enum BucketTable {
     },
 }
 
+/// [`BucketTable::get_or_insert`] for the sparse table: out of line, so that the
+/// dense table's lookup on the hot path stays a bounds check.
+#[inline(never)]
+fn sparse_get_or_insert<'a>(
+    map: &'a mut BTreeMap<BucketId, Bucket>,
+    sweep_at: &mut usize,
+    id: BucketId,
+    now: Instant,
+) -> &'a mut Bucket {
+    if !map.contains_key(&id) && map.len() >= *sweep_at {
+        map.retain(|_, bucket| !bucket.is_idle(now));
+        *sweep_at = MIN_SWEEP.max(2 * map.len());
+    }
+    map.entry(id).or_insert_with(Bucket::new)
+}
+
 impl BucketTable {
     pub(crate) fn new(max_concurrency: u32) -> Self {
         if max_concurrency <= DENSE_MAX {
-            Self::Dense(Vec::new())
+            // Room for every bucket up front (not touched until used): growing one
+            // bucket at a time cost a start-up of 1,000 shards a reallocation per
+            // bucket.
+            Self::Dense(Vec::with_capacity(max_concurrency as usize))
         } else {
             Self::Sparse {
                 map: BTreeMap::new(),
@@ -64,13 +83,7 @@ impl BucketTable {
                 }
                 &mut buckets[index]
             }
-            Self::Sparse { map, sweep_at } => {
-                if !map.contains_key(&id) && map.len() >= *sweep_at {
-                    map.retain(|_, bucket| !bucket.is_idle(now));
-                    *sweep_at = MIN_SWEEP.max(2 * map.len());
-                }
-                map.entry(id).or_insert_with(Bucket::new)
-            }
+            Self::Sparse { map, sweep_at } => sparse_get_or_insert(map, sweep_at, id, now),
         }
     }
 
