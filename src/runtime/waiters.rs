@@ -36,11 +36,14 @@ pub(super) struct Waiter {
 }
 
 /// A waiter's undelivered grants, oldest first. An `Acquire` has one at most: it is
-/// kept inline, so handing a grant over allocates nothing.
+/// kept inline, so handing a grant over allocates nothing, and the rest (a `Grants`
+/// stream's) are boxed, so that every waiter's slot stays small.
 #[derive(Default)]
 pub(super) struct Granted {
     first: Option<Grant>,
-    rest: VecDeque<Grant>,
+    // Boxed on purpose: 8 bytes in every waiter's slot instead of a `VecDeque`'s 32.
+    #[allow(clippy::box_collection)]
+    rest: Option<Box<VecDeque<Grant>>>,
 }
 
 impl Granted {
@@ -48,7 +51,7 @@ impl Granted {
         if self.first.is_none() {
             self.first = Some(grant);
         } else {
-            self.rest.push_back(grant);
+            self.rest.get_or_insert_default().push_back(grant);
         }
     }
 
@@ -60,13 +63,13 @@ impl Granted {
     pub(super) fn find_mut(&mut self, number: u64) -> Option<&mut Grant> {
         self.first
             .iter_mut()
-            .chain(self.rest.iter_mut())
+            .chain(self.rest.iter_mut().flat_map(|rest| rest.iter_mut()))
             .find(|grant| grant.number == number)
     }
 
     pub(super) fn pop_front(&mut self) -> Option<Grant> {
         let first = self.first.take();
-        self.first = self.rest.pop_front();
+        self.first = self.rest.as_mut().and_then(|rest| rest.pop_front());
         first
     }
 }
@@ -75,11 +78,12 @@ impl IntoIterator for Granted {
     type Item = Grant;
     type IntoIter = std::iter::Chain<
         std::option::IntoIter<Grant>,
-        std::collections::vec_deque::IntoIter<Grant>,
+        std::iter::Flatten<std::option::IntoIter<VecDeque<Grant>>>,
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.first.into_iter().chain(self.rest)
+        let rest = self.rest.map(|rest| *rest);
+        self.first.into_iter().chain(rest.into_iter().flatten())
     }
 }
 
