@@ -97,6 +97,7 @@ impl Bucket {
     }
 
     /// The order of the first live entry.
+    #[inline]
     pub(crate) fn head_order(&self) -> Option<Order> {
         self.queues
             .iter()
@@ -104,12 +105,14 @@ impl Bucket {
             .find_map(|(rank, queue)| queue.front().map(|entry| order(rank, entry.seq)))
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.queues.iter().all(VecDeque::is_empty)
     }
 
     /// Whether nothing of class `rank` or ahead of it is queued: a request of that
     /// class would be first.
+    #[inline]
     pub(crate) fn is_clear_for(&self, rank: usize) -> bool {
         self.queues[..=rank].iter().all(VecDeque::is_empty)
     }
@@ -120,11 +123,13 @@ impl Bucket {
     }
 
     /// Queues `entry` behind the others of its class.
+    #[inline]
     pub(crate) fn push(&mut self, rank: usize, entry: Entry) {
         self.queues[rank].push_back(entry);
     }
 
     /// Removes the (live) first entry and any cancelled ones behind it in its class.
+    #[inline]
     pub(crate) fn pop_head(&mut self, queued: &ShardMap) -> Option<Entry> {
         let rank = self.queues.iter().position(|queue| !queue.is_empty())?;
         let head = self.queues[rank].pop_front()?;
@@ -229,6 +234,7 @@ impl Bucket {
     }
 
     /// A grant at `now` makes the bucket busy until `cooldown`.
+    #[inline]
     pub(crate) fn extend_cooldown(&mut self, cooldown: Moment) {
         self.cooldown_until = Some(self.cooldown_until.map_or(cooldown, |c| c.max(cooldown)));
     }
@@ -277,6 +283,7 @@ impl Bucket {
     }
 
     /// When the bucket is free: `None` if it is free whatever the time.
+    #[inline]
     pub(crate) fn free_at(&self) -> Option<Moment> {
         let busy_until = self
             .holders
