@@ -649,7 +649,7 @@ impl Scheduler {
     }
 
     /// Drops index entries of buckets that moved on, once they outnumber the live ones:
-    /// O(1) amortised, and the heaps stay within twice the buckets.
+    /// O(1) amortised, and the indexes stay within twice the buckets.
     fn purge_stale_entries(&mut self) {
         const SLACK: usize = 16;
         let buckets = &self.buckets;

@@ -4,7 +4,8 @@
 //!
 //! `cargo bench --bench compare --all-features` (add `-- --quick` for a shorter run,
 //! `-- --core` for the core scheduler's tables alone, `-- --tasks` for the task-per-shard
-//! comparison alone)
+//! comparison alone, `-- --profile <ours|twilight|floor> <N> <runs>` for one queue's
+//! task-per-shard runs alone, to run under a profiler)
 
 mod alloc;
 mod core;
@@ -25,7 +26,22 @@ pub const DAY: Duration = Duration::from_secs(86_400);
 static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 fn main() {
-    // `cargo bench` passes `--bench`; anything else we ignore but `--quick`.
+    // `cargo bench` passes `--bench`; anything else we ignore but our flags.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|arg| arg == "--profile") {
+        let number = |index: usize| args.get(index).and_then(|arg| arg.parse::<u32>().ok());
+        let (Some(which), Some(shards), Some(runs)) =
+            (args.get(at + 1), number(at + 2), number(at + 3))
+        else {
+            eprintln!("usage: --profile <ours|twilight|floor> <N> <runs>");
+            std::process::exit(2);
+        };
+        if let Err(error) = task_per_shard::profile(which, shards, runs) {
+            eprintln!("{error}");
+            std::process::exit(2);
+        }
+        return;
+    }
     let quick = std::env::args().any(|arg| arg == "--quick");
     println!(
         "identify-queue benchmark{}",

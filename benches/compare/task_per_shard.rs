@@ -116,6 +116,28 @@ fn measure<F: std::future::Future<Output = Schedule>>(run: F) -> (Duration, usiz
     )
 }
 
+/// One queue's pattern alone, `runs` times, for a profiler (`--profile <ours|twilight|
+/// floor> <N> <runs>`): under `valgrind --tool=callgrind` the instructions per grant
+/// are exact, where CPU time on a shared machine is not. Each run is checked like the
+/// comparison's.
+pub fn profile(which: &str, shards: u32, runs: u32) -> Result<(), String> {
+    for _ in 0..runs {
+        let (_, _, schedule) = match which {
+            "ours" => measure(ours(shards)),
+            "twilight" => measure(theirs(shards)),
+            "floor" => measure(floor(shards)),
+            other => return Err(format!("--profile: no queue named {other:?}")),
+        };
+        assert_eq!(schedule.len(), shards as usize, "{which}");
+        assert_eq!(rules::violations(&schedule, C, INTERVAL), 0, "{which}");
+    }
+    println!(
+        "{which}: {runs} runs of {shards} shards, {} grants",
+        u64::from(runs) * u64::from(shards)
+    );
+    Ok(())
+}
+
 fn makespan(schedule: &Schedule) -> Duration {
     schedule.iter().map(|&(at, _)| at).max().unwrap_or_default()
 }
