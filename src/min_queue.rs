@@ -6,7 +6,7 @@
 //! (`ready`: buckets freed together are filed in the order their heads asked). So
 //! nearly every push is no smaller than the one before; a binary heap would still
 //! pay `log n` comparisons for each push and pop, and in a big bot's start-up those
-//! were a third of the scheduler's work per grant.
+//! were about a quarter of the scheduler's work per grant.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
