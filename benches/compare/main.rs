@@ -42,7 +42,8 @@ fn main() {
         }
         return;
     }
-    let quick = std::env::args().any(|arg| arg == "--quick");
+    let has = |flag: &str| args.iter().any(|arg| arg == flag);
+    let quick = has("--quick");
     println!(
         "identify-queue benchmark{}",
         if quick { " (quick)" } else { "" }
@@ -54,21 +55,20 @@ fn main() {
     } else {
         &[1_000, 10_000, 100_000, 1_000_000]
     };
-    let only = |flag: &str| std::env::args().any(|arg| arg == flag);
-    if !only("--core") {
+    if !has("--core") {
         let sizes: &[u32] = if quick {
             &[1_000, 10_000]
         } else {
             &[1_000, 10_000, 100_000]
         };
         task_per_shard::run(sizes, if quick { 3 } else { 5 });
-        if only("--tasks") {
+        if has("--tasks") {
             return;
         }
     }
     let core = core::run(sizes);
     core::memory(if quick { 100_000 } else { 1_000_000 });
-    if only("--core") {
+    if has("--core") {
         return;
     }
     let compared = side_by_side::run(if quick {

@@ -118,8 +118,8 @@ fn measure<F: std::future::Future<Output = Schedule>>(run: F) -> (Duration, usiz
 
 /// One queue's pattern alone, `runs` times, for a profiler (`--profile <ours|twilight|
 /// floor> <N> <runs>`): under `valgrind --tool=callgrind` the instructions per grant
-/// are exact, where CPU time on a shared machine is not. Each run is checked like the
-/// comparison's.
+/// are exact, where CPU time on a shared machine is not. Each run is checked as the
+/// comparison's are.
 pub fn profile(which: &str, shards: u32, runs: u32) -> Result<(), String> {
     for _ in 0..runs {
         let (_, _, schedule) = match which {
@@ -128,8 +128,7 @@ pub fn profile(which: &str, shards: u32, runs: u32) -> Result<(), String> {
             "floor" => measure(floor(shards)),
             other => return Err(format!("--profile: no queue named {other:?}")),
         };
-        assert_eq!(schedule.len(), shards as usize, "{which}");
-        assert_eq!(rules::violations(&schedule, C, INTERVAL), 0, "{which}");
+        check(which, &schedule, shards);
     }
     println!(
         "{which}: {runs} runs of {shards} shards, {} grants",
@@ -140,6 +139,18 @@ pub fn profile(which: &str, shards: u32, runs: u32) -> Result<(), String> {
 
 fn makespan(schedule: &Schedule) -> Duration {
     schedule.iter().map(|&(at, _)| at).max().unwrap_or_default()
+}
+
+/// Every shard granted once, at the optimum makespan, with no rule broken.
+fn check(name: &str, schedule: &Schedule, shards: u32) {
+    let optimum = INTERVAL * (shards.div_ceil(C) - 1);
+    assert_eq!(schedule.len(), shards as usize, "{name}");
+    assert_eq!(makespan(schedule), optimum, "{name}: makespan");
+    assert_eq!(
+        rules::violations(schedule, C, INTERVAL),
+        0,
+        "{name}: violations"
+    );
 }
 
 /// Ours, theirs and the floor: ns of CPU per grant (the best of `rounds` turns each)
@@ -162,15 +173,8 @@ pub fn compare(shards: u32, rounds: u32) -> ([f64; 3], [f64; 3]) {
             }
         }
     }
-    let optimum = INTERVAL * (shards.div_ceil(C) - 1);
     for (name, schedule) in ["ours", "theirs", "floor"].iter().zip(&schedules) {
-        assert_eq!(schedule.len(), shards as usize, "{name}");
-        assert_eq!(makespan(schedule), optimum, "{name}: makespan");
-        assert_eq!(
-            rules::violations(schedule, C, INTERVAL),
-            0,
-            "{name}: violations"
-        );
+        check(name, schedule, shards);
     }
     (
         best.map(|cpu| cpu.as_secs_f64() * 1e9 / f64::from(shards)),

@@ -185,7 +185,7 @@ fn serve(
             }
         }
         ["LIMIT"] => {
-            let (remaining, max_concurrency) = limit(state, budget);
+            let (remaining, max_concurrency) = session_start_limit(state, budget);
             let reply = format!(
                 "1000 {remaining} {} {max_concurrency}\n",
                 RESET_AFTER.as_millis(),
@@ -201,7 +201,7 @@ fn serve(
 }
 
 /// `(remaining, max_concurrency)` now: the budget less the IDENTIFYs that arrived.
-fn limit(state: &Mutex<State>, budget: u32) -> (u32, u32) {
+fn session_start_limit(state: &Mutex<State>, budget: u32) -> (u32, u32) {
     let state = state.lock().unwrap();
     let used = u32::try_from(state.arrivals.len()).unwrap_or(u32::MAX);
     (budget.saturating_sub(used), state.max_concurrency)
@@ -245,7 +245,7 @@ fn gateway_bot(reader: &mut impl BufRead, path: &str, state: &Mutex<State>, budg
     if !state.lock().unwrap().reachable {
         return answer("502 Bad Gateway", r#"{"message": "upstream down"}"#);
     }
-    let (remaining, max_concurrency) = limit(state, budget);
+    let (remaining, max_concurrency) = session_start_limit(state, budget);
     let body = format!(
         r#"{{"url": "wss://gateway.discord.gg", "shards": 2, "session_start_limit": {{"total": 1000, "remaining": {remaining}, "reset_after": {}, "max_concurrency": {max_concurrency}}}}}"#,
         RESET_AFTER.as_millis()
