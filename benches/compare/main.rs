@@ -61,7 +61,7 @@ fn main() {
         } else {
             &[1_000, 10_000, 100_000]
         };
-        task_per_shard::run(sizes, if quick { 3 } else { 5 });
+        task_per_shard::run(sizes, if quick { 7 } else { 15 });
         if has("--tasks") {
             return;
         }

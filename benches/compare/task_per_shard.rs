@@ -153,33 +153,77 @@ fn check(name: &str, schedule: &Schedule, shards: u32) {
     );
 }
 
-/// Ours, theirs and the floor: ns of CPU per grant (the best of `rounds` turns each)
-/// and allocations per grant (the same in every turn).
-pub fn compare(shards: u32, rounds: u32) -> ([f64; 3], [f64; 3]) {
-    let mut best = [Duration::MAX; 3];
-    let mut allocations = [0.0; 3];
-    let mut schedules: [Schedule; 3] = Default::default();
-    for _ in 0..rounds {
-        let runs = [
-            measure(ours(shards)),
-            measure(theirs(shards)),
-            measure(floor(shards)),
-        ];
-        for (index, (cpu, allocated, schedule)) in runs.into_iter().enumerate() {
-            allocations[index] = allocated as f64 / f64::from(shards);
-            if cpu < best[index] {
-                best[index] = cpu;
-                schedules[index] = schedule;
+/// One size's result: per round, CPU ns per grant of ours, theirs and the floor.
+struct Rounds {
+    cpu: Vec<[f64; 3]>,
+    /// Allocations per grant (the same in every round).
+    allocations: [f64; 3],
+}
+
+/// `values`' median and range.
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    let median = if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    };
+    (median, values[0], values[values.len() - 1])
+}
+
+impl Rounds {
+    /// Median and range of `column` over the rounds.
+    fn column(&self, column: impl Fn(&[f64; 3]) -> f64) -> (f64, f64, f64) {
+        spread(self.cpu.iter().map(column).collect())
+    }
+}
+
+/// Grants a round covers at least, per queue: a start-up of fewer shards is run again,
+/// so that a round lasts long enough (about 0.1 s per queue) for the clock to be
+/// exact against it.
+const GRANTS_PER_ROUND: u32 = 100_000;
+
+/// Ours, theirs and the floor, `rounds` times, after one round that warms the allocator
+/// and is not counted. A round runs the three in turn, one start-up each, again and
+/// again until each has made [`GRANTS_PER_ROUND`] grants, and sums each one's CPU time:
+/// this machine's speed changes from one tenth of a second to the next, and taking
+/// turns this finely puts its changes on all three alike. Every start-up is checked.
+fn compare(shards: u32, rounds: u32) -> Rounds {
+    let repeats = GRANTS_PER_ROUND.div_ceil(shards).max(1);
+    let grants = f64::from(shards) * f64::from(repeats);
+    let round = |index: usize| {
+        let mut cpu = [Duration::ZERO; 3];
+        let mut allocations = [0; 3];
+        for repeat in 0..repeats as usize {
+            for turn in 0..3 {
+                // Each start-up of the round begins with the next of the three, so
+                // that none always runs first.
+                let which = (index + repeat + turn) % 3;
+                let (time, allocated, schedule) = match which {
+                    0 => measure(ours(shards)),
+                    1 => measure(theirs(shards)),
+                    _ => measure(floor(shards)),
+                };
+                check(["ours", "theirs", "floor"][which], &schedule, shards);
+                cpu[which] += time;
+                allocations[which] += allocated;
             }
         }
+        (
+            cpu.map(|time| time.as_secs_f64() * 1e9 / grants),
+            allocations.map(|count| count as f64 / grants),
+        )
+    };
+    round(0);
+    let mut cpu = Vec::with_capacity(rounds as usize);
+    let mut allocations = [0.0; 3];
+    for index in 0..rounds as usize {
+        let this;
+        (this, allocations) = round(index);
+        cpu.push(this);
     }
-    for (name, schedule) in ["ours", "theirs", "floor"].iter().zip(&schedules) {
-        check(name, schedule, shards);
-    }
-    (
-        best.map(|cpu| cpu.as_secs_f64() * 1e9 / f64::from(shards)),
-        allocations,
-    )
+    Rounds { cpu, allocations }
 }
 
 pub fn run(sizes: &[u32], rounds: u32) {
@@ -187,8 +231,10 @@ pub fn run(sizes: &[u32], rounds: u32) {
         "\n## A task per shard, as bots call a queue: N shards at t = 0, C = 16, tokio paused clock\n"
     );
     println!(
-        "CPU per grant, best of {rounds} interleaved runs each; the floor is the same tasks awaiting \
-         oneshots fired C per tick with no queue logic. Above the floor is what the queue itself costs."
+        "CPU per grant: the median of {rounds} interleaved rounds, [lowest..highest], a \
+         round runs the three in turn, a start-up each, until each made {GRANTS_PER_ROUND} grants; the \
+         floor is the same tasks awaiting oneshots fired C per tick with no queue logic. Above the \
+         floor is what the queue itself costs; the ratio is taken in each round, then its median."
     );
     println!();
     println!(
@@ -196,16 +242,21 @@ pub fn run(sizes: &[u32], rounds: u32) {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &shards in sizes {
-        let ([ours, theirs, floor], allocations) = compare(shards, rounds);
+        let rounds = compare(shards, rounds);
         let ns = |value: f64| human(Duration::from_nanos(value.max(0.0) as u64));
+        let time = |(median, low, high): (f64, f64, f64)| {
+            format!("{} [{}..{}]", ns(median), ns(low), ns(high))
+        };
+        let (ratio, low, high) =
+            rounds.column(|&[ours, theirs, floor]| (ours - floor) / (theirs - floor));
+        let allocations = rounds.allocations;
         println!(
-            "| {shards} | {} | {} | {} | {} | {} | {:.2} | {:.2}, {:.2}, {:.2} |",
-            ns(ours),
-            ns(theirs),
-            ns(floor),
-            ns(ours - floor),
-            ns(theirs - floor),
-            (ours - floor) / (theirs - floor),
+            "| {shards} | {} | {} | {} | {} | {} | {ratio:.2} [{low:.2}..{high:.2}] | {:.2}, {:.2}, {:.2} |",
+            time(rounds.column(|cpu| cpu[0])),
+            time(rounds.column(|cpu| cpu[1])),
+            time(rounds.column(|cpu| cpu[2])),
+            time(rounds.column(|cpu| cpu[0] - cpu[2])),
+            time(rounds.column(|cpu| cpu[1] - cpu[2])),
             allocations[0],
             allocations[1],
             allocations[2],
