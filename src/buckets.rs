@@ -297,6 +297,18 @@ impl Bucket {
         }
     }
 
+    /// Where the bucket stands at `now`, from its head and when it is free.
+    #[inline]
+    pub(crate) fn standing_at(&self, now: Instant) -> Standing {
+        match (self.head_order(), self.free_at()) {
+            (None, _) => Standing::Empty,
+            (Some(head), None) => Standing::Ready(head),
+            (Some(head), Some(free)) if free.has_passed(now) => Standing::Ready(head),
+            (Some(_), Some(Moment::At(at))) => Standing::Waiting(at),
+            (Some(_), Some(Moment::Never)) => Standing::Stalled,
+        }
+    }
+
     /// Whether the bucket carries nothing that matters at `now`: nothing queued, no
     /// cooldown, hold or occupation still running. Such a bucket can be forgotten.
     pub(crate) fn is_idle(&self, now: Instant) -> bool {

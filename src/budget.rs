@@ -171,9 +171,11 @@ impl Budget {
     }
 
     /// Applies the resets that have come by `now`, and forgets the deliveries that no
-    /// word or refill can count any more.
-    pub(crate) fn refresh(&mut self, now: Instant) {
+    /// word or refill can count any more. Whether the units or the next reset changed.
+    pub(crate) fn refresh(&mut self, now: Instant) -> bool {
+        let before = (self.remaining, self.next);
         (self.remaining, self.next) = self.projected(now);
+        let changed = before != (self.remaining, self.next);
         let oldest_word = now
             .checked_sub(MAX_WORD_AGE)
             .and_then(|read| read.checked_sub(self.grace));
@@ -184,6 +186,7 @@ impl Budget {
         if let Some(keep_after) = keep_after {
             self.deliveries.forget_until(keep_after);
         }
+        changed
     }
 
     /// Units left, as of the last `refresh`.

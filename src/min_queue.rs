@@ -63,6 +63,30 @@ impl<T: Ord + Copy> MinQueue<T> {
         }
     }
 
+    /// Takes the least item if `due` says so of it: a [`peek`](Self::peek) and a
+    /// [`pop`](Self::pop) that look at the two fronts once.
+    #[inline]
+    pub(crate) fn pop_if(&mut self, due: impl FnOnce(&T) -> bool) -> Option<T> {
+        let from_rest = match (self.run.front(), self.rest.peek()) {
+            (Some(run), Some(Reverse(rest))) => rest < run,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if from_rest {
+            let Reverse(least) = self.rest.peek()?;
+            if !due(least) {
+                return None;
+            }
+            self.rest.pop().map(|Reverse(item)| item)
+        } else {
+            let least = self.run.front()?;
+            if !due(least) {
+                return None;
+            }
+            self.run.pop_front()
+        }
+    }
+
     #[inline]
     pub(crate) fn len(&self) -> usize {
         self.run.len() + self.rest.len()
@@ -90,6 +114,8 @@ mod tests {
     enum Op {
         Push(u8),
         Pop,
+        /// Pops the least item if it is at most this.
+        PopIf(u8),
         /// Keeps the items whose value has this bit clear.
         Retain(u8),
         Clear,
@@ -99,6 +125,7 @@ mod tests {
         prop_oneof![
             6 => any::<u8>().prop_map(Op::Push),
             4 => Just(Op::Pop),
+            2 => any::<u8>().prop_map(Op::PopIf),
             1 => (0..8u8).prop_map(Op::Retain),
             1 => Just(Op::Clear),
         ]
@@ -117,6 +144,11 @@ mod tests {
                         heap.push(Reverse(item));
                     }
                     Op::Pop => prop_assert_eq!(queue.pop(), heap.pop().map(|Reverse(i)| i)),
+                    Op::PopIf(limit) => {
+                        let due = heap.peek().is_some_and(|&Reverse(least)| least <= limit);
+                        let expected = if due { heap.pop().map(|Reverse(i)| i) } else { None };
+                        prop_assert_eq!(queue.pop_if(|&least| least <= limit), expected);
+                    }
                     Op::Retain(bit) => {
                         queue.retain(|item| item & (1 << bit) == 0);
                         heap.retain(|Reverse(item)| item & (1 << bit) == 0);

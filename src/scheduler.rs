@@ -42,6 +42,28 @@ pub enum Decision {
     Idle,
 }
 
+/// What a request did, for a driver that keeps the scheduler's last answer
+/// ([`Scheduler::request_queueing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Requested {
+    /// The shard may identify now.
+    Granted,
+    /// Queued.
+    Queued(Answer),
+}
+
+/// The scheduler's answer after a request that queued its shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// What [`Scheduler::poll`] would answer now (a `Wait` or, only with cancelled or
+    /// spent entries around, `Idle`).
+    New(Decision),
+    /// The last answer stands: nothing came due since, and the shard queued behind
+    /// another. A last answer of `Wait` a year away (nothing eligible ever, by itself)
+    /// would now be a little later: waking at the old one only polls once in vain.
+    Holds,
+}
+
 /// Decides when each shard may IDENTIFY: one grant per `interval` per bucket
 /// (`shard % max_concurrency`), never more grants than the daily budget, FIFO within a
 /// bucket and the oldest first across buckets, reconnecting shards before starting
@@ -170,6 +192,23 @@ impl Scheduler {
         priority: Priority,
         now: Instant,
     ) -> Result<Decision, Error> {
+        Ok(match self.request_queueing(shard, priority, now)? {
+            Requested::Granted => Decision::Grant(shard),
+            Requested::Queued(_) => self.wait_decision(),
+        })
+    }
+
+    /// [`request_with`](Self::request_with) for a driver that keeps the scheduler's
+    /// last answer: a shard queued behind another of its bucket, with nothing come due
+    /// since that answer, leaves it standing ([`Requested::Queued`]`(`[`Answer::Holds`]`)`),
+    /// and the work of answering again is saved. In a start-up that is nearly every
+    /// request.
+    pub(crate) fn request_queueing(
+        &mut self,
+        shard: ShardId,
+        priority: Priority,
+        now: Instant,
+    ) -> Result<Requested, Error> {
         // A lookup before any change: even an insert undone would rehash the map.
         if self.queued.contains_key(shard) {
             return Err(Error::AlreadyQueued(shard));
@@ -180,7 +219,7 @@ impl Scheduler {
                 return Err(Error::QueueFull);
             }
         }
-        self.advance(now);
+        let came_due = self.advance(now);
         let rank = usize::from(priority.rank());
         let id = self.bucket_of(shard);
         let clock = self.clock;
@@ -198,7 +237,7 @@ impl Scheduler {
                 // Lower-priority shards were ready here: the grant made them wait.
                 self.reindex(id);
             }
-            return Ok(Decision::Grant(shard));
+            return Ok(Requested::Granted);
         }
         let seq = self.next_seq;
         bucket.push(rank, Entry { seq, shard });
@@ -207,7 +246,13 @@ impl Scheduler {
         if goes_first {
             self.reindex(id);
         }
-        Ok(self.wait_decision())
+        // Behind another shard, it changed no bucket's standing (nor the budget): the
+        // answer is what it was, unless the clock brought something due.
+        Ok(Requested::Queued(if goes_first || came_due {
+            Answer::New(self.wait_decision())
+        } else {
+            Answer::Holds
+        }))
     }
 
     /// The next shard allowed to identify now, or when to ask again, or `Idle`.
@@ -230,8 +275,18 @@ impl Scheduler {
                     continue;
                 };
                 self.queued.remove(entry.shard);
-                self.record_grant(id, entry.shard);
-                self.reindex(id);
+                // `record_grant` and `reindex`, with the bucket in hand.
+                let clock = self.clock;
+                self.budget.spend(clock);
+                let cooldown = Moment::after(clock, self.config.interval);
+                self.recent_grants.push_back((cooldown, entry.shard));
+                bucket.extend_cooldown(cooldown);
+                if let Some(timeout) = self.config.hold_timeout {
+                    bucket.hold(entry.shard, Moment::after(clock, timeout), clock);
+                }
+                let standing = bucket.standing_at(clock);
+                let old = std::mem::replace(&mut bucket.standing, standing);
+                self.refile(id, old, standing);
                 return Decision::Grant(entry.shard);
             }
         }
@@ -415,6 +470,16 @@ impl Scheduler {
         self.queued.reserve(additional);
     }
 
+    /// Whether a request of `shard` with `priority` would queue behind another shard
+    /// of its bucket: then it is not granted, and where it goes does not depend on the
+    /// instant of the request.
+    pub(crate) fn queues_behind(&self, shard: ShardId, priority: Priority) -> bool {
+        let rank = usize::from(priority.rank());
+        self.buckets
+            .get(self.bucket_of(shard))
+            .is_some_and(|bucket| !bucket.is_clear_for(rank))
+    }
+
     /// Whether `shard` is queued.
     pub fn is_queued(&self, shard: ShardId) -> bool {
         self.queued.contains_key(shard)
@@ -524,22 +589,22 @@ impl Scheduler {
     }
 
     /// Moves the clock to `now` (never back) and applies what comes due by then: the
-    /// budget reset and the buckets that free up.
-    fn advance(&mut self, now: Instant) {
+    /// budget reset and the buckets that free up. Whether anything came due (a bucket
+    /// became ready, the budget changed): if not, the answer of [`wait_decision`]
+    /// stands as it was, but for one a year away, which moves with the clock.
+    ///
+    /// [`wait_decision`]: Self::wait_decision
+    fn advance(&mut self, now: Instant) -> bool {
         // Every input leaves nothing due at the clock (a bucket that frees at once is
         // filed as ready, a reset at once is applied), so only a later instant can
         // bring anything due.
         if now <= self.clock {
-            return;
+            return false;
         }
         self.clock = now;
         let clock = now;
-        self.budget.refresh(clock);
-        while let Some((at, id)) = self.waiting.peek() {
-            if at > clock {
-                break;
-            }
-            self.waiting.pop();
+        let mut came_due = self.budget.refresh(clock);
+        while let Some((at, id)) = self.waiting.pop_if(|&(at, _)| at <= clock) {
             let Some(bucket) = self.buckets.get_mut(id) else {
                 continue;
             };
@@ -553,6 +618,7 @@ impl Scheduler {
             self.waiting_count -= 1;
             self.ready_counts[rank_of(head)] += 1;
             self.ready.push((head, id));
+            came_due = true;
         }
         while let Some(&(cooldown, _)) = self.recent_grants.front() {
             if !cooldown.has_passed(clock) {
@@ -560,6 +626,7 @@ impl Scheduler {
             }
             self.recent_grants.pop_front();
         }
+        came_due
     }
 
     /// Books a grant of `shard` in bucket `id` at the clock.
@@ -618,14 +685,14 @@ impl Scheduler {
         let Some(bucket) = self.buckets.get_mut(id) else {
             return;
         };
-        let standing = match (bucket.head_order(), bucket.free_at()) {
-            (None, _) => Standing::Empty,
-            (Some(head), None) => Standing::Ready(head),
-            (Some(head), Some(free)) if free.has_passed(clock) => Standing::Ready(head),
-            (Some(_), Some(Moment::At(at))) => Standing::Waiting(at),
-            (Some(_), Some(Moment::Never)) => Standing::Stalled,
-        };
+        let standing = bucket.standing_at(clock);
         let old = std::mem::replace(&mut bucket.standing, standing);
+        self.refile(id, old, standing);
+    }
+
+    /// Moves bucket `id` in the indexes from where it stood (`old`) to where it
+    /// stands now.
+    fn refile(&mut self, id: BucketId, old: Standing, standing: Standing) {
         if old == standing {
             return;
         }
@@ -814,5 +881,125 @@ mod tests {
         }
         assert!(peak <= 20_000, "{peak} buckets kept");
         assert!(scheduler.buckets.len() < 20_000);
+    }
+
+    /// Drives like the async queue does: polls until the answer is a wait, which it
+    /// returns.
+    fn drain(scheduler: &mut Scheduler, now: Instant) -> Decision {
+        loop {
+            match scheduler.poll(now) {
+                Decision::Grant(_) => continue,
+                answer => return answer,
+            }
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Request {
+            shard: ShardId,
+            reconnect: bool,
+            after_ms: u64,
+        },
+        Cancel(ShardId),
+        Release(ShardId),
+        Drive {
+            after_ms: u64,
+        },
+        Word {
+            remaining: u32,
+            max_concurrency: u32,
+        },
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u32..12, any::<bool>(), prop_oneof![Just(0u64), 0u64..12_000])
+                .prop_map(|(shard, reconnect, after_ms)| Op::Request { shard, reconnect, after_ms }),
+            1 => (0u32..12).prop_map(Op::Cancel),
+            1 => (0u32..12).prop_map(Op::Release),
+            2 => (0u64..12_000).prop_map(|after_ms| Op::Drive { after_ms }),
+            1 => (0u32..4, 1u32..4).prop_map(|(remaining, max_concurrency)| Op::Word { remaining, max_concurrency }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1000, ..Default::default() })]
+
+        /// `request_queueing` answers what `request_with` answers, and when it says
+        /// the last answer holds, polling now answers just that (or, for a wait a
+        /// year away, a later one): nothing is granted that the driver would miss.
+        #[test]
+        fn a_request_behind_keeps_the_last_answer(
+            ops in proptest::collection::vec(op(), 1..100),
+            max_concurrency in 1u32..4,
+            remaining in 0u32..8,
+            hold in proptest::prelude::any::<bool>(),
+        ) {
+            let start = Instant::now();
+            let config = if hold {
+                Config::default().hold_until_release(Duration::from_secs(20))
+            } else {
+                Config::default()
+            };
+            let first = SessionStartLimit { total: 8, remaining, ..limit(max_concurrency) };
+            let mut scheduler = Scheduler::with_config(first, config, start).unwrap();
+            let mut now = start;
+            let mut last = drain(&mut scheduler, now);
+            for op in ops {
+                match op {
+                    Op::Request { shard, reconnect, after_ms } => {
+                        now += Duration::from_millis(after_ms);
+                        let priority = if reconnect { Priority::Reconnect } else { Priority::Start };
+                        // Behind another shard, a request at the scheduler's own clock
+                        // (the async queue's saving) always leaves the answer standing.
+                        if scheduler.queues_behind(shard, priority) {
+                            let mut at_clock = scheduler.clone();
+                            let clock = at_clock.now();
+                            let answer = at_clock.request_queueing(shard, priority, clock);
+                            proptest::prop_assert!(
+                                matches!(answer, Ok(Requested::Queued(Answer::Holds)) | Err(_)),
+                                "{answer:?}"
+                            );
+                        }
+                        let mut twin = scheduler.clone();
+                        let expected = twin.request_with(shard, priority, now);
+                        let got = scheduler.request_queueing(shard, priority, now);
+                        match got {
+                            Ok(Requested::Granted) => {
+                                proptest::prop_assert_eq!(expected, Ok(Decision::Grant(shard)));
+                            }
+                            Ok(Requested::Queued(Answer::New(answer))) => {
+                                proptest::prop_assert_eq!(expected, Ok(answer));
+                            }
+                            Ok(Requested::Queued(Answer::Holds)) => {
+                                let fresh = scheduler.clone().poll(now);
+                                proptest::prop_assert_eq!(expected, Ok(fresh));
+                                let drifted = matches!(
+                                    (last, fresh),
+                                    (Decision::Wait(old), Decision::Wait(new))
+                                        if new >= old && old >= now + Duration::from_secs(300 * 86_400)
+                                );
+                                proptest::prop_assert!(fresh == last || drifted, "held {last:?}, now {fresh:?}");
+                            }
+                            Err(error) => proptest::prop_assert_eq!(expected, Err(error)),
+                        }
+                    }
+                    Op::Cancel(shard) => {
+                        scheduler.cancel(shard);
+                    }
+                    Op::Release(shard) => {
+                        scheduler.release(shard, now);
+                    }
+                    Op::Drive { after_ms } => now += Duration::from_millis(after_ms),
+                    Op::Word { remaining, max_concurrency } => {
+                        let word = SessionStartLimit { total: 8, remaining, ..limit(max_concurrency) };
+                        scheduler.update(word, now).unwrap();
+                    }
+                }
+                last = drain(&mut scheduler, now);
+            }
+        }
     }
 }

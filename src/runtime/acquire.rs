@@ -17,7 +17,8 @@ use super::permit::Permit;
 use super::queue::Queue;
 use super::shared::Found;
 use super::waiters::WaiterId;
-use crate::{AcquireError, Decision, OnConflict, Priority, ShardId};
+use crate::scheduler::Requested;
+use crate::{AcquireError, OnConflict, Priority, ShardId};
 
 /// Where a waiting future is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +79,16 @@ impl<R: Runtime> Future for Acquire<R> {
         } = self.get_mut();
         let shard = *shard;
         queue.change(Caller::WaiterPoll, |shared, wakeups| {
-            let now = R::now();
+            // Queued behind another shard of its bucket, a request is made at the
+            // latest instant the queue has seen: it is not granted, and nothing it
+            // does depends on the time (what came due since is the driver's). That
+            // saves reading the runtime's clock, which cost a third of the request.
+            let behind = *state == State::Start && shared.scheduler.queues_behind(shard, *priority);
+            let mut now = if behind {
+                shared.scheduler.now()
+            } else {
+                R::now()
+            };
             let id = match *state {
                 State::Done => return Poll::Pending,
                 State::Waiting(id) => id,
@@ -94,7 +104,7 @@ impl<R: Runtime> Future for Acquire<R> {
                         *state = State::Done;
                         return Poll::Ready(Err(error.into()));
                     }
-                    Ok(Decision::Grant(_)) => {
+                    Ok(Requested::Granted) => {
                         // Granted and delivered in one poll: no bucket to keep busy.
                         let grant = shared.number(shard, now);
                         shared.settle(now, wakeups);
@@ -102,23 +112,20 @@ impl<R: Runtime> Future for Acquire<R> {
                         let delivered = shared.deliver(grant, now, wakeups);
                         return Poll::Ready(delivered.map(|d| Permit::new(queue, d)));
                     }
-                    Ok(decision) => {
+                    Ok(Requested::Queued(answer)) => {
                         let id = shared.add_queued_waiter(shard, cx.waker());
                         *state = State::Waiting(id);
-                        let drove = match decision {
-                            Decision::Wait(until) => shared.queued(until, now, wakeups),
-                            _ => {
-                                shared.settle(now, wakeups);
-                                true
-                            }
-                        };
-                        if !drove {
+                        if !shared.queued(answer, now, wakeups) {
                             // Nothing handed out since the request, and a driver has
                             // the deadline: it waits, registered (the common case).
                             shared.stats.polls += 1;
                             return Poll::Pending;
                         }
-                        // A drive at `now` may have granted it already: look.
+                        // A drive at `now` may have granted it already: look, on
+                        // the runtime's clock (a permit is delivered at its poll).
+                        if behind {
+                            now = R::now();
+                        }
                         id
                     }
                 },

@@ -55,7 +55,8 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use super::stats::QueueStats;
-use super::waiters::{Grant, WaiterId, Waiters};
+use super::waiters::{Grant, Waiter, WaiterId, Waiters};
+use crate::scheduler::{Answer, Requested};
 use crate::shard_map::ShardIndex;
 use crate::{
     AcquireError, Decision, Error, HoldEnd, Priority, Scheduler, SessionStartLimit, ShardId,
@@ -206,20 +207,35 @@ impl Shared {
         }
     }
 
+    /// The end of the cooldown of a grant made at `now`, in timer mode (invariant 3):
+    /// `None` in hold mode, or when it never ends (and so never needs turning into an
+    /// occupation).
+    fn cooldown_end(&self, now: Instant) -> Option<Instant> {
+        let config = self.scheduler.config();
+        match config.get_hold_timeout() {
+            None => now.checked_add(config.get_interval()),
+            Some(_) => None,
+        }
+    }
+
     /// Hands a grant the scheduler made at `now` to waiter `id`, which will take it
-    /// later: in timer mode its bucket stays busy until it does (invariant 3).
-    fn hand_to(&mut self, id: WaiterId, shard: ShardId, now: Instant) {
+    /// later: in timer mode its bucket stays busy until it does (invariant 3), so a
+    /// grant with a `cooldown_end` (see [`Self::cooldown_end`]) is filed under it.
+    /// Returns the waiter, if it is still there, for the caller to count its `queued`.
+    fn hand_to(
+        &mut self,
+        id: WaiterId,
+        shard: ShardId,
+        now: Instant,
+        cooldown_end: Option<Instant>,
+    ) -> Option<&mut Waiter> {
         let grant = self.number(shard, now);
-        if self.timer_mode() {
-            let interval = self.scheduler.config().get_interval();
-            // A cooldown that never ends never needs turning into an occupation.
-            if let Some(cooldown_end) = now.checked_add(interval) {
-                self.undelivered.push_back((cooldown_end, id, grant.number));
-            }
+        if let Some(cooldown_end) = cooldown_end {
+            self.undelivered.push_back((cooldown_end, id, grant.number));
         }
-        if let Some(waiter) = self.waiters.get_mut(id) {
-            waiter.granted.push_back(grant);
-        }
+        let waiter = self.waiters.get_mut(id)?;
+        waiter.granted.push_back(grant);
+        Some(waiter)
     }
 
     /// Invariant 3: grants still undelivered at the end of their cooldown occupy
@@ -245,9 +261,9 @@ impl Shared {
         shard: ShardId,
         priority: Priority,
         now: Instant,
-    ) -> Result<Decision, Error> {
+    ) -> Result<Requested, Error> {
         self.catch_up(now);
-        self.scheduler.request_with(shard, priority, now)
+        self.scheduler.request_queueing(shard, priority, now)
     }
 
     /// Hands `grant` to its shard at `now`: from now on the interval of its bucket
@@ -274,7 +290,6 @@ impl Shared {
         // the budget spent, the delivery may open Discord's window and so set when it
         // refills: the deadline is asked again.
         self.scheduler.delivered(now);
-        let spent = self.scheduler.remaining(now) == 0;
         // Taken at the grant's own instant, the cooldown covers the interval already.
         // Taken later, its bucket is busy until an interval after the delivery (an
         // occupation that replaces the one `catch_up` may have made).
@@ -283,7 +298,7 @@ impl Shared {
             self.scheduler
                 .occupy(grant.shard, now.checked_add(interval), now);
             self.settle(now, wakeups);
-        } else if spent {
+        } else if self.scheduler.remaining(now) == 0 {
             self.settle(now, wakeups);
         }
         let until = now
@@ -421,6 +436,8 @@ impl Shared {
                 HoldEnd::Never => None,
             })
             .min();
+        // Every grant of this drive is made at `now`.
+        let cooldown_end = self.cooldown_end(now);
         loop {
             match self.scheduler.poll(now) {
                 Decision::Grant(shard) => {
@@ -428,8 +445,7 @@ impl Shared {
                         // Unreachable (invariant 5); the grant counts as spent.
                         continue;
                     };
-                    self.hand_to(id, shard, now);
-                    if let Some(waiter) = self.waiters.get_mut(id) {
+                    if let Some(waiter) = self.hand_to(id, shard, now, cooldown_end) {
                         waiter.queued -= 1;
                         if let Some(waker) = waiter.waker.take() {
                             self.stats.wakeups += 1;
@@ -449,18 +465,32 @@ impl Shared {
         }
     }
 
-    /// After a request that queued its shard and answered `Wait(until)`: others may be
-    /// due at once (`until` is `now`), else the deadline is `until` (the scheduler's
-    /// answer covers every queued shard), and a driver must take it. Whether it drove
-    /// (and so may have handed out grants).
-    pub(super) fn queued(&mut self, until: Instant, now: Instant, wakeups: &mut Wakeups) -> bool {
-        if until <= now || !self.gated.is_empty() {
-            self.settle(now, wakeups);
-            true
-        } else {
-            self.deadline = Some(until);
-            self.ensure_driver(wakeups);
-            false
+    /// After a request that queued its shard, with the scheduler's `answer`: others
+    /// may be due at once, else the deadline is the answer's `Wait` (it covers every
+    /// queued shard), and a driver must take it. Whether it drove (and so may have
+    /// handed out grants).
+    pub(super) fn queued(&mut self, answer: Answer, now: Instant, wakeups: &mut Wakeups) -> bool {
+        let until = match answer {
+            _ if !self.gated.is_empty() => None,
+            Answer::New(Decision::Wait(until)) => Some(until),
+            // The deadline stands (made sure of a driver: one whose runtime went may
+            // have left it without), unless it has come: nothing due may wait.
+            Answer::Holds => match self.deadline {
+                Some(deadline) if deadline > now => Some(deadline),
+                _ => None,
+            },
+            Answer::New(_) => None,
+        };
+        match until {
+            Some(until) if until > now => {
+                self.deadline = Some(until);
+                self.ensure_driver(wakeups);
+                false
+            }
+            _ => {
+                self.settle(now, wakeups);
+                true
+            }
         }
     }
 
@@ -557,11 +587,12 @@ impl Shared {
         priority: Priority,
         now: Instant,
     ) -> Result<(), Error> {
-        let decision = self.request(shard, priority, now)?;
-        if let Decision::Grant(_) = decision {
-            self.hand_to(id, shard, now);
-        } else {
-            self.enqueued(id, shard);
+        match self.request(shard, priority, now)? {
+            Requested::Granted => {
+                let cooldown_end = self.cooldown_end(now);
+                self.hand_to(id, shard, now, cooldown_end);
+            }
+            Requested::Queued(_) => self.enqueued(id, shard),
         }
         Ok(())
     }
