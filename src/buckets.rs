@@ -161,6 +161,7 @@ impl Bucket {
         }
     }
 
+    #[inline(always)]
     fn drop_dead_front(&mut self, rank: usize, queued: &ShardMap) {
         let queue = &mut self.queues[rank];
         while self.dead > 0 {
@@ -285,6 +286,10 @@ impl Bucket {
     /// When the bucket is free: `None` if it is free whatever the time.
     #[inline]
     pub(crate) fn free_at(&self) -> Option<Moment> {
+        if self.holders.is_empty() && self.occupants.is_empty() {
+            // Timer mode, nothing occupying: the common case.
+            return self.cooldown_until;
+        }
         let busy_until = self
             .holders
             .iter()
@@ -298,7 +303,7 @@ impl Bucket {
     }
 
     /// Where the bucket stands at `now`, from its head and when it is free.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn standing_at(&self, now: Instant) -> Standing {
         match (self.head_order(), self.free_at()) {
             (None, _) => Standing::Empty,

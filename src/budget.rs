@@ -259,6 +259,7 @@ impl Budget {
     }
 
     /// An undelivered grant reached its shard at `now`: whether there was one.
+    #[inline]
     pub(crate) fn delivered(&mut self, now: Instant) -> bool {
         if self.undelivered == 0 {
             return false;
@@ -287,6 +288,7 @@ impl Budget {
     }
 
     /// Logs a delivery at `now`; the first one after a refill may open Discord's window.
+    #[inline]
     fn deliver(&mut self, now: Instant) {
         self.deliveries.push(now);
         // Discord's reset comes a day after the arrival that opened its window (worked
@@ -313,7 +315,8 @@ impl Budget {
                 },
                 Moment::Never => Next::Never,
             },
-            next => next,
+            // Opened already: nothing to write.
+            _ => return,
         };
     }
 }
@@ -343,6 +346,7 @@ struct Deliveries {
 }
 
 impl Deliveries {
+    #[inline]
     fn push(&mut self, at: Instant) {
         match self.log.back_mut() {
             Some((last, count)) if *last >= at => *count += 1,

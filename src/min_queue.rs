@@ -30,7 +30,7 @@ impl<T: Ord + Copy> MinQueue<T> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push(&mut self, item: T) {
         match self.run.back() {
             // Keeps `run` sorted.

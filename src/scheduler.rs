@@ -427,6 +427,7 @@ impl Scheduler {
     /// With [`defer_deliveries`](Self::defer_deliveries): a grant reached its shard at
     /// `now` (which grant does not matter to the budget). Returns whether a grant was
     /// undelivered; when it returns false nothing changed.
+    #[inline]
     pub fn delivered(&mut self, now: Instant) -> bool {
         if self.budget.undelivered() == 0 {
             return false;
@@ -445,6 +446,19 @@ impl Scheduler {
         }
         self.advance(now);
         self.budget.abandoned()
+    }
+
+    /// Whether no session start is left at `now`: `remaining(now) == 0`, read
+    /// without projecting the budget when the caller knows `advanced` (a call at
+    /// `now` that answered true, like [`delivered`](Self::delivered)) that the clock
+    /// is at `now` or later and every reset due by then applied.
+    #[inline]
+    pub(crate) fn spent_at(&self, now: Instant, advanced: bool) -> bool {
+        if advanced {
+            self.budget.remaining() == 0
+        } else {
+            self.remaining(now) == 0
+        }
     }
 
     /// Grants made and not yet [`delivered`](Self::delivered) or
@@ -470,14 +484,38 @@ impl Scheduler {
         self.queued.reserve(additional);
     }
 
-    /// Whether a request of `shard` with `priority` would queue behind another shard
-    /// of its bucket: then it is not granted, and where it goes does not depend on the
-    /// instant of the request.
-    pub(crate) fn queues_behind(&self, shard: ShardId, priority: Priority) -> bool {
+    /// A request that queues `shard` behind another shard of its bucket, made at the
+    /// scheduler's own clock: such a request is not granted, and where it goes does not
+    /// depend on its instant, so the caller need not read a clock. `None`, changing
+    /// nothing, when `shard` would not go behind another (make the request at its
+    /// instant then); else what [`request_queueing`](Self::request_queueing) at the
+    /// clock answers: [`Answer::Holds`], or an error.
+    #[inline(always)]
+    pub(crate) fn request_behind(
+        &mut self,
+        shard: ShardId,
+        priority: Priority,
+    ) -> Option<Result<Requested, Error>> {
         let rank = usize::from(priority.rank());
-        self.buckets
-            .get(self.bucket_of(shard))
-            .is_some_and(|bucket| !bucket.is_clear_for(rank))
+        let id = self.bucket_of(shard);
+        if self
+            .buckets
+            .get(id)
+            .is_none_or(|bucket| bucket.is_clear_for(rank))
+        {
+            return None;
+        }
+        if self.queued.contains_key(shard) || self.next_seq == Seq::MAX {
+            // An error, or numbers to renumber first: the general path.
+            return Some(self.request_queueing(shard, priority, self.clock));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(bucket) = self.buckets.get_mut(id) {
+            bucket.push(rank, Entry { seq, shard });
+        }
+        self.queued.insert(shard, seq);
+        Some(Ok(Requested::Queued(Answer::Holds)))
     }
 
     /// Whether `shard` is queued.
@@ -594,13 +632,18 @@ impl Scheduler {
     /// stands as it was, but for one a year away, which moves with the clock.
     ///
     /// [`wait_decision`]: Self::wait_decision
+    #[inline]
     fn advance(&mut self, now: Instant) -> bool {
         // Every input leaves nothing due at the clock (a bucket that frees at once is
         // filed as ready, a reset at once is applied), so only a later instant can
-        // bring anything due.
-        if now <= self.clock {
-            return false;
-        }
+        // bring anything due. Most calls find the clock there already: that test is
+        // inlined, the rest is not.
+        now > self.clock && self.advance_to(now)
+    }
+
+    /// [`advance`](Self::advance) to an instant after the clock.
+    #[inline(never)]
+    fn advance_to(&mut self, now: Instant) -> bool {
         self.clock = now;
         let clock = now;
         let mut came_due = self.budget.refresh(clock);
@@ -692,6 +735,7 @@ impl Scheduler {
 
     /// Moves bucket `id` in the indexes from where it stood (`old`) to where it
     /// stands now.
+    #[inline(always)]
     fn refile(&mut self, id: BucketId, old: Standing, standing: Standing) {
         if old == standing {
             return;
@@ -953,15 +997,26 @@ mod tests {
                         now += Duration::from_millis(after_ms);
                         let priority = if reconnect { Priority::Reconnect } else { Priority::Start };
                         // Behind another shard, a request at the scheduler's own clock
-                        // (the async queue's saving) always leaves the answer standing.
-                        if scheduler.queues_behind(shard, priority) {
-                            let mut at_clock = scheduler.clone();
-                            let clock = at_clock.now();
-                            let answer = at_clock.request_queueing(shard, priority, clock);
-                            proptest::prop_assert!(
-                                matches!(answer, Ok(Requested::Queued(Answer::Holds)) | Err(_)),
-                                "{answer:?}"
-                            );
+                        // (the async queue's saving) answers what `request_queueing`
+                        // at the clock answers, and that always leaves the answer
+                        // standing; otherwise it changes nothing.
+                        let mut at_clock = scheduler.clone();
+                        let clock = at_clock.now();
+                        let mut twin = scheduler.clone();
+                        match at_clock.request_behind(shard, priority) {
+                            Some(answer) => {
+                                proptest::prop_assert!(
+                                    matches!(answer, Ok(Requested::Queued(Answer::Holds)) | Err(_)),
+                                    "{answer:?}"
+                                );
+                                proptest::prop_assert_eq!(
+                                    answer,
+                                    twin.request_queueing(shard, priority, clock)
+                                );
+                                proptest::prop_assert_eq!(at_clock.len(), twin.len());
+                                proptest::prop_assert_eq!(at_clock.eta(shard, clock), twin.eta(shard, clock));
+                            }
+                            None => proptest::prop_assert_eq!(format!("{at_clock:?}"), format!("{scheduler:?}")),
                         }
                         let mut twin = scheduler.clone();
                         let expected = twin.request_with(shard, priority, now);

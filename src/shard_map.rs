@@ -50,15 +50,24 @@ pub(crate) struct ShardIndex<V> {
 /// The dense part may always grow to this many slots.
 const DENSE_FLOOR: usize = 1024;
 
+// Lookups of dense ids are inlined, the rest kept out of line: the call itself, with
+// the registers the hash map's path needs saved and restored, was most of the cost.
 impl<V: Vacant> ShardIndex<V> {
+    #[inline]
     pub(crate) fn get(&self, shard: ShardId) -> Option<V> {
         match self.dense.get(shard as usize) {
             Some(&value) => (value != V::VACANT).then_some(value),
             None if self.sparse.is_empty() => None,
-            None => self.sparse.get(&shard).copied(),
+            None => self.sparse_get(shard),
         }
     }
 
+    #[inline(never)]
+    fn sparse_get(&self, shard: ShardId) -> Option<V> {
+        self.sparse.get(&shard).copied()
+    }
+
+    #[inline]
     pub(crate) fn contains_key(&self, shard: ShardId) -> bool {
         self.get(shard).is_some()
     }
@@ -72,11 +81,25 @@ impl<V: Vacant> ShardIndex<V> {
     }
 
     /// Sets `shard`'s value (which must not be `V::VACANT`); the old one, if any.
+    #[inline]
     pub(crate) fn insert(&mut self, shard: ShardId, value: V) -> Option<V> {
-        let index = shard as usize;
-        if index >= self.dense.len() {
-            self.grow_dense_for(index);
+        let Some(slot) = self.dense.get_mut(shard as usize) else {
+            return self.insert_beyond_dense(shard, value);
+        };
+        let old = std::mem::replace(slot, value);
+        if old == V::VACANT {
+            self.len += 1;
+            None
+        } else {
+            Some(old)
         }
+    }
+
+    /// [`insert`](Self::insert) of a shard the dense part does not cover (yet).
+    #[inline(never)]
+    fn insert_beyond_dense(&mut self, shard: ShardId, value: V) -> Option<V> {
+        let index = shard as usize;
+        self.grow_dense_for(index);
         let old = match self.dense.get_mut(index) {
             Some(slot) => {
                 let old = std::mem::replace(slot, value);
@@ -90,18 +113,25 @@ impl<V: Vacant> ShardIndex<V> {
         old
     }
 
+    #[inline]
     pub(crate) fn remove(&mut self, shard: ShardId) -> Option<V> {
         let old = match self.dense.get_mut(shard as usize) {
             Some(slot) => {
                 let old = std::mem::replace(slot, V::VACANT);
                 (old != V::VACANT).then_some(old)
             }
-            None => self.sparse.remove(&shard),
+            None if self.sparse.is_empty() => None,
+            None => self.sparse_remove(shard),
         };
         if old.is_some() {
             self.len -= 1;
         }
         old
+    }
+
+    #[inline(never)]
+    fn sparse_remove(&mut self, shard: ShardId) -> Option<V> {
+        self.sparse.remove(&shard)
     }
 
     /// Makes room for `additional` more entries with dense ids.

@@ -79,56 +79,59 @@ impl<R: Runtime> Future for Acquire<R> {
         } = self.get_mut();
         let shard = *shard;
         queue.change(Caller::WaiterPoll, |shared, wakeups| {
-            // Queued behind another shard of its bucket, a request is made at the
-            // latest instant the queue has seen: it is not granted, and nothing it
-            // does depends on the time (what came due since is the driver's). That
-            // saves reading the runtime's clock, which cost a third of the request.
-            let behind = *state == State::Start && shared.scheduler.queues_behind(shard, *priority);
-            let mut now = if behind {
-                shared.scheduler.now()
-            } else {
-                R::now()
-            };
-            let id = match *state {
+            let (id, now) = match *state {
                 State::Done => return Poll::Pending,
-                State::Waiting(id) => id,
+                State::Waiting(id) => (id, R::now()),
                 State::Start
                     if *on_conflict == OnConflict::TakeOver && shared.is_waiting(shard) =>
                 {
                     let id = shared.add_waiter();
                     shared.take_over(shard, id, wakeups);
-                    id
+                    (id, R::now())
                 }
-                State::Start => match shared.request(shard, *priority, now) {
-                    Err(error) => {
-                        *state = State::Done;
-                        return Poll::Ready(Err(error.into()));
-                    }
-                    Ok(Requested::Granted) => {
-                        // Granted and delivered in one poll: no bucket to keep busy.
-                        let grant = shared.number(shard, now);
-                        shared.settle(now, wakeups);
-                        *state = State::Done;
-                        let delivered = shared.deliver(grant, now, wakeups);
-                        return Poll::Ready(delivered.map(|d| Permit::new(queue, d)));
-                    }
-                    Ok(Requested::Queued(answer)) => {
-                        let id = shared.add_queued_waiter(shard, cx.waker());
-                        *state = State::Waiting(id);
-                        if !shared.queued(answer, now, wakeups) {
-                            // Nothing handed out since the request, and a driver has
-                            // the deadline: it waits, registered (the common case).
-                            shared.stats.polls += 1;
-                            return Poll::Pending;
+                State::Start => {
+                    // Queued behind another shard of its bucket, a request is made at
+                    // the latest instant the queue has seen: it is not granted, and
+                    // nothing it does depends on the time (what came due since is the
+                    // driver's). That saves reading the runtime's clock, which cost a
+                    // third of the request.
+                    let (requested, now, behind) =
+                        match shared.scheduler.request_behind(shard, *priority) {
+                            Some(requested) => (requested, shared.scheduler.now(), true),
+                            None => {
+                                let now = R::now();
+                                (shared.request(shard, *priority, now), now, false)
+                            }
+                        };
+                    match requested {
+                        Err(error) => {
+                            *state = State::Done;
+                            return Poll::Ready(Err(error.into()));
                         }
-                        // A drive at `now` may have granted it already: look, on
-                        // the runtime's clock (a permit is delivered at its poll).
-                        if behind {
-                            now = R::now();
+                        Ok(Requested::Granted) => {
+                            // Granted and delivered in one poll: no bucket to keep busy.
+                            let grant = shared.number(shard, now);
+                            shared.settle(now, wakeups);
+                            *state = State::Done;
+                            let delivered = shared.deliver(grant, now, wakeups);
+                            return Poll::Ready(delivered.map(|d| Permit::new(queue, d)));
                         }
-                        id
+                        Ok(Requested::Queued(answer)) => {
+                            let id = shared.add_queued_waiter(shard, cx.waker());
+                            *state = State::Waiting(id);
+                            if !shared.queued(answer, now, wakeups) {
+                                // Nothing handed out since the request, and a driver
+                                // has the deadline: it waits, registered (the common
+                                // case).
+                                shared.stats.polls += 1;
+                                return Poll::Pending;
+                            }
+                            // A drive may have granted it already: look, on the
+                            // runtime's clock (a permit is delivered at its poll).
+                            (id, if behind { R::now() } else { now })
+                        }
                     }
-                },
+                }
             };
             *state = State::Waiting(id);
             match shared.poll_waiter(id, cx.waker(), now, wakeups) {

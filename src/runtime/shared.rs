@@ -64,6 +64,7 @@ use crate::{
 
 /// Locks the queue's state. Nothing panics while holding the lock; if something did,
 /// the state is still consistent between changes, so carry on.
+#[inline]
 pub(super) fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -85,6 +86,9 @@ pub(super) struct Delivered {
     /// Hold mode: the permit releases the bucket when it goes.
     pub(super) holds: bool,
 }
+
+/// `recent_deliveries` is never pruned below this length.
+const MIN_PRUNE: usize = 64;
 
 /// Whether the queue has a driver task.
 enum DriverSlot {
@@ -136,9 +140,13 @@ pub(super) struct Shared {
     deadline: Option<Instant>,
     /// Updates that changed `max_concurrency` so far.
     rekeys: u64,
-    /// Deliveries within the last interval: (end of their interval, shard), oldest
-    /// first (invariant 4).
-    recent_deliveries: VecDeque<(HoldEnd, ShardId)>,
+    /// Deliveries (instant, shard), oldest first: every one within the last interval
+    /// (invariant 4), and older ones until the log is next pruned.
+    recent_deliveries: VecDeque<(Instant, ShardId)>,
+    /// Prune `recent_deliveries` once it is this long: pruning at every delivery was
+    /// a tenth of a delivery's cost, and this keeps the log within about twice the
+    /// deliveries of an interval.
+    prune_deliveries_at: usize,
     /// Waiters holding a grant that may not be delivered before its gate ends
     /// (invariant 4), to wake then; `Never`: not before a release.
     gated: Vec<(HoldEnd, WaiterId)>,
@@ -151,7 +159,8 @@ pub(super) struct Shared {
     latest_grant: ShardIndex<u64>,
     /// Timer mode: grants handed to waiters, by the end of their cooldown (the order
     /// they were made in): (cooldown end, waiter, grant number). An entry whose grant
-    /// has left its waiter meanwhile (delivered, dropped) is skipped.
+    /// has left its waiter meanwhile (delivered, dropped) is skipped, or dropped by
+    /// its delivery when it is first.
     undelivered: VecDeque<(Instant, WaiterId, u64)>,
     /// Shards whose grant reached a running session (twilight: its `()` was sent): a
     /// later request of theirs is a reconnect.
@@ -171,6 +180,7 @@ impl Shared {
             deadline: None,
             rekeys: 0,
             recent_deliveries: VecDeque::new(),
+            prune_deliveries_at: MIN_PRUNE,
             gated: Vec::new(),
             delivered_holds: Vec::new(),
             driver: DriverSlot::Stopped,
@@ -222,6 +232,7 @@ impl Shared {
     /// later: in timer mode its bucket stays busy until it does (invariant 3), so a
     /// grant with a `cooldown_end` (see [`Self::cooldown_end`]) is filed under it.
     /// Returns the waiter, if it is still there, for the caller to count its `queued`.
+    #[inline(always)]
     fn hand_to(
         &mut self,
         id: WaiterId,
@@ -240,7 +251,21 @@ impl Shared {
 
     /// Invariant 3: grants still undelivered at the end of their cooldown occupy
     /// their buckets from then on. Runs before anything that may grant at `now`.
+    #[inline]
     fn catch_up(&mut self, now: Instant) {
+        // Nearly always, the first cooldown is still running: only that is inlined.
+        if self
+            .undelivered
+            .front()
+            .is_some_and(|&(cooldown_end, ..)| cooldown_end <= now)
+        {
+            self.occupy_undelivered(now);
+        }
+    }
+
+    /// [`catch_up`](Self::catch_up) once a cooldown has ended.
+    #[inline(never)]
+    fn occupy_undelivered(&mut self, now: Instant) {
         while let Some(&(cooldown_end, id, number)) = self.undelivered.front() {
             if cooldown_end > now {
                 break;
@@ -256,6 +281,7 @@ impl Shared {
 
     /// Requests `shard` at `now` (after `catch_up`, like every scheduler call that
     /// may grant).
+    #[inline]
     pub(super) fn request(
         &mut self,
         shard: ShardId,
@@ -268,6 +294,7 @@ impl Shared {
 
     /// Hands `grant` to its shard at `now`: from now on the interval of its bucket
     /// runs from here. In hold mode a grant whose hold timed out is void.
+    #[inline]
     pub(super) fn deliver(
         &mut self,
         grant: Grant,
@@ -289,7 +316,14 @@ impl Shared {
         // From here its IDENTIFY may be sent: Discord may count it (invariant 6). With
         // the budget spent, the delivery may open Discord's window and so set when it
         // refills: the deadline is asked again.
-        self.scheduler.delivered(now);
+        let advanced = self.scheduler.delivered(now);
+        // Grants are mostly taken in the order they were handed out: the first one
+        // filed for invariant 3 is this one, which no longer needs it.
+        if let Some(&(_, _, number)) = self.undelivered.front() {
+            if number == grant.number {
+                self.undelivered.pop_front();
+            }
+        }
         // Taken at the grant's own instant, the cooldown covers the interval already.
         // Taken later, its bucket is busy until an interval after the delivery (an
         // occupation that replaces the one `catch_up` may have made).
@@ -298,20 +332,13 @@ impl Shared {
             self.scheduler
                 .occupy(grant.shard, now.checked_add(interval), now);
             self.settle(now, wakeups);
-        } else if self.scheduler.remaining(now) == 0 {
+        } else if self.scheduler.spent_at(now, advanced) {
             self.settle(now, wakeups);
         }
-        let until = now
-            .checked_add(interval)
-            .map_or(HoldEnd::Never, HoldEnd::At);
-        while let Some(&(end, _)) = self.recent_deliveries.front() {
-            if end.has_passed(now) {
-                self.recent_deliveries.pop_front();
-            } else {
-                break;
-            }
+        if self.recent_deliveries.len() >= self.prune_deliveries_at {
+            self.prune_deliveries(now, interval);
         }
-        self.recent_deliveries.push_back((until, grant.shard));
+        self.recent_deliveries.push_back((now, grant.shard));
         if hold_timeout.is_some() {
             let (latest, scheduler) = (&self.latest_grant, &self.scheduler);
             self.delivered_holds.retain(|&(shard, number)| {
@@ -386,6 +413,19 @@ impl Shared {
         Ok(())
     }
 
+    /// Forgets the deliveries whose interval has ended by `now`.
+    fn prune_deliveries(&mut self, now: Instant, interval: Duration) {
+        if let Some(ended) = now.checked_sub(interval) {
+            while let Some(&(at, _)) = self.recent_deliveries.front() {
+                if at > ended {
+                    break;
+                }
+                self.recent_deliveries.pop_front();
+            }
+        }
+        self.prune_deliveries_at = MIN_PRUNE.max(2 * self.recent_deliveries.len());
+    }
+
     /// Invariant 4: when `grant` may be delivered, if it must wait: the end of the
     /// interval of another shard's delivery in its bucket, or of such a shard's hold
     /// (`Never`: not before a release).
@@ -396,11 +436,13 @@ impl Shared {
         let max_concurrency = self.scheduler.max_concurrency();
         let bucket = grant.shard % max_concurrency;
         let other = |shard: ShardId| shard != grant.shard && shard % max_concurrency == bucket;
+        let interval = self.scheduler.config().get_interval();
         let intervals = self
             .recent_deliveries
             .iter()
-            .filter(|&&(end, shard)| other(shard) && !end.has_passed(now))
-            .map(|&(end, _)| end);
+            .filter(|&&(_, shard)| other(shard))
+            .map(|&(at, _)| at.checked_add(interval).map_or(HoldEnd::Never, HoldEnd::At))
+            .filter(|end| !end.has_passed(now));
         let holds = self
             .delivered_holds
             .iter()
@@ -469,6 +511,7 @@ impl Shared {
     /// may be due at once, else the deadline is the answer's `Wait` (it covers every
     /// queued shard), and a driver must take it. Whether it drove (and so may have
     /// handed out grants).
+    #[inline]
     pub(super) fn queued(&mut self, answer: Answer, now: Instant, wakeups: &mut Wakeups) -> bool {
         let until = match answer {
             _ if !self.gated.is_empty() => None,
@@ -572,6 +615,7 @@ impl Shared {
     /// A waiter for `shard`, which the scheduler has just queued, polled by the task
     /// of `waker`: its first poll registers it at once (invariant 5: it asked for
     /// `shard`).
+    #[inline(always)]
     pub(super) fn add_queued_waiter(&mut self, shard: ShardId, waker: &Waker) -> WaiterId {
         let id = self.waiters.insert_queued(waker);
         self.asked_by.insert(shard, id);
@@ -606,6 +650,7 @@ impl Shared {
     }
 
     /// Forgets a waiter that has nothing left: no shard queued, no grant undelivered.
+    #[inline(always)]
     pub(super) fn forget_waiter(&mut self, id: WaiterId, now: Instant, wakeups: &mut Wakeups) {
         self.waiters.remove(id);
         if self.ungate(id) {
@@ -648,6 +693,7 @@ impl Shared {
     /// The poll of waiting future `id`: its next grant, or nothing left to wait for,
     /// or still waiting (its waker registered, and a driver made sure of: the one
     /// that ran may have gone with its runtime).
+    #[inline(always)]
     pub(super) fn poll_waiter(
         &mut self,
         id: WaiterId,

@@ -47,6 +47,7 @@ pub(super) struct Granted {
 }
 
 impl Granted {
+    #[inline]
     pub(super) fn push_back(&mut self, grant: Grant) {
         if self.first.is_none() {
             self.first = Some(grant);
@@ -55,6 +56,7 @@ impl Granted {
         }
     }
 
+    #[inline]
     pub(super) fn front(&self) -> Option<&Grant> {
         self.first.as_ref()
     }
@@ -67,6 +69,7 @@ impl Granted {
             .find(|grant| grant.number == number)
     }
 
+    #[inline]
     pub(super) fn pop_front(&mut self) -> Option<Grant> {
         let first = self.first.take();
         self.first = self.rest.as_mut().and_then(|rest| rest.pop_front());
@@ -116,6 +119,7 @@ impl Waiters {
     }
 
     /// A waiter with one shard queued, polled by the task of `waker`.
+    #[inline]
     pub(super) fn insert_queued(&mut self, waker: &Waker) -> WaiterId {
         self.insert_waiter(Waiter {
             waker: Some(waker.clone()),
@@ -124,6 +128,7 @@ impl Waiters {
         })
     }
 
+    #[inline]
     fn insert_waiter(&mut self, waiter: Waiter) -> WaiterId {
         let index = match self.free.pop() {
             Some(index) => {
@@ -142,10 +147,12 @@ impl Waiters {
         usize::try_from(id).unwrap_or(usize::MAX)
     }
 
+    #[inline]
     pub(super) fn get_mut(&mut self, id: WaiterId) -> Option<&mut Waiter> {
         self.slots.get_mut(Self::slot(id))?.as_mut()
     }
 
+    #[inline]
     pub(super) fn remove(&mut self, id: WaiterId) -> Option<Waiter> {
         let index = Self::slot(id);
         let waiter = self.slots.get_mut(index)?.take()?;
