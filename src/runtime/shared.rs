@@ -652,7 +652,7 @@ impl Shared {
     /// Forgets a waiter that has nothing left: no shard queued, no grant undelivered.
     #[inline(always)]
     pub(super) fn forget_waiter(&mut self, id: WaiterId, now: Instant, wakeups: &mut Wakeups) {
-        self.waiters.remove(id);
+        self.waiters.forget(id);
         if self.ungate(id) {
             // Its gate was part of the deadline: the driver may have less to wait for.
             self.settle(now, wakeups);

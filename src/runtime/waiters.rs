@@ -128,7 +128,7 @@ impl Waiters {
         })
     }
 
-    #[inline]
+    #[inline(always)]
     fn insert_waiter(&mut self, waiter: Waiter) -> WaiterId {
         let index = match self.free.pop() {
             Some(index) => {
@@ -158,6 +158,17 @@ impl Waiters {
         let waiter = self.slots.get_mut(index)?.take()?;
         self.free.push(index);
         Some(waiter)
+    }
+
+    /// [`remove`](Self::remove) for a waiter nobody needs back: dropped where it is,
+    /// not moved out first.
+    #[inline]
+    pub(super) fn forget(&mut self, id: WaiterId) {
+        let index = Self::slot(id);
+        if let Some(slot @ Some(_)) = self.slots.get_mut(index) {
+            *slot = None;
+            self.free.push(index);
+        }
     }
 
     /// Takes the waker of every waiter that still waits for a grant.
