@@ -64,6 +64,29 @@ pub(crate) enum Answer {
     Holds,
 }
 
+/// What booking a grant touches besides its bucket: borrowed apart from the bucket
+/// table, so that the grant path books into the bucket it already holds.
+struct Booking<'a> {
+    budget: &'a mut Budget,
+    recent_grants: &'a mut VecDeque<(Moment, ShardId)>,
+    config: &'a Config,
+}
+
+impl Booking<'_> {
+    /// Books a grant of `shard` in `bucket` at `clock`: a unit spent, the grant
+    /// logged for a re-key, the bucket cooling down (and held, in hold mode).
+    #[inline(always)]
+    fn book(self, bucket: &mut Bucket, shard: ShardId, clock: Instant) {
+        self.budget.spend(clock);
+        let cooldown = Moment::after(clock, self.config.interval);
+        self.recent_grants.push_back((cooldown, shard));
+        bucket.extend_cooldown(cooldown);
+        if let Some(timeout) = self.config.hold_timeout {
+            bucket.hold(shard, Moment::after(clock, timeout), clock);
+        }
+    }
+}
+
 /// Decides when each shard may IDENTIFY: one grant per `interval` per bucket
 /// (`shard % max_concurrency`), never more grants than the daily budget, FIFO within a
 /// bucket and the oldest first across buckets, reconnecting shards before starting
@@ -277,13 +300,12 @@ impl Scheduler {
                 self.queued.remove(entry.shard);
                 // `record_grant` and `reindex`, with the bucket in hand.
                 let clock = self.clock;
-                self.budget.spend(clock);
-                let cooldown = Moment::after(clock, self.config.interval);
-                self.recent_grants.push_back((cooldown, entry.shard));
-                bucket.extend_cooldown(cooldown);
-                if let Some(timeout) = self.config.hold_timeout {
-                    bucket.hold(entry.shard, Moment::after(clock, timeout), clock);
+                Booking {
+                    budget: &mut self.budget,
+                    recent_grants: &mut self.recent_grants,
+                    config: &self.config,
                 }
+                .book(bucket, entry.shard, clock);
                 let standing = bucket.standing_at(clock);
                 let old = std::mem::replace(&mut bucket.standing, standing);
                 self.refile(id, old, standing);
@@ -675,18 +697,13 @@ impl Scheduler {
     /// Books a grant of `shard` in bucket `id` at the clock.
     fn record_grant(&mut self, id: BucketId, shard: ShardId) {
         let clock = self.clock;
-        self.budget.spend(clock);
-        let cooldown = Moment::after(clock, self.config.interval);
-        self.recent_grants.push_back((cooldown, shard));
-        let hold = self
-            .config
-            .hold_timeout
-            .map(|timeout| Moment::after(clock, timeout));
-        let bucket = self.bucket_mut(id);
-        bucket.extend_cooldown(cooldown);
-        if let Some(until) = hold {
-            bucket.hold(shard, until, clock);
+        let bucket = self.buckets.get_or_insert(id, clock);
+        Booking {
+            budget: &mut self.budget,
+            recent_grants: &mut self.recent_grants,
+            config: &self.config,
         }
+        .book(bucket, shard, clock);
     }
 
     /// The decision when nothing is granted now.
