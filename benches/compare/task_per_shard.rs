@@ -180,9 +180,9 @@ impl Rounds {
 }
 
 /// Grants a round covers at least, per queue: a start-up of fewer shards is run again,
-/// so that a round lasts long enough (about 0.1 s per queue) for the clock to be
+/// so that a round lasts long enough (about a third of a second per queue) for the clock to be
 /// exact against it.
-const GRANTS_PER_ROUND: u32 = 100_000;
+const GRANTS_PER_ROUND: u32 = 300_000;
 
 /// Ours, theirs and the floor, `rounds` times, after one round that warms the allocator
 /// and is not counted. A round runs the three in turn, one start-up each, again and
