@@ -474,6 +474,11 @@ impl Scheduler {
     /// without projecting the budget when the caller knows `advanced` (a call at
     /// `now` that answered true, like [`delivered`](Self::delivered)) that the clock
     /// is at `now` or later and every reset due by then applied.
+    // Used by the async adapters only.
+    #[cfg_attr(
+        not(any(feature = "tokio", feature = "smol", feature = "async-std")),
+        allow(dead_code)
+    )]
     #[inline]
     pub(crate) fn spent_at(&self, now: Instant, advanced: bool) -> bool {
         if advanced {
@@ -512,6 +517,11 @@ impl Scheduler {
     /// nothing, when `shard` would not go behind another (make the request at its
     /// instant then); else what [`request_queueing`](Self::request_queueing) at the
     /// clock answers: [`Answer::Holds`], or an error.
+    // Used by the async adapters only.
+    #[cfg_attr(
+        not(any(feature = "tokio", feature = "smol", feature = "async-std")),
+        allow(dead_code)
+    )]
     #[inline(always)]
     pub(crate) fn request_behind(
         &mut self,
