@@ -27,8 +27,12 @@ mod fault_proxy;
 mod judge;
 #[path = "../examples/cluster/run.rs"]
 mod run;
+#[path = "support/spread.rs"]
+mod spread;
 
 use std::time::Duration;
+
+use spread::spread;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -93,14 +97,20 @@ fn main() {
         let over = |o: &run::Outcome, optimum: Duration| {
             (o.makespan.as_secs_f64() / optimum.as_secs_f64() - 1.0) * 100.0
         };
-        let makespan = spread(outcomes, |o| o.makespan.as_secs_f64());
-        let optimum = spread(outcomes, |o| over(o, o.optimum));
-        let kept = spread(outcomes, |o| over(o, o.optimum_kept));
-        let per_grant = spread(outcomes, |o| {
-            o.commands as f64 / f64::from(o.identifies.max(1))
-        });
-        let measured = spread(outcomes, |o| o.measured_round_trip.as_secs_f64() * 1000.0);
-        let window = spread(outcomes, |o| o.window.as_secs_f64() * 1000.0);
+        let makespan = spread(outcomes.iter().map(|o| o.makespan.as_secs_f64()));
+        let optimum = spread(outcomes.iter().map(|o| over(o, o.optimum)));
+        let kept = spread(outcomes.iter().map(|o| over(o, o.optimum_kept)));
+        let per_grant = spread(
+            outcomes
+                .iter()
+                .map(|o| o.commands as f64 / f64::from(o.identifies.max(1))),
+        );
+        let measured = spread(
+            outcomes
+                .iter()
+                .map(|o| o.measured_round_trip.as_secs_f64() * 1000.0),
+        );
+        let window = spread(outcomes.iter().map(|o| o.window.as_secs_f64() * 1000.0));
         println!(
             "{workers:>2} | {round_trip:>3} ms ({:>5.1} ms)      | {:>3.0} ms | {:.3}s [{:.3}..{:.3}] | {:+5.1}% [{:+.1}..{:+.1}] | {:+5.1}% [{:+.1}..{:+.1}] | {:.2} [{:.2}..{:.2}] | {:>6} | {:>14} | {}",
             measured.0,
@@ -123,15 +133,4 @@ fn main() {
         );
     }
     drop(server);
-}
-
-/// (median, lowest, highest) of `value` over the runs.
-fn spread(outcomes: &[run::Outcome], value: impl Fn(&run::Outcome) -> f64) -> (f64, f64, f64) {
-    let mut values: Vec<f64> = outcomes.iter().map(value).collect();
-    values.sort_by(f64::total_cmp);
-    (
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1],
-    )
 }

@@ -9,6 +9,9 @@
 //! with N requests waiting, less before). Prints the median of the runs and the
 //! spread.
 
+#[path = "support/spread.rs"]
+mod spread;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -16,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use spread::spread;
 
 const ROLE: &str = "IQ_BENCH_ROLE";
 const RESET_AFTER: Duration = Duration::from_secs(6);
@@ -88,14 +93,8 @@ struct Measured {
 }
 
 fn summary(values: &[f64]) -> String {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    format!(
-        "{median:.1} [{:.1}..{:.1}]",
-        sorted[0],
-        sorted[sorted.len() - 1]
-    )
+    let (median, lowest, highest) = spread(values.iter().copied());
+    format!("{median:.1} [{lowest:.1}..{highest:.1}]")
 }
 
 /// A server process, killed on drop.

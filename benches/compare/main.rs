@@ -15,6 +15,8 @@ mod plot;
 mod rules;
 mod runtimes;
 mod side_by_side;
+#[path = "../support/spread.rs"]
+mod spread;
 mod task_per_shard;
 
 use std::time::Duration;

@@ -13,6 +13,7 @@ use twilight_gateway_queue::{InMemoryQueue, Queue as _};
 
 use crate::DAY;
 use crate::limit::limit;
+use crate::spread::spread;
 use crate::{alloc, cpu_time, human, rules};
 
 const INTERVAL: Duration = Duration::from_secs(5);
@@ -116,19 +117,31 @@ fn measure<F: std::future::Future<Output = Schedule>>(run: F) -> (Duration, usiz
     )
 }
 
+/// The three queues, in the order of the comparison's columns.
+const QUEUES: [&str; 3] = ["ours", "twilight", "floor"];
+
+/// One start-up of `QUEUES[queue]`, checked: its CPU time and allocations.
+fn start_up(queue: usize, shards: u32) -> (Duration, usize) {
+    let (time, allocated, schedule) = match queue {
+        0 => measure(ours(shards)),
+        1 => measure(theirs(shards)),
+        _ => measure(floor(shards)),
+    };
+    check(QUEUES[queue], &schedule, shards);
+    (time, allocated)
+}
+
 /// One queue's pattern alone, `runs` times, for a profiler (`--profile <ours|twilight|
 /// floor> <N> <runs>`): under `valgrind --tool=callgrind` the instructions per grant
 /// are exact, where CPU time on a shared machine is not. Each run is checked as the
 /// comparison's are.
 pub fn profile(which: &str, shards: u32, runs: u32) -> Result<(), String> {
+    let queue = QUEUES
+        .iter()
+        .position(|&name| name == which)
+        .ok_or_else(|| format!("--profile: no queue named {which:?}"))?;
     for _ in 0..runs {
-        let (_, _, schedule) = match which {
-            "ours" => measure(ours(shards)),
-            "twilight" => measure(theirs(shards)),
-            "floor" => measure(floor(shards)),
-            other => return Err(format!("--profile: no queue named {other:?}")),
-        };
-        check(which, &schedule, shards);
+        start_up(queue, shards);
     }
     println!(
         "{which}: {runs} runs of {shards} shards, {} grants",
@@ -160,28 +173,16 @@ struct Rounds {
     allocations: [f64; 3],
 }
 
-/// `values`' median and range.
-fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    let median = if values.len() % 2 == 1 {
-        values[middle]
-    } else {
-        (values[middle - 1] + values[middle]) / 2.0
-    };
-    (median, values[0], values[values.len() - 1])
-}
-
 impl Rounds {
     /// Median and range of `column` over the rounds.
     fn column(&self, column: impl Fn(&[f64; 3]) -> f64) -> (f64, f64, f64) {
-        spread(self.cpu.iter().map(column).collect())
+        spread(self.cpu.iter().map(column))
     }
 }
 
-/// Grants a round covers at least, per queue: a start-up of fewer shards is run again,
-/// so that a round lasts long enough (about a third of a second per queue) for the clock to be
-/// exact against it.
+/// Grants a round covers at least, per queue: a start-up of fewer shards is run
+/// again, so that a round lasts long enough (about a third of a second per queue) for
+/// the clock to be exact against it.
 const GRANTS_PER_ROUND: u32 = 300_000;
 
 /// Ours, theirs and the floor, `rounds` times, after one round that warms the allocator
@@ -200,12 +201,7 @@ fn compare(shards: u32, rounds: u32) -> Rounds {
                 // Each start-up of the round begins with the next of the three, so
                 // that none always runs first.
                 let which = (index + repeat + turn) % 3;
-                let (time, allocated, schedule) = match which {
-                    0 => measure(ours(shards)),
-                    1 => measure(theirs(shards)),
-                    _ => measure(floor(shards)),
-                };
-                check(["ours", "theirs", "floor"][which], &schedule, shards);
+                let (time, allocated) = start_up(which, shards);
                 cpu[which] += time;
                 allocations[which] += allocated;
             }
