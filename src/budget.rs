@@ -194,9 +194,15 @@ impl Budget {
         self.remaining
     }
 
-    /// Units left at `now`, without changing this budget.
+    /// Units left at `now`, without changing this budget. Inlined, and without a
+    /// reset due by `now` (after a `refresh` at `now`, always) a field read: a
+    /// delivery asks it every time.
+    #[inline]
     pub(crate) fn remaining_at(&self, now: Instant) -> u32 {
-        self.projected(now).0
+        match self.next {
+            Next::Reset { at, .. } if at <= now => self.projected(now).0,
+            _ => self.remaining,
+        }
     }
 
     /// The total per window.

@@ -51,16 +51,7 @@ impl<T: Ord + Copy> MinQueue<T> {
     /// Takes the least item.
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<T> {
-        let from_rest = match (self.run.front(), self.rest.peek()) {
-            (Some(run), Some(Reverse(rest))) => rest < run,
-            (None, _) => true,
-            (Some(_), None) => false,
-        };
-        if from_rest {
-            self.rest.pop().map(|Reverse(item)| item)
-        } else {
-            self.run.pop_front()
-        }
+        self.pop_if(|_| true)
     }
 
     /// Takes the least item if `due` says so of it: a [`peek`](Self::peek) and a

@@ -470,24 +470,6 @@ impl Scheduler {
         self.budget.abandoned()
     }
 
-    /// Whether no session start is left at `now`: `remaining(now) == 0`, read
-    /// without projecting the budget when the caller knows `advanced` (a call at
-    /// `now` that answered true, like [`delivered`](Self::delivered)) that the clock
-    /// is at `now` or later and every reset due by then applied.
-    // Used by the async adapters only.
-    #[cfg_attr(
-        not(any(feature = "tokio", feature = "smol", feature = "async-std")),
-        allow(dead_code)
-    )]
-    #[inline]
-    pub(crate) fn spent_at(&self, now: Instant, advanced: bool) -> bool {
-        if advanced {
-            self.budget.remaining() == 0
-        } else {
-            self.remaining(now) == 0
-        }
-    }
-
     /// Grants made and not yet [`delivered`](Self::delivered) or
     /// [`abandoned`](Self::abandoned) (always 0 without
     /// [`defer_deliveries`](Self::defer_deliveries)).
@@ -615,6 +597,7 @@ impl Scheduler {
 
     /// Session starts left at `now` (a reset due by then counted in), without changing
     /// anything.
+    #[inline]
     pub fn remaining(&self, now: Instant) -> u32 {
         self.budget.remaining_at(self.clock.max(now))
     }

@@ -316,7 +316,7 @@ impl Shared {
         // From here its IDENTIFY may be sent: Discord may count it (invariant 6). With
         // the budget spent, the delivery may open Discord's window and so set when it
         // refills: the deadline is asked again.
-        let advanced = self.scheduler.delivered(now);
+        self.scheduler.delivered(now);
         // Grants are mostly taken in the order they were handed out: the first one
         // filed for invariant 3 is this one, which no longer needs it.
         if let Some(&(_, _, number)) = self.undelivered.front() {
@@ -332,7 +332,7 @@ impl Shared {
             self.scheduler
                 .occupy(grant.shard, now.checked_add(interval), now);
             self.settle(now, wakeups);
-        } else if self.scheduler.spent_at(now, advanced) {
+        } else if self.scheduler.remaining(now) == 0 {
             self.settle(now, wakeups);
         }
         if self.recent_deliveries.len() >= self.prune_deliveries_at {
