@@ -544,7 +544,7 @@ fn a_grant_the_replicas_never_saw_is_never_acted_on() {
     assert_all_served_within_the_rules(&discord, arrived, 36);
     // Their shards identified once each, after the failover, from a new grant.
     for grant in never_seen {
-        let shard: u32 = grant.rsplit(':').next().unwrap().parse().unwrap();
+        let shard: u32 = grant.split(':').nth(2).unwrap().parse().unwrap();
         let identified: Vec<_> = discord
             .arrivals()
             .into_iter()

@@ -98,6 +98,8 @@ impl Future for Acquire {
         match local.take(this.shard, ticket, now) {
             Taken::Permit(token) => {
                 drop(local);
+                // Its delivery is for Redis to hear of (`report_deliveries`).
+                this.inner.wake.notify_one();
                 this.state = State::Done;
                 return Poll::Ready(Ok(Permit::new(&this.inner, this.shard, token, now)));
             }
@@ -215,7 +217,8 @@ impl Stream for Grants {
         if let Some(shard) = this.refused.pop_front() {
             return Poll::Ready(Some(Err(Error::AlreadyQueued(shard).into())));
         }
-        let mut touch = false;
+        // The driver is woken for a touch asked for, or to tell Redis of a delivery.
+        let mut wake_driver = false;
         while let Some(shard) = local
             .streams
             .get_mut(&id)
@@ -225,23 +228,26 @@ impl Stream for Grants {
                 continue;
             };
             let outcome = match local.take(shard, ticket, now) {
-                Taken::Permit(token) => Ok(token),
+                Taken::Permit(token) => {
+                    wake_driver = true;
+                    Ok(token)
+                }
                 Taken::Gone => Err(AcquireError::GrantLost(shard)),
                 Taken::Superseded => Err(AcquireError::Superseded(shard)),
                 Taken::Pending { touch: asked } => {
-                    touch |= asked;
+                    wake_driver |= asked;
                     continue;
                 }
             };
             this.waiting.remove(&shard);
             drop(local);
-            if touch {
+            if wake_driver {
                 this.inner.wake.notify_one();
             }
             let outcome = outcome.map(|token| Permit::new(&this.inner, shard, token, now));
             return Poll::Ready(Some(outcome));
         }
-        if touch {
+        if wake_driver {
             this.inner.wake.notify_one();
         }
         if this.waiting.is_empty() {

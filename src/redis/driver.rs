@@ -187,9 +187,11 @@ async fn step(
         (local.need, local.fetch_after)
     };
     if let Some(need) = need {
-        if fetch_after.is_some_and(|t| Instant::now() < t)
-            || !fetch_limit(inner, connection, need).await?
-        {
+        if fetch_after.is_some_and(|t| Instant::now() < t) {
+            // Not yet (a quarantine after a loss, or another process's fetch).
+            return Ok(inner.lock().next_deadline(Instant::now()));
+        }
+        if !fetch_limit(inner, connection, need).await? {
             let mut local = inner.lock();
             let now = Instant::now();
             local.fetch_after = Some(now + SYNC_FALLBACK);
@@ -206,8 +208,41 @@ async fn step(
         local.replicas_behind = false;
         local.set_health(Health::Ready);
     }
-    ask_heads(inner, connection).await?;
+    // The deliveries' word goes out first, pipelined with the asks: a round trip for
+    // both.
+    let (reported, asked) = tokio::join!(
+        report_deliveries(inner, connection.clone()),
+        ask_heads(inner, connection)
+    );
+    reported.and(asked)?;
     Ok(inner.lock().next_deadline(Instant::now()))
+}
+
+/// Tells Redis which permits reached their shards, all in one call: until it hears,
+/// their grants count as undelivered in every word and refill, and none of them
+/// settles that Discord's window is open (rules 3.11; `lua/delivered.lua`). A failed
+/// call keeps them for the next round; a word that comes too late only keeps the
+/// shared budget on the safe side.
+async fn report_deliveries(
+    inner: &Arc<Inner>,
+    mut connection: MultiplexedConnection,
+) -> Result<(), String> {
+    let delivered = std::mem::take(&mut inner.lock().delivered);
+    if delivered.is_empty() {
+        return Ok(());
+    }
+    let mut invocation = inner.scripts.delivered.prepare_invoke();
+    invocation.key(&inner.prefix);
+    for (shard, token) in &delivered {
+        invocation.arg(shard).arg(token.epoch).arg(token.seq);
+    }
+    let reply = invocation.invoke_async::<i64>(&mut connection).await;
+    let mut local = inner.lock();
+    local.stats.commands += 1;
+    reply.map(drop).map_err(|e| {
+        local.delivered.extend(delivered);
+        e.to_string()
+    })
 }
 
 async fn send_outbox(

@@ -52,6 +52,9 @@ pub(super) struct Settings {
     pub(super) hold: Option<Duration>,
     /// A limit source was given: Discord's word is fetched, not awaited.
     pub(super) limit_source: bool,
+    /// `Config::grace`: after a loss, Discord's word is fetched once the grants made
+    /// before it cannot reach Discord unseen any more (`lua/sync.lua`'s quarantine).
+    pub(super) grace: Duration,
 }
 
 /// Where one waiting request stands.
@@ -189,6 +192,10 @@ pub(super) struct Local {
     pub(super) outbox: VecDeque<Outgoing>,
     /// The budget is spent until then (`Some(None)`: until Discord's word).
     pub(super) no_budget: Option<Option<Instant>>,
+    /// Permits handed over whose delivery Redis has not been told of yet: until it is,
+    /// their grants count as undelivered there, and none of them can settle that
+    /// Discord's window is open (`lua/delivered.lua`).
+    pub(super) delivered: Vec<(ShardId, Token)>,
     pub(super) need: Option<NeedLimit>,
     /// With a limit source: do not fetch Discord's word again before then.
     pub(super) fetch_after: Option<Instant>,
@@ -223,6 +230,7 @@ impl Local {
             buckets: HashMap::new(),
             outbox: VecDeque::new(),
             no_budget: None,
+            delivered: Vec::new(),
             need: None,
             fetch_after: None,
             health: Health::Ready,
@@ -473,6 +481,7 @@ impl Local {
             Phase::Granted(granted) if now <= granted.fresh_until => {
                 let token = granted.token;
                 self.waiters.remove(&shard);
+                self.delivered.push((shard, token));
                 Taken::Permit(token)
             }
             Phase::Granted(granted) => Taken::Pending {
@@ -622,9 +631,19 @@ impl Local {
                 }
                 self.rekey(max_concurrency, now);
             }
-            Answer::NeedLimit(need) => {
+            Answer::NeedLimit { need, lost } => {
                 self.stats.refusals += 1;
                 self.need = Some(need);
+                // After a loss, a word read before every grant made before it reached
+                // Discord would be quarantined (applied less what they may be): fetch
+                // it then.
+                if let Some(lost) = lost {
+                    let wait = lost.saturating_add(self.settings.grace.as_millis() as i64);
+                    if let Ok(wait) = u64::try_from(wait) {
+                        let after = now + millis(wait.min(NEVER_MS));
+                        self.fetch_after = Some(self.fetch_after.map_or(after, |t| t.max(after)));
+                    }
+                }
                 self.set_health(if self.settings.limit_source {
                     Health::FetchingLimit(need)
                 } else {

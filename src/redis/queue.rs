@@ -103,6 +103,7 @@ impl Queue {
             head_grace: options.head_grace,
             hold: config.get_hold_timeout(),
             limit_source: options.limit_source.is_some(),
+            grace: config.get_grace(),
         };
         let inner = Arc::new(Inner {
             local: Mutex::new(Local::new(settings, limit.max_concurrency, limit.remaining)),

@@ -20,6 +20,7 @@ pub(super) struct Scripts {
     pub(super) acquire: Script,
     pub(super) release: Script,
     pub(super) touch: Script,
+    pub(super) delivered: Script,
     pub(super) leave: Script,
     pub(super) sync: Script,
     pub(super) status: Script,
@@ -33,17 +34,19 @@ impl Scripts {
             source("", include_str!("lua/acquire.lua")),
             source("", include_str!("lua/release.lua")),
             source("", include_str!("lua/touch.lua")),
+            source("", include_str!("lua/delivered.lua")),
             source("", include_str!("lua/leave.lua")),
             source("", include_str!("lua/sync.lua")),
             // Read only: runs on a master that refuses writes (no replica in reach).
             source(" flags=no-writes", include_str!("lua/status.lua")),
         ];
-        let [acquire, release, touch, leave, sync, status] =
+        let [acquire, release, touch, delivered, leave, sync, status] =
             sources.clone().map(|s| Script::new(&s));
         Self {
             acquire,
             release,
             touch,
+            delivered,
             leave,
             sync,
             status,
@@ -87,8 +90,10 @@ pub(super) enum Answer {
         max_concurrency: u32,
     },
     /// No grants until Discord's word: the state is missing (`StateMissing`) or a new
-    /// server process may have lost writes (`NewServer`).
-    NeedLimit(NeedLimit),
+    /// server process may have lost writes (`NewServer`). `lost`: when the loss was
+    /// noticed, if it was, as ms from now until the longest window after it (negative:
+    /// since); a word read before a grace after that is quarantined (`lua/sync.lua`).
+    NeedLimit { need: NeedLimit, lost: Option<i64> },
 }
 
 /// Why the shared state needs Discord's word before anything is granted.
@@ -133,11 +138,14 @@ pub(super) fn answer(reply: &[i64]) -> Option<Answer> {
             remaining: count(2)?,
             max_concurrency: count(4)?,
         },
-        4 => Answer::NeedLimit(if field(1)? == 1 {
-            NeedLimit::StateMissing
-        } else {
-            NeedLimit::NewServer
-        }),
+        4 => Answer::NeedLimit {
+            need: if field(1)? == 1 {
+                NeedLimit::StateMissing
+            } else {
+                NeedLimit::NewServer
+            },
+            lost: (field(2) == Some(1)).then(|| field(3)).flatten(),
+        },
         _ => return None,
     })
 }
@@ -172,7 +180,17 @@ mod tests {
         );
         assert_eq!(
             answer(&[4, 2, 0, 0, 16]),
-            Some(Answer::NeedLimit(NeedLimit::NewServer))
+            Some(Answer::NeedLimit {
+                need: NeedLimit::NewServer,
+                lost: None
+            })
+        );
+        assert_eq!(
+            answer(&[4, 1, 1, -250, 0]),
+            Some(Answer::NeedLimit {
+                need: NeedLimit::StateMissing,
+                lost: Some(-250)
+            })
         );
         // Short, unknown or out-of-range replies are refused, not guessed.
         assert_eq!(answer(&[1, 7, 3]), None);

@@ -2,6 +2,7 @@
 //! their *arrivals*: an IDENTIFY counts when it arrives, the 24 h window opens with the
 //! first arrival after a reset, and a word (`session_start_limit`) reports the count
 //! at the instant it is read. Shares nothing with the crate.
+#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,8 @@ pub struct Window {
 #[derive(Clone, Debug)]
 pub struct DiscordBudget {
     pub total: u32,
+    /// The window's length: a day, or a scaled day for tests that run in real time.
+    day: Duration,
     /// A window open before the first arrival, with its count (`None`: not open).
     first: Option<Window>,
     arrivals: Vec<Instant>,
@@ -26,8 +29,14 @@ pub struct DiscordBudget {
 
 impl DiscordBudget {
     pub fn new(total: u32, open: Option<Window>) -> Self {
+        Self::scaled(total, open, DAY)
+    }
+
+    /// A budget whose windows last `day`.
+    pub fn scaled(total: u32, open: Option<Window>, day: Duration) -> Self {
         Self {
             total,
+            day,
             first: open,
             arrivals: Vec::new(),
         }
@@ -54,7 +63,7 @@ impl DiscordBudget {
         let mut windows: Vec<Window> = self.first.into_iter().collect();
         for at in arrivals {
             match windows.last_mut() {
-                Some(window) if at < window.opened + DAY => window.count += 1,
+                Some(window) if at < window.opened + self.day => window.count += 1,
                 _ => windows.push(Window {
                     opened: at,
                     count: 1,
@@ -86,11 +95,11 @@ impl DiscordBudget {
             .windows(Some(read))
             .last()
             .copied()
-            .filter(|window| read < window.opened + DAY);
+            .filter(|window| read < window.opened + self.day);
         let (remaining, reset_after) = match open {
             Some(window) => (
                 self.total.saturating_sub(window.count),
-                window.opened + DAY - read,
+                window.opened + self.day - read,
             ),
             None => (self.total, closed_reset),
         };

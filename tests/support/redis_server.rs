@@ -157,8 +157,9 @@ impl Server {
         let grants = lines
             .chunks(2)
             .filter_map(|pair| {
-                // member `epoch:seq:shard`, score the latest instant of its delivery (ms)
-                let shard = pair.first()?.rsplit(':').next()?.parse().ok()?;
+                // member `epoch:seq:shard:granted-at`, score the latest instant of its
+                // delivery (ms)
+                let shard = pair.first()?.trim().split(':').nth(2)?.parse().ok()?;
                 let at = pair.get(1)?.trim().parse::<f64>().ok()? as u64;
                 Some((at, shard))
             })

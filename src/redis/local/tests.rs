@@ -19,6 +19,7 @@ fn settings() -> Settings {
         head_grace: ms(1000),
         hold: None,
         limit_source: false,
+        grace: Duration::from_secs(30),
     }
 }
 
@@ -429,7 +430,10 @@ impl World {
                             remaining: 0,
                             max_concurrency: self.local.max_concurrency,
                         },
-                        Kind::Need => Answer::NeedLimit(NeedLimit::StateMissing),
+                        Kind::Need => Answer::NeedLimit {
+                            need: NeedLimit::StateMissing,
+                            lost: None,
+                        },
                     };
                     // As the driver does: every answer of the round is applied.
                     self.local.answered(index, shard, answer, sent, window, now);

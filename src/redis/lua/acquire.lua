@@ -9,13 +9,25 @@
 --                                               came back; for the others, a fallback)
 --   {3, wait, remaining, 0, mc}                 budget gone until the reset (-1: until
 --                                               Discord's word)
---   {4, reason, 0, 0, mc}                       no grants until Discord's word:
---                                               1 state missing, 2 new server process
+--   {4, reason, lost, in, mc}                   no grants until Discord's word:
+--                                               1 state missing, 2 new server process;
+--                                               `lost` 1 when its loss was noticed `in`
+--                                               + the longest window ms ago (a word read
+--                                               before a grace after that is
+--                                               quarantined: see `sync.lua`)
 local client, shard, nonce = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local rank, next_rank, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local rank, next_rank = tonumber(ARGV[4]), tonumber(ARGV[5])
+local window = math.min(tonumber(ARGV[6]), MAXW)
 local st, now = open(true)
-if not st then return { 4, 1, 0, 0, 0 } end
-if st.need ~= 0 then return { 4, st.need, 0, 0, st.mc } end
+if not st then
+  local lost = tonumber(redis.call('GET', P .. 'lost'))
+  if lost then return { 4, 1, 1, lost + MAXW - now, 0 } end
+  return { 4, 1, 0, 0, 0 }
+end
+if st.need ~= 0 then
+  if st.lost > 0 then return { 4, st.need, 1, st.lost + MAXW - now, st.mc } end
+  return { 4, st.need, 0, 0, st.mc }
+end
 local b = shard % st.mc
 -- A retried call (its answer was lost): the grant it made, if that grant is still
 -- its bucket's latest in this epoch; its shard takes it within `window` from now, so
@@ -28,9 +40,10 @@ if done then
     local free = tonumber(redis.call('HGET', BKT, 'f:' .. b)) or 0
     redis.call('HSET', BKT, 'f:' .. b, math.max(free, now + st.iv + window))
     -- Counted from its delivery: a word applied after it subtracts it.
-    redis.call('ZADD', LOG, 'GT', now + window, reply[2] .. ':' .. reply[3] .. ':' .. shard)
+    local member = redis.call('HGET', BKT, 'm:' .. b) or (reply[2] .. ':' .. reply[3] .. ':' .. shard)
+    redis.call('ZADD', LOG, 'GT', now + window, member)
     count_log()
-    moved(st, reply[2] .. ':' .. reply[3], now + window)
+    may_open(st, b, now, window)
     reply[6] = busy_until(st, b) - now
     return reply
   end
@@ -91,24 +104,19 @@ end
 st.rem = st.rem - 1
 st.seq = st.seq + 1
 local token = st.epoch .. ':' .. st.seq
--- The first grant after a refill opens the next window (or may: `unop`). Discord
--- opens it when this IDENTIFY arrives, within `grace` of its delivery (at the latest
--- `now + window`): its reset is at the latest a window and a grace after that.
-local opens = now + window + st.win + st.grace
-if st.reset_at < 0 then
-  st.reset_at, st.cfrom, st.unop = opens, now + st.win - st.grace, 0
-  redis.call('HSET', STATE, 'cfrom', st.cfrom, 'unop', 0, 'opener', token)
-elseif st.unop == 1 then
-  st.reset_at, st.unop = math.max(st.reset_at, opens), 0
-  redis.call('HSET', STATE, 'unop', 0, 'opener', token)
-end
-redis.call('HSET', STATE, 'rem', st.rem, 'seq', st.seq, 'reset_at', st.reset_at)
--- Spacing counts from delivery: the permit reaches its shard within `window` of
--- this call's sending (so of now), and the next grant comes an interval after that.
-redis.call('HSET', BKT, 'f:' .. b, now + st.iv + window, 'g:' .. b, token)
+-- Logged with its instant (no delivery is earlier) and scored by the latest instant
+-- the permit may reach its shard (touches move it on). Spacing counts from delivery:
+-- the permit reaches its shard within `window` of this call's sending (so of now), and
+-- the next grant comes an interval after that. Undelivered (`u:b`) until its process
+-- says otherwise; the grant it follows in the bucket can no longer be delivered.
+local member = token .. ':' .. shard .. ':' .. now
+redis.call('HSET', STATE, 'rem', st.rem, 'seq', st.seq)
+redis.call('HSET', BKT, 'f:' .. b, now + st.iv + window, 'g:' .. b, token, 'm:' .. b, member,
+  'u:' .. b, 1)
+redis.call('HDEL', BKT, 'p:' .. b)
 if st.hold > 0 then redis.call('HSET', BKT, 'h:' .. b, token, 'l:' .. b, now + window + st.hold) end
--- Scored by the latest instant the permit may reach its shard (touches move it on).
-redis.call('ZADD', LOG, now + window, token .. ':' .. shard)
+redis.call('ZADD', LOG, now + window, member)
+may_open(st, b, now, window)
 -- Trimmed at 25 h, but never what the next refill counts.
 local keep = now - 90000000
 if st.reset_at >= 0 then keep = math.min(keep, st.cfrom) end

@@ -4,13 +4,18 @@
 -- this server's clock (`TIME`): the one clock of the cluster; replies carry durations.
 --
 -- Keys:
---   state  HASH   the shared budget and settings (fields in `NUMBERS`, plus `runid`
---                 and `opener`, the token of the grant that opened Discord's window)
---   bkt    HASH   per bucket b: f:b free-at, g:b last grant's token, h:b holder token
---                 and l:b its lease end (hold mode); `gen`, the state's generation
---   log    ZSET   grants of the last 25 h (score: the latest instant its permit may
---                 reach its shard, moved by touches and retries): recent grants for
---                 sync and for the refill; its size is kept in state (`logn`)
+--   state  HASH   the shared budget and settings (fields in `NUMBERS`, plus `runid`)
+--   bkt    HASH   per bucket b: f:b free-at, g:b last grant's token, m:b its log member,
+--                 u:b set while that grant is not known to be delivered, p:b the phase
+--                 in which it may have opened Discord's window (see `may_open`), h:b
+--                 holder token and l:b its lease end (hold mode); `gen`, the state's
+--                 generation
+--   log    ZSET   grants of the last 25 h, member `epoch:seq:shard:granted-at` (the
+--                 grant's instant: no delivery is earlier), score the latest instant its
+--                 permit may reach its shard (moved on by touches and retries): recent
+--                 grants for sync and for the refill; its size is kept in state (`logn`)
+--   lost   STRING when a script found the state missing or partly lost (ms): Discord's
+--                 word must come from a grace and the longest window after it
 --   c:b    ZSET   processes waiting for bucket b, lowest score first: rank * 2^40 + seq
 --   cl:b   HASH   their leases: when the head must have come back
 --   cw:b   HASH   their delivery windows (ms): how long a grant may take to reach them
@@ -27,8 +32,12 @@ local FAR = 1125899906842624 -- 2^50 ms: "not judged" leases, "never" waits
 -- The next in line looks at the head this long (ms) after the head's own window has
 -- passed since the bucket freed: the head's call should have arrived by then.
 local CHECK = 5
+-- The longest delivery window a process uses (`MAX_WINDOW` in round_trip.rs): longer
+-- windows are cut to it, so that every grant reaches its shard within it of its call.
+local MAXW = 10000
 local NUMBERS = { 'mc', 'iv', 'hold', 'total', 'rem', 'reset_at', 'win', 'need', 'quiet',
-  'hwm', 'epoch', 'seq', 'cseq', 'rsv', 'slack', 'grace', 'gen', 'logn', 'cfrom', 'unop' }
+  'hwm', 'epoch', 'seq', 'cseq', 'rsv', 'slack', 'grace', 'gen', 'logn', 'cfrom', 'unop',
+  'ph', 'lost' }
 
 local function clock()
   local t = redis.call('TIME')
@@ -74,19 +83,56 @@ local function load_state()
   return st
 end
 
+-- When a grant of log member `member` (score `score`) was made: its delivery is not
+-- earlier. A member written before the instant was part of it: its score less the
+-- longest window.
+local function granted_at(member, score)
+  local at = select(4, string.match(member, '^(%-?%d+):(%d+):(%d+):(%d+)$'))
+  return tonumber(at) or score - MAXW
+end
+
+-- The grants of this epoch that may still reach their shards (rules 3.11's undelivered
+-- grants): a bucket's latest grant, until its process says it was delivered (`u:b`);
+-- an earlier one can no longer be touched, nor its answer retried. Counts those whose
+-- log instant is before `from` (or trimmed): the log's count from `from` misses them.
+local function undelivered_before(st, from)
+  local raw = redis.call('HGETALL', BKT)
+  local fields = {}
+  for i = 1, #raw, 2 do fields[raw[i]] = raw[i + 1] end
+  local n = 0
+  for field, _ in pairs(fields) do
+    local b = string.match(field, '^u:(%d+)$')
+    local member = b and fields['m:' .. b]
+    if member and tonumber(string.match(member, '^(%-?%d+):')) == st.epoch then
+      local score = tonumber(redis.call('ZSCORE', LOG, member))
+      if not score or score < from then n = n + 1 end
+    end
+  end
+  return n
+end
+
 -- Discord's reset, at the latest instant `at` it may be: the budget refills to
--- `total` less the grants delivered from `from` on (they may count in Discord's new
--- window). One of them may have opened that window, or none did and the next grant
--- will: the next refill waits for the later of the two (a window and a grace after
--- it: `unop` says the next grant may still push it) and counts from a window after
--- the earlier, less a grace. Nothing delivered from `from`: the next grant opens it.
+-- `total` less the grants that may count in Discord's new window: those whose
+-- delivery may be from `from` on, and those not delivered yet. One of the delivered may
+-- have opened that window, or none did and the next delivery will: the next refill
+-- waits for the later of the two (a window and a grace after it: `unop` says the next
+-- grants may still push it, see `may_open`) and counts from a window after the
+-- earlier (the earliest delivery counted, by its grant's instant), less a grace.
+-- Nothing delivered from `from`: the next delivery opens it. Either way a new phase:
+-- no delivery before this refill says anything of Discord's new window.
 local function refill(st, at, from)
   local near = redis.call('ZCOUNT', LOG, from, '+inf')
-  st.rem = math.max(st.total - near, 0)
+  st.rem = math.max(st.total - near - undelivered_before(st, from), 0)
+  st.ph = st.ph + 1
   if near == 0 then
     st.reset_at, st.unop = -1, 0
   else
-    local first = tonumber(redis.call('ZRANGEBYSCORE', LOG, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)[2])
+    local counted = redis.call('ZRANGEBYSCORE', LOG, from, '+inf', 'WITHSCORES')
+    local first = math.huge
+    for i = 1, #counted, 2 do
+      first = math.min(first, granted_at(counted[i], tonumber(counted[i + 1])))
+    end
+    first = math.max(first, from)
     local last = tonumber(redis.call('ZRANGE', LOG, -1, -1, 'WITHSCORES')[2])
     st.reset_at = math.max(at, last) + st.grace + st.win
     st.cfrom = first + st.win - st.grace
@@ -105,16 +151,24 @@ local function refresh(st, now)
   return changed
 end
 
--- A grant's delivery moved on to `at` (a touch, a retried answer): if it opened
--- Discord's window, Discord's reset may move with it.
-local function moved(st, token, at)
-  if st.reset_at >= 0 and redis.call('HGET', STATE, 'opener') == token then
-    local latest = at + st.win + st.grace
-    if latest > st.reset_at then
-      st.reset_at = latest
-      redis.call('HSET', STATE, 'reset_at', latest)
-    end
+-- Grant `b`'s latest may reach its shard from `now` to `now + window` (granted,
+-- touched, or its answer retried). While Discord's window may not be open (no reset
+-- placed, or `unop`), that delivery may open it: the reset moves on to a day and a
+-- grace after the window at the latest, and the grant is marked with the phase, so
+-- that its process's word that it was delivered (`delivered.lua`) settles it. Until a
+-- delivery is confirmed, every grant may be the first delivered (the others dropped).
+local function may_open(st, b, now, window)
+  local latest = now + window + st.grace + st.win
+  if st.reset_at < 0 then
+    -- Discord's window opens with a delivery from now on: count from a day after now.
+    st.reset_at, st.cfrom, st.unop, st.ph = latest, now + st.win - st.grace, 1, st.ph + 1
+  elseif st.unop == 1 then
+    st.reset_at = math.max(st.reset_at, latest)
+  else
+    return
   end
+  redis.call('HSET', STATE, 'reset_at', st.reset_at, 'cfrom', st.cfrom, 'unop', 1, 'ph', st.ph)
+  redis.call('HSET', BKT, 'p:' .. b, st.ph)
 end
 
 -- The state as of now, or nil when it is missing (Redis restarted empty, or never
@@ -124,13 +178,20 @@ end
 local function open(writes)
   local now = clock()
   local st = load_state()
-  if not st then return nil, now end
+  if not st then
+    -- Missing: a restart or a flush lost it, or no process synced yet. Noted, so that
+    -- Discord's word is taken only once no grant made before the loss can arrive
+    -- unseen (see `sync.lua`).
+    if writes then redis.call('SET', P .. 'lost', now, 'NX') end
+    return nil, now
+  end
   -- Part of the state lost on its own (an eviction, a deleted key): as good as
   -- missing. Discord's word recreates it.
   if st.gen ~= (tonumber(redis.call('HGET', BKT, 'gen')) or -1)
       or st.logn ~= redis.call('ZCARD', LOG) then
     if writes then
       redis.call('DEL', STATE)
+      redis.call('SET', P .. 'lost', now, 'NX')
       redis.call('PUBLISH', EV, 'e lost')
     end
     return nil, now
@@ -141,12 +202,16 @@ local function open(writes)
     st.epoch = next_epoch(st.epoch, now)
     st.need = 2
     st.quiet = math.max(st.quiet, now + st.iv)
-    redis.call('HSET', STATE, 'runid', id, 'epoch', st.epoch, 'need', 2, 'quiet', st.quiet)
+    -- The lost writes' grants may still reach their shards for a window: `lost`
+    -- quarantines Discord's word (see `sync.lua`).
+    st.lost = now
+    redis.call('HSET', STATE, 'runid', id, 'epoch', st.epoch, 'need', 2, 'quiet', st.quiet,
+      'lost', st.lost)
     redis.call('PUBLISH', EV, 'e ' .. st.epoch)
   end
   if refresh(st, now) and writes then
     redis.call('HSET', STATE, 'rem', st.rem, 'reset_at', st.reset_at, 'cfrom', st.cfrom,
-      'unop', st.unop)
+      'unop', st.unop, 'ph', st.ph)
   end
   return st, now
 end

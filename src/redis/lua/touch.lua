@@ -5,17 +5,19 @@
 -- then void (its unit spent), and its shard asks again.
 -- ARGV: shard, epoch, seq, window (ms). Reply: 1 kept, 0 void.
 local shard, token = tonumber(ARGV[1]), ARGV[2] .. ':' .. ARGV[3]
-local window = tonumber(ARGV[4]) or 0
+local window = math.min(tonumber(ARGV[4]) or 0, MAXW)
 local st, now = open(true)
 if not st or st.need ~= 0 then return 0 end
 -- A grant of an earlier epoch is void, even if its record survived a failover.
 if tonumber(ARGV[2]) ~= st.epoch then return 0 end
 local b = shard % st.mc
 if redis.call('HGET', BKT, 'g:' .. b) ~= token then return 0 end
--- Counted from its delivery: a word applied after it subtracts it.
-redis.call('ZADD', LOG, 'GT', now + window, token .. ':' .. shard)
+-- Counted from its delivery: a word applied after it subtracts it (and, until its
+-- process says it was delivered, any word or refill: `u:b`).
+local member = redis.call('HGET', BKT, 'm:' .. b) or (token .. ':' .. shard)
+redis.call('ZADD', LOG, 'GT', now + window, member)
 count_log()
-moved(st, token, now + window)
+may_open(st, b, now, window)
 local free = tonumber(redis.call('HGET', BKT, 'f:' .. b)) or 0
 redis.call('HSET', BKT, 'f:' .. b, math.max(free, now + st.iv + window))
 -- Hold mode: the hold counts from delivery too.
