@@ -83,7 +83,9 @@
 //!     the safe side:
 //!     - a word read at `r` sets the budget to its `remaining` less the deliveries
 //!       after `r - grace` and less the grants not delivered yet; a word older than
-//!       [`MAX_WORD_AGE`](crate::MAX_WORD_AGE) is refused;
+//!       [`MAX_WORD_AGE`](crate::MAX_WORD_AGE) is refused (the cluster takes any age:
+//!       it keeps its log 25 h, and a word older than a day places its reset in the
+//!       past, where the refill counts the whole log);
 //!     - a reset is placed at the latest instant it may be (the read plus
 //!       `reset_after`, or a day and a grace after the delivery that opened the
 //!       window) and refills to `total` less the deliveries that may count in
@@ -96,12 +98,16 @@
 //!       next refill waits for the later opening and counts from the earlier one;
 //!     - a grant dropped before its delivery spends its unit, except that while
 //!       Discord's window is surely not open the unit a refill held back for it comes
-//!       back (it can never arrive).
+//!       back (it can never arrive). (The cluster keeps that unit spent: Redis does
+//!       not hear of the drop, and its grant stays undelivered until a later grant
+//!       of its bucket voids it. Safe; a unit lost per drop.)
 //!
 //!     Refilling later and subtracting more is always safe; nothing refills earlier or
 //!     subtracts less. (`budget.rs`, whose module docs hold the argument;
 //!     `tests/budget.rs`, whose property judges random traces with an independent
-//!     model of Discord's counter, `tests/support/discord_budget.rs`.)
+//!     model of Discord's counter, `tests/support/discord_budget.rs`. The cluster keeps
+//!     these rules on what Redis can know of a delivery, 6.3; `tests/cluster_budget_day.rs`
+//!     judges it by the same counter.)
 //!
 //! # 4. Cost
 //!
@@ -151,8 +157,25 @@
 //!    durations.
 //! 3. **The budget comes only from Discord's word** (`connect`, `update`, a limit
 //!    source) or the reset it announced, kept as 3.11 keeps it, with the deliveries of
-//!    every process. State lost or possibly stale (Redis restarted empty, a failover):
-//!    no process grants until Discord's word comes again.
+//!    every process. Redis sees a delivery only as an interval (from its grant's
+//!    instant to the end of its delivery window, which touches and retried answers
+//!    move on) and hears of it from its process afterwards, so each of 3.11's rules
+//!    takes the interval's safe end: a word and a refill subtract every grant not
+//!    known to be delivered (a bucket's latest, until its process says so) and every
+//!    grant whose interval reaches past their point; a refill counts from a day less a
+//!    grace after the earliest grant instant it counted; while Discord's window may
+//!    not be open, every grant (and every touch or retried answer) may be the
+//!    delivery that opens it and pushes the reset a day and a grace past its
+//!    interval, until a delivery of one of them is confirmed. State lost or possibly
+//!    stale (Redis restarted empty, a failover): no process grants until Discord's
+//!    word comes again, and a word read before the longest delivery window (10 s) and
+//!    a grace after the loss was noticed is *quarantined*: the grants made before the
+//!    loss may still arrive unseen, so it is applied less the most the buckets can
+//!    have granted in that time (one per bucket and interval), and a window it says is
+//!    not open may have been opened by one of them. A process with a limit source
+//!    fetches the word once the quarantine is over. *This project's reading, beyond
+//!    the letter of "no grants until Discord's word"*: a word is only as good as what
+//!    it could have counted.
 //! 4. **A process that dies** loses nothing for the others: its waiting requests go
 //!    with it, its holds end at their timeout, its spent units stay spent.
 //! 5. **Work-conserving across processes**: a freed bucket is taken within a round trip

@@ -66,6 +66,17 @@ fn spawn_acquire(
     tokio::spawn(async move { queue.acquire(shard).await.map(|p| p.granted_at()) })
 }
 
+/// A word of `remaining` read just after a loss was applied quarantined (rules 6.3):
+/// less what the bucket can have granted before the loss and still deliver unseen, one
+/// grant per spacing (101 ms) for the longest window and the grace (10 s and 30 s).
+async fn assert_quarantined(queue: &Queue, remaining: u32) {
+    let left = self::remaining(queue).await;
+    assert!(
+        left <= remaining - 390,
+        "not quarantined: {left} of {remaining}"
+    );
+}
+
 async fn remaining(queue: &Queue) -> u32 {
     queue.snapshot().await.unwrap().expect("state").remaining
 }
@@ -263,7 +274,8 @@ async fn part_of_the_state_lost_counts_as_all_of_it() {
             "{key}"
         );
         let word = Instant::now();
-        queue.update(limit(1, 9)).await.unwrap();
+        queue.update(limit(1, 900)).await.unwrap();
+        assert_quarantined(&queue, 900).await;
         let granted = timeout(Duration::from_secs(5), waiting)
             .await
             .unwrap()
@@ -304,7 +316,8 @@ async fn a_demoted_and_repromoted_server_is_a_new_epoch() {
         "granted without Discord's word after a promotion"
     );
     assert_eq!(queue.health(), Health::NeedsLimit(NeedLimit::NewServer));
-    queue.update(limit(1, 9)).await.unwrap();
+    queue.update(limit(1, 900)).await.unwrap();
+    assert_quarantined(&queue, 900).await;
     timeout(Duration::from_secs(5), waiting)
         .await
         .unwrap()

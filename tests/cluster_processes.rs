@@ -108,7 +108,12 @@ fn worker() {
         .unwrap();
     runtime.block_on(async move {
         let discord = work.discord;
-        let mut config = Config::default().interval(INTERVAL);
+        // The fake Discord answers at once and its IDENTIFYs arrive within
+        // milliseconds: a second of grace covers both, and keeps the quarantine after
+        // a loss (the longest window and the grace, rules 6.3) at 11 s.
+        let mut config = Config::default()
+            .interval(INTERVAL)
+            .grace(Duration::from_secs(1));
         if let Some(hold) = work.hold_forever {
             config = config.hold_until_release(hold);
         }

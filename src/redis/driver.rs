@@ -20,7 +20,9 @@
 //!    returns the grant it made, never a second one.
 //! 4. **Fail closed.** Without a connection nothing is granted; the waiting requests
 //!    wait, and every bucket asks again once connected.
-//! 5. **Every call carries the window and measures the round trip.** The window sent
+//! 5. **Deliveries are reported** by the round's first grant call, which carries
+//!    them, or by a call of their own when no grant call comes (`report_deliveries`).
+//! 6. **Every call carries the window and measures the round trip.** The window sent
 //!    is the one its answer is judged by (`Local::answered`, `Local::touched`); a new
 //!    link loads the scripts and measures a few `PING`s first, so that no call pays for
 //!    a script load and the first window is true.
@@ -208,39 +210,33 @@ async fn step(
         local.replicas_behind = false;
         local.set_health(Health::Ready);
     }
-    // The deliveries' word goes out first, pipelined with the asks: a round trip for
-    // both.
-    let (reported, asked) = tokio::join!(
-        report_deliveries(inner, connection.clone()),
-        ask_heads(inner, connection)
-    );
-    reported.and(asked)?;
+    ask_heads(inner, connection).await?;
+    if inner.lock().deliveries_due(Instant::now()) {
+        report_deliveries(inner, connection).await?;
+    }
     Ok(inner.lock().next_deadline(Instant::now()))
 }
 
-/// Tells Redis which permits reached their shards, all in one call: until it hears,
-/// their grants count as undelivered in every word and refill, and none of them
-/// settles that Discord's window is open (rules 3.11; `lua/delivered.lua`). A failed
-/// call keeps them for the next round; a word that comes too late only keeps the
+/// Tells Redis which permits reached their shards, when no grant call carried them:
+/// until it hears, their grants count as undelivered in every word and refill, and
+/// none of them settles that Discord's window is open (rules 6.3; `lua/delivered.lua`).
+/// A failed call keeps them for the next round; a word that comes late only keeps the
 /// shared budget on the safe side.
 async fn report_deliveries(
     inner: &Arc<Inner>,
-    mut connection: MultiplexedConnection,
+    connection: &mut MultiplexedConnection,
 ) -> Result<(), String> {
-    let delivered = std::mem::take(&mut inner.lock().delivered);
-    if delivered.is_empty() {
-        return Ok(());
-    }
+    let delivered = inner.lock().take_deliveries();
     let mut invocation = inner.scripts.delivered.prepare_invoke();
     invocation.key(&inner.prefix);
     for (shard, token) in &delivered {
         invocation.arg(shard).arg(token.epoch).arg(token.seq);
     }
-    let reply = invocation.invoke_async::<i64>(&mut connection).await;
+    let reply = invocation.invoke_async::<i64>(connection).await;
     let mut local = inner.lock();
     local.stats.commands += 1;
     reply.map(drop).map_err(|e| {
-        local.delivered.extend(delivered);
+        local.return_deliveries(delivered, Instant::now());
         e.to_string()
     })
 }
@@ -473,7 +469,7 @@ async fn ask_heads(
     inner: &Arc<Inner>,
     connection: &mut MultiplexedConnection,
 ) -> Result<(), String> {
-    let (asks, window) = {
+    let (asks, window, delivered) = {
         let mut local = inner.lock();
         let window = local.window();
         let due = local.due_heads(Instant::now());
@@ -484,28 +480,45 @@ async fn ask_heads(
                 Some((index, shard, rank, nonce, next_rank))
             })
             .collect();
-        (asks, window)
+        // The round's first call carries the deliveries Redis has not heard of.
+        let delivered = if asks.is_empty() {
+            Vec::new()
+        } else {
+            local.take_deliveries()
+        };
+        (asks, window, delivered)
     };
     if asks.is_empty() {
         return Ok(());
     }
-    let calls = asks.iter().map(|(_, shard, rank, nonce, next_rank)| {
-        let mut connection = connection.clone();
-        async move {
-            let mut invocation = inner.scripts.acquire.prepare_invoke();
-            invocation
-                .key(&inner.prefix)
-                .arg(&inner.client)
-                .arg(shard)
-                .arg(nonce)
-                .arg(rank)
-                .arg(next_rank)
-                .arg(window.as_millis() as u64);
-            invocation.invoke_async::<Vec<i64>>(&mut connection).await
-        }
-    });
+    let calls = asks
+        .iter()
+        .enumerate()
+        .map(|(i, (_, shard, rank, nonce, next_rank))| {
+            let mut connection = connection.clone();
+            let delivered = if i == 0 { delivered.as_slice() } else { &[] };
+            async move {
+                let mut invocation = inner.scripts.acquire.prepare_invoke();
+                invocation
+                    .key(&inner.prefix)
+                    .arg(&inner.client)
+                    .arg(shard)
+                    .arg(nonce)
+                    .arg(rank)
+                    .arg(next_rank)
+                    .arg(window.as_millis() as u64);
+                for (shard, token) in delivered {
+                    invocation.arg(shard).arg(token.epoch).arg(token.seq);
+                }
+                invocation.invoke_async::<Vec<i64>>(&mut connection).await
+            }
+        });
     let sent = Instant::now();
     let replies = in_order(calls.collect()).await;
+    if replies.first().is_some_and(|(reply, _)| reply.is_err()) {
+        // Not heard, perhaps: told again (twice is the same).
+        inner.lock().return_deliveries(delivered, Instant::now());
+    }
     let first = first_answer(&replies);
     let mut answers = Vec::with_capacity(asks.len());
     let mut failure = None;

@@ -21,6 +21,12 @@
 //! 4. **Deadlines come from Redis's answers**, shifted onto this process's clock when
 //!    they arrive (so they err late, never early), or from notifications; the fallback
 //!    in `next_deadline` bounds every wait even if every notification were lost.
+//! 5. **Redis hears of every delivery, after it.** A permit handed over is queued in
+//!    `delivered`, and the next grant call carries it (or a call of its own, a round
+//!    later at the latest); until Redis hears, it counts the grant as
+//!    undelivered (every word and refill subtracts it) and as a possible opener of
+//!    Discord's window (rules 6.3). A report lost or late errs on that safe side; a
+//!    grant never delivered is never reported.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::task::Waker;
@@ -194,8 +200,12 @@ pub(super) struct Local {
     pub(super) no_budget: Option<Option<Instant>>,
     /// Permits handed over whose delivery Redis has not been told of yet: until it is,
     /// their grants count as undelivered there, and none of them can settle that
-    /// Discord's window is open (`lua/delivered.lua`).
+    /// Discord's window is open (`delivered` in `lua/prelude.lua`). The next grant
+    /// call carries them, or a call of their own once they are due
+    /// ([`deliveries_due`](Self::deliveries_due)).
     pub(super) delivered: Vec<(ShardId, Token)>,
+    /// When the oldest of `delivered` was handed over.
+    delivered_since: Option<Instant>,
     pub(super) need: Option<NeedLimit>,
     /// With a limit source: do not fetch Discord's word again before then.
     pub(super) fetch_after: Option<Instant>,
@@ -231,6 +241,7 @@ impl Local {
             outbox: VecDeque::new(),
             no_budget: None,
             delivered: Vec::new(),
+            delivered_since: None,
             need: None,
             fetch_after: None,
             health: Health::Ready,
@@ -482,12 +493,35 @@ impl Local {
                 let token = granted.token;
                 self.waiters.remove(&shard);
                 self.delivered.push((shard, token));
+                self.delivered_since.get_or_insert(now);
                 Taken::Permit(token)
             }
             Phase::Granted(granted) => Taken::Pending {
                 touch: !std::mem::replace(&mut granted.touch_asked, true),
             },
         }
+    }
+
+    /// The deliveries Redis has not heard of, to tell it now.
+    pub(super) fn take_deliveries(&mut self) -> Vec<(ShardId, Token)> {
+        self.delivered_since = None;
+        std::mem::take(&mut self.delivered)
+    }
+
+    /// Deliveries whose call failed, to tell Redis later.
+    pub(super) fn return_deliveries(&mut self, deliveries: Vec<(ShardId, Token)>, now: Instant) {
+        if !deliveries.is_empty() {
+            self.delivered.extend(deliveries);
+            self.delivered_since.get_or_insert(now);
+        }
+    }
+
+    /// Whether the deliveries Redis has not heard of need a call of their own: no
+    /// request of this process is left to carry them, or the oldest waited a round.
+    /// (Later only errs on the safe side: implementation detail 5.)
+    pub(super) fn deliveries_due(&self, now: Instant) -> bool {
+        self.delivered_since
+            .is_some_and(|since| self.waiters.is_empty() || now >= since + self.settings.spacing)
     }
 
     /// Shards whose request has not resolved: waiting, or granted and not yet taken.
@@ -787,8 +821,11 @@ impl Local {
         // The fallback: even if every notification were lost, nothing waits longer
         // than a round (plus the head grace) past its turn.
         let mut next = now + self.settings.spacing + self.window() + self.settings.head_grace;
-        if !self.outbox.is_empty() {
+        if !self.outbox.is_empty() || self.deliveries_due(now) {
             return now;
+        }
+        if let Some(since) = self.delivered_since {
+            next = next.min(since + self.settings.spacing);
         }
         if self.need.is_some() {
             return match (self.fetch_after, self.settings.limit_source) {

@@ -79,48 +79,62 @@
 //!
 //! # The budget's accounting
 //!
-//! Discord counts a unit when an IDENTIFY *arrives*, and its word (`remaining`,
-//! `reset_after`) is as old as the time since it was read. Between the two lie grants
-//! whose IDENTIFY is on its way, permits not yet taken, and words in flight. Redis
-//! counts a unit as spent when it grants it, and keeps every grant in a log scored by
-//! the latest instant its permit may reach its shard (the end of the delivery window;
-//! each touch, and each retried answer, moves it later). [`Config::grace`](crate::Config::grace) (`G`,
-//! the same setting as in one process) bounds the rest: how old a word may be when
-//! applied, plus how long an IDENTIFY may take to arrive after its permit was handed
-//! over.
+//! The core's budget ([rules 3.11](crate::rules), argued in `budget.rs`) counts a
+//! grant from its *delivery*, the instant its permit reaches its shard; Discord counts
+//! the IDENTIFY when it *arrives*, at most [`Config::grace`](crate::Config::grace)
+//! (`G`, the same setting as in one process) later, and a word may be up to `G` old.
+//! The cluster keeps the same rules on what Redis can know of a delivery:
 //!
+//! - **A delivery is an interval.** Each grant is logged with its instant (no delivery
+//!   is earlier) and scored by the end of its delivery window (none is later; a touch
+//!   or a retried answer moves the end on). The process says when the permit was
+//!   handed over (one call for all its deliveries, pipelined with its asks); until
+//!   then the grant is *undelivered*. Only a bucket's latest grant can still be
+//!   delivered late (touched, or its answer retried): a later grant of the bucket, or
+//!   a new epoch, voids the one before.
 //! - **A word** read at `r` (applied now; `r` = now less its age, see
 //!   [`Queue::update_with_age`]) sets the budget to its `remaining` less every grant
-//!   whose log instant is after `r - G`: those Discord may not have counted when it
-//!   answered. A permit still untaken is touched, so its instant is recent, so it is
-//!   subtracted however long ago it was granted. A grant counted by Discord and
+//!   whose window ends after `r - G` and every undelivered grant, however old: those
+//!   Discord may not have counted when it answered. A grant counted by Discord and
 //!   subtracted too costs one unit until the next word: the safe side.
-//! - **A reset** is at `r + reset_after` (a word's), or at the first arrival after
-//!   the previous reset plus 24 hours, which is at the latest `G` after the delivery
-//!   of the grant that opens the window (a touch of that grant moves it). Redis
-//!   refills at that latest instant, to `total` less the grants whose log instant
-//!   falls within `G` before it: they may count in Discord's new window. It never
-//!   refills earlier, nor subtracts less. A word that counts nothing (`remaining` =
-//!   `total`) says Discord's window is not open: a refill at its read.
-//! - **A window that may have opened already.** When a refill subtracted a grant, that
-//!   grant may have opened Discord's next window (it arrived after Discord's reset), or
-//!   none did and the next grant will. Both stay possible: the next refill comes a day and
-//!   `G` after the later of the two openings, and subtracts every grant logged from a day
-//!   less `G` after the earlier one ([rules 3.11](crate::rules): counting only the
-//!   grants within `G` before that refill would miss the grants between the two
-//!   possible resets).
+//! - **A reset** is at `r + reset_after` (a word's), or a day and `G` after the
+//!   delivery window of the grant that opened Discord's window. Redis refills at that
+//!   latest instant, to `total` less the grants whose window ends at or after Discord's
+//!   earliest reset less `G` (they may count in the new window) and less the
+//!   undelivered. It never refills earlier, nor subtracts less. A word that counts
+//!   nothing (`remaining` = `total`) says Discord's window is not open: a refill at
+//!   its read.
+//! - **A window that may not be open yet.** After such a refill, the next delivery
+//!   opens Discord's window; but a grant may never be delivered (its future dropped,
+//!   its process gone), so until a process confirms a delivery, every grant (and every
+//!   touch or retried answer) may be the one: each pushes the reset to a day and `G`
+//!   after its window, and the refill counts from a day less `G` after the first of
+//!   them. When a refill subtracted grants near Discord's reset, one of them may have
+//!   opened the next window, or none did and the next delivery will: the next refill
+//!   comes a day and `G` after the later of the two openings and counts from a day
+//!   less `G` after the earliest grant instant it counted.
 //! - **The state is whole or missing.** A server that may evict keys without a TTL
 //!   (`maxmemory-policy allkeys-*`) is refused; a state whose buckets or log went
 //!   missing on their own (a generation and a count that must match) is treated as
 //!   missing; a server whose process or replication history changed is a new epoch
-//!   (and epochs never repeat). Then nothing is granted until Discord's word, which
-//!   counts what Redis forgot.
+//!   (and epochs never repeat). Then nothing is granted until Discord's word.
+//! - **A loss is quarantined.** The grants made before a loss are unknown, and a
+//!   permit inside its window is still handed over after it: Discord may count them up
+//!   to the longest window (10 s) and `G` after the loss was noticed. A word read
+//!   before then is applied less the most the buckets can have granted in that time
+//!   (one per bucket and interval; a window it says is not open may have been opened
+//!   by one of them), until a word read after it; with [`Options::limit_source`], the
+//!   process that fetches the word waits for the end of the quarantine (10 s and `G`,
+//!   40 s by default) rather than lose those units.
 //!
 //! So at any instant, the units Redis may still grant in a Discord window are at most
 //! what Discord's latest word left, less every grant Discord may not have counted: no
 //! unit is counted as available twice, in one process or across all of them. What
 //! the safe side costs: up to `G` of grants held back at each word, and `G` added to
-//! each reset (30 s by default). Redis is the one clock: a forward step of its clock
+//! each reset (30 s by default); a unit per permit dropped before delivery (Redis does
+//! not hear of the drop); after a loss, the quarantine. The scripts count whole
+//! milliseconds: instants are floored and ages rounded down, an error under a
+//! millisecond that the inclusive counts absorb. Redis is the one clock: a forward step of its clock
 //! would refill early (run it with NTP slewing, not stepping); a backward step is
 //! absorbed (time waits at its high-water mark).
 //!

@@ -77,6 +77,71 @@ fn a_grant_is_handed_over_within_its_window_only() {
     assert_eq!(local.buckets[&0].next_try, Some(start + ms(3) + ms(205)));
 }
 
+/// Redis tells its deliveries (rules 6.3): a permit handed over is reported once, and
+/// a grant voided before its delivery is not.
+#[test]
+fn a_delivered_permit_is_reported_and_only_it() {
+    let start = Instant::now();
+    let mut local = Local::new(settings(), 2, 100);
+    let zero = enqueue(&mut local, 0, start);
+    let one = enqueue(&mut local, 1, start);
+    ask_and_answer(&mut local, 0, grant(1, 2, 205), start, start + ms(1));
+    ask_and_answer(&mut local, 1, grant(2, 2, 205), start, start + ms(1));
+    assert!(local.delivered.is_empty(), "reported before its delivery");
+    assert_eq!(local.take(0, zero, start + ms(2)), Taken::Permit(token(1)));
+    assert_eq!(local.delivered, vec![(0, token(1))]);
+    // Shard 1's grant is taken late and its touch refused: never delivered.
+    assert_eq!(
+        local.take(1, one, start + ms(50)),
+        Taken::Pending { touch: true }
+    );
+    local.touched(1, token(2), false, start + ms(50), ms(5), start + ms(51));
+    assert_eq!(local.delivered, vec![(0, token(1))]);
+}
+
+/// After a loss, Discord's word is fetched once the grants made before it cannot
+/// reach Discord unseen: the longest window after the loss was noticed (as Redis
+/// says it, relative to its answer) and the grace.
+#[test]
+fn after_a_loss_the_word_is_fetched_after_the_quarantine() {
+    let start = Instant::now();
+    let mut local = Local::new(
+        Settings {
+            limit_source: true,
+            ..settings()
+        },
+        1,
+        100,
+    );
+    enqueue(&mut local, 0, start);
+    let lost = |in_ms| Answer::NeedLimit {
+        need: NeedLimit::StateMissing,
+        lost: Some(in_ms),
+    };
+    ask_and_answer(&mut local, 0, lost(9_000), start, start + ms(4));
+    let after = start + ms(4) + ms(9_000) + Duration::from_secs(30);
+    assert_eq!(local.fetch_after, Some(after));
+    assert_eq!(
+        local.next_deadline(start + ms(5)),
+        start + ms(5) + ms(201) + ms(5) + ms(1000)
+    );
+    // A later answer never brings it earlier; one long past asks at once.
+    ask_and_answer(&mut local, 0, lost(1_000), start, start + ms(10));
+    assert_eq!(local.fetch_after, Some(after));
+    let mut fresh = Local::new(
+        Settings {
+            limit_source: true,
+            ..settings()
+        },
+        1,
+        100,
+    );
+    enqueue(&mut fresh, 0, start);
+    ask_and_answer(&mut fresh, 0, lost(-40_000), start, start + ms(4));
+    assert_eq!(fresh.fetch_after, None);
+    assert_eq!(fresh.next_deadline(start + ms(4)), start + ms(4));
+}
+
 #[test]
 fn a_grant_taken_late_needs_a_touch_and_one_refused_goes_back_to_its_place() {
     let start = Instant::now();

@@ -1,6 +1,8 @@
 -- The grant. ARGV: client, shard, nonce, rank (0 reconnect, 1 start), next rank of the
 -- client's queue in this bucket after this shard (-1: none), the client's delivery
--- window (ms: a permit reaches its shard within it of this call being sent).
+-- window (ms: a permit reaches its shard within it of this call being sent), then the
+-- client's permits delivered since it last said (threes: shard, epoch, seq; see
+-- `delivered` in the prelude).
 -- Replies {kind, a, b, c, mc}:
 --   {1, epoch, seq, remaining, mc, next_wait}  granted (token epoch:seq)
 --   {2, wait, is_head, 0, mc}                   ask again after `wait` ms (when the
@@ -28,6 +30,7 @@ if st.need ~= 0 then
   if st.lost > 0 then return { 4, st.need, 1, st.lost + MAXW - now, st.mc } end
   return { 4, st.need, 0, 0, st.mc }
 end
+delivered(st, 7)
 local b = shard % st.mc
 -- A retried call (its answer was lost): the grant it made, if that grant is still
 -- its bucket's latest in this epoch; its shard takes it within `window` from now, so

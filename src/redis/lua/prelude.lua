@@ -13,7 +13,9 @@
 --   log    ZSET   grants of the last 25 h, member `epoch:seq:shard:granted-at` (the
 --                 grant's instant: no delivery is earlier), score the latest instant its
 --                 permit may reach its shard (moved on by touches and retries): recent
---                 grants for sync and for the refill; its size is kept in state (`logn`)
+--                 grants for sync and for the refill; its size is kept in state (`logn`).
+--                 After a loss, `lost:<noticed>:<n>:<earliest>` stand for the grants
+--                 that may have been made before it (see `sync.lua`)
 --   lost   STRING when a script found the state missing or partly lost (ms): Discord's
 --                 word must come from a grace and the longest window after it
 --   c:b    ZSET   processes waiting for bucket b, lowest score first: rank * 2^40 + seq
@@ -87,8 +89,7 @@ end
 -- earlier. A member written before the instant was part of it: its score less the
 -- longest window.
 local function granted_at(member, score)
-  local at = select(4, string.match(member, '^(%-?%d+):(%d+):(%d+):(%d+)$'))
-  return tonumber(at) or score - MAXW
+  return tonumber(string.match(member, '^[^:]+:[^:]+:[^:]+:(%-?%d+)$')) or score - MAXW
 end
 
 -- The grants of this epoch that may still reach their shards (rules 3.11's undelivered
@@ -169,6 +170,30 @@ local function may_open(st, b, now, window)
   end
   redis.call('HSET', STATE, 'reset_at', st.reset_at, 'cfrom', st.cfrom, 'unop', 1, 'ph', st.ph)
   redis.call('HSET', BKT, 'p:' .. b, st.ph)
+end
+
+-- Permits that reached their shards, told by their process after the fact: ARGV from
+-- `first` on, in threes (shard, epoch, seq). A grant still its bucket's latest in this
+-- epoch is no longer undelivered (words and refills count it by its log interval
+-- alone, as the core counts a delivery), and if it may have opened Discord's window
+-- in this phase (`p:b`, see `may_open`), the window is open: later grants no longer
+-- move the reset. A grant no longer its bucket's latest says nothing (its word came
+-- late: the state stays on the safe side). Told twice, the same. How many counted.
+local function delivered(st, first)
+  local taken = 0
+  for i = first, #ARGV - 2, 3 do
+    local shard, epoch = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+    local b = shard % st.mc
+    if epoch == st.epoch and redis.call('HGET', BKT, 'g:' .. b) == ARGV[i + 1] .. ':' .. ARGV[i + 2] then
+      redis.call('HDEL', BKT, 'u:' .. b)
+      if st.unop == 1 and tonumber(redis.call('HGET', BKT, 'p:' .. b)) == st.ph then
+        st.unop = 0
+        redis.call('HSET', STATE, 'unop', 0)
+      end
+      taken = taken + 1
+    end
+  end
+  return taken
 end
 
 -- The state as of now, or nil when it is missing (Redis restarted empty, or never

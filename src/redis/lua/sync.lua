@@ -9,10 +9,14 @@
 -- After a loss (the state missing or partly lost where a process had used it, a new
 -- server process), the grants made before it are unknown: each may reach its shard up
 -- to the longest window after the loss was noticed, and Discord up to a grace after
--- that. A word read before then is quarantined: it is applied less the most grants the
--- buckets can have made in that time (every bucket, one per interval), and a window it
--- says is not open may have been opened by one of them. The quarantine lasts until a
--- word read after it: every word until then is applied so.
+-- that (the quarantine). A word read before then is applied as if those grants were
+-- logged: the most the buckets can have made in that time (every bucket, one per
+-- interval) are written to the log as delivered within the quarantine, so that this
+-- word, every word read before the quarantine ends, and a refill near them count
+-- them, and a window the word says is not open may have been opened by one of them.
+-- A word of any age is taken (the core refuses one older than an hour): the log is
+-- kept 25 h, and a word older than a day places its reset in the past, where the
+-- refill counts the whole log.
 -- ARGV: total, remaining, reset_after (-1: never), max_concurrency, interval, hold,
 -- grace, window, reserve, slack, age. Reply: {remaining, reset_in (-1: none), epoch, mc}.
 local total, remaining, reset_after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -43,10 +47,10 @@ else
   if st.need ~= 0 or st.runid ~= id then
     if st.runid ~= id then epoch = next_epoch(epoch, now) end
     quiet = math.max(quiet, now + iv)
+    -- The loss was noticed when a script first saw the new server, or now.
+    if st.need ~= 0 and st.lost > 0 then lost = st.lost end
     if st.runid ~= id then lost = now end
   end
-  -- A loss noticed before, whose quarantine may not be over.
-  if not lost and st.lost > 0 then lost = st.lost end
   if st.mc ~= mc then
     -- Re-keyed buckets: none is free before every recent grant and live hold has
     -- aged, whichever new bucket it maps to. Their grants can no longer be touched:
@@ -62,13 +66,18 @@ else
   end
 end
 local read = now - age
--- The quarantine: grants made before the loss (at most one per bucket per interval,
--- each within the longest window of its delivery) that may reach Discord after `read`
--- less the grace, which Redis no longer knows.
-local unseen, quarantine = 0, nil
 if lost then
-  quarantine = lost + MAXW + grace
-  if read < quarantine then unseen = mc * (math.floor((quarantine - read) / iv) + 1) end
+  -- The quarantine's unseen grants (at most `total`: no word counts more), each
+  -- granted from a window and a grace before the read (a delivery before that is in
+  -- the word) to when the loss was noticed, so delivered by a window after that.
+  local quarantine = lost + MAXW + grace
+  if read < quarantine then
+    local unseen = math.min(mc * (math.floor((quarantine - read) / iv) + 1), total)
+    local earliest = read - grace - MAXW
+    for i = 1, unseen do
+      redis.call('ZADD', LOG, lost + MAXW, 'lost:' .. lost .. ':' .. i .. ':' .. earliest)
+    end
+  end
 end
 local budget = { total = total, grace = grace, win = win, rem = 0, reset_at = -1, cfrom = 0,
   unop = 0, epoch = epoch, ph = (st and st.ph or 0) + 1 }
@@ -76,23 +85,14 @@ local budget = { total = total, grace = grace, win = win, rem = 0, reset_at = -1
 local recent = redis.call('ZCOUNT', LOG, read - grace, '+inf') + undelivered_before(budget, read - grace)
 if reset_after < 0 then
   -- Never: nothing to refill, nothing the log must keep for a refill.
-  budget.rem, budget.reset_at = math.max(remaining - recent - unseen, 0), now + FAR
+  budget.rem, budget.reset_at = math.max(remaining - recent, 0), now + FAR
   budget.cfrom = budget.reset_at
 elseif remaining >= total then
   -- Discord counted nothing: its window is not open, and `reset_after` says nothing.
   -- That is a refill at the read.
   refill(budget, read, read - grace)
-  budget.rem = math.max(budget.rem - unseen, 0)
-  if unseen > 0 then
-    -- An unseen grant may open Discord's window, from the read to a grace after the
-    -- quarantine: as a refill that counted grants there.
-    if budget.reset_at < 0 then budget.cfrom = read + win - grace end
-    budget.reset_at = math.max(budget.reset_at, quarantine + grace + win)
-    budget.cfrom = math.min(budget.cfrom, read + win - grace)
-    budget.unop = 1
-  end
 else
-  budget.rem, budget.reset_at = math.max(remaining - recent - unseen, 0), read + reset_after
+  budget.rem, budget.reset_at = math.max(remaining - recent, 0), read + reset_after
   budget.cfrom = budget.reset_at - grace
   refresh(budget, now)
 end
@@ -101,7 +101,7 @@ redis.call('HSET', STATE, 'mc', mc, 'iv', iv, 'hold', hold, 'total', total, 'rem
   'reset_at', reset_at, 'cfrom', budget.cfrom, 'unop', budget.unop, 'win', win, 'need', 0,
   'quiet', quiet, 'hwm', now,
   'runid', id, 'epoch', epoch, 'rsv', rsv, 'slack', slack, 'grace', grace, 'gen', gen,
-  'ph', budget.ph, 'lost', unseen > 0 and lost or 0)
+  'ph', budget.ph, 'lost', 0)
 redis.call('DEL', P .. 'lost')
 if not st then redis.call('HSET', STATE, 'seq', 0, 'cseq', 0) end
 redis.call('HSET', BKT, 'gen', gen)
