@@ -192,6 +192,42 @@ async fn the_next_window_is_placed_at_the_latest_arrival() {
     assert!(reset_in <= day + grace + window, "{reset_in:?}");
 }
 
+/// Rules 6.3, a delivery heard of: after a word that counts nothing, every grant may
+/// be the one whose delivery opens Discord's window (an earlier one may never be
+/// delivered), and pushes Redis's reset on, until a process says a permit reached its
+/// shard. The queue says so by itself, in its next grant call or alone: a grant half a
+/// second after the first delivered one leaves the reset where that delivery placed
+/// it. (Without the word of the delivery the reset would move half a second on; before
+/// `budget-lua-vs-rust.md`'s F1 was fixed, the first grant fixed it, delivered or not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_heard_of_settles_where_discords_window_opened() {
+    let server = Server::start(false);
+    let grace = Duration::from_secs(5);
+    let queue = queue(
+        &server,
+        SessionStartLimit {
+            total: 10,
+            reset_after: Duration::ZERO,
+            ..limit(2, 10)
+        },
+        options(grace),
+    )
+    .await;
+    // Shard 0 taken, and nothing else waits here: its delivery is told alone.
+    drop(queue.acquire(0).await.unwrap());
+    let settled = Instant::now();
+    let placed = queue.snapshot().await.unwrap().unwrap().reset_in.unwrap();
+    sleep(Duration::from_millis(500)).await;
+    // Shard 1, in the other bucket: it may not open the window any more.
+    drop(queue.acquire(1).await.unwrap());
+    let reset_in = queue.snapshot().await.unwrap().unwrap().reset_in.unwrap();
+    let moved = (Instant::now() + reset_in).saturating_duration_since(settled + placed);
+    assert!(
+        moved < Duration::from_millis(250),
+        "the reset moved {moved:?} with a grant after a delivery"
+    );
+}
+
 /// F5: a word read a while ago subtracts the grants made within the grace before it
 /// was read, not before it was applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

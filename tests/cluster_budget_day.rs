@@ -510,3 +510,43 @@ fn f4_a_refill_counts_from_the_earliest_delivery_not_the_end_of_its_window() {
     cluster.serve(&mut discord, 1..16, start + 200 + 2 * settings.day + 2000);
     assert_within_budget(&discord);
 }
+
+/// The review's D3, removed: while Discord says the budget never resets, no refill will
+/// count the log, so a grant prunes what no word can count any more (older than 25 h),
+/// as it does otherwise. Before: the refill's count-from point stayed at 0, and the log
+/// grew with every grant for as long as the word held.
+#[test]
+fn a_budget_that_never_resets_keeps_no_older_log_than_a_word_needs() {
+    let settings = Settings {
+        max_concurrency: 1,
+        interval: 50,
+        grace: 300,
+        day: 100_000,
+    };
+    let mut cluster = Cluster::start(settings);
+    cluster.word(10, 10, -1, 0);
+    // A grant of 26 hours ago, as the log would hold it (and its count with it).
+    let old = cluster.now() - 26 * 3600 * 1000;
+    let log = format!("{KEYS}log");
+    let _: () = redis::cmd("ZADD")
+        .arg(&log)
+        .arg(old)
+        .arg(format!("1:1:0:{old}"))
+        .query(&mut cluster.connection)
+        .unwrap();
+    let _: () = redis::cmd("HINCRBY")
+        .arg(format!("{KEYS}state"))
+        .arg("logn")
+        .arg(1)
+        .query(&mut cluster.connection)
+        .unwrap();
+    cluster.grant(0, WINDOW);
+    let kept: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&log)
+        .arg(0)
+        .arg(-1)
+        .query(&mut cluster.connection)
+        .unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(!kept[0].starts_with("1:1:"), "{kept:?}");
+}

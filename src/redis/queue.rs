@@ -218,7 +218,10 @@ impl Queue {
     /// `/gateway/bot`, just now) sets the shared budget, less the grants Discord may
     /// not have counted (see [the budget's
     /// accounting](super#the-budgets-accounting)), and resumes grants paused for lack
-    /// of it. A new `max_concurrency` re-keys every process's buckets.
+    /// of it. A new `max_concurrency` re-keys every process's buckets. After Redis lost
+    /// the state ([`Health::NeedsLimit`]), a word read within the longest delivery
+    /// window (10 s) and a grace of the loss is applied less what the buckets can have
+    /// granted before the loss: read it again after that to have the units back.
     ///
     /// Errors, changing nothing: a bad limit, or Redis out of reach.
     pub async fn update(&self, limit: SessionStartLimit) -> Result<(), ConnectError> {

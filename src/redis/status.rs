@@ -20,7 +20,9 @@ pub enum Health {
     /// limit source was given: call [`Queue::update`](super::Queue::update).
     NeedsLimit(NeedLimit),
     /// The shared state needs Discord's word; the limit source is being asked (by this
-    /// process or another one).
+    /// process or another one). After a loss, it is asked once the grants made before
+    /// the loss cannot reach Discord unseen (the longest delivery window, 10 s, and a
+    /// grace after the loss was noticed: rules 6.3), so that its word is whole.
     FetchingLimit(NeedLimit),
     /// The shared state needs Discord's word, and the limit source failed; it is
     /// asked again after a second.
