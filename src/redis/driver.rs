@@ -229,7 +229,7 @@ async fn report_deliveries(
     let delivered = inner.lock().take_deliveries();
     let mut invocation = inner.scripts.delivered.prepare_invoke();
     invocation.key(&inner.prefix);
-    for (shard, token) in &delivered {
+    for (shard, token) in &delivered.0 {
         invocation.arg(shard).arg(token.epoch).arg(token.seq);
     }
     let reply = invocation.invoke_async::<i64>(connection).await;
@@ -329,7 +329,11 @@ async fn touch_late_grants(
         match reply {
             Ok(kept) => {
                 local.stats.commands += 1;
-                local.touched(shard, token, kept == 1, sent, window, arrived);
+                // 2: kept, and its delivery may open Discord's window.
+                local.touched(shard, token, kept >= 1, sent, window, arrived);
+                if kept == 2 {
+                    local.may_open(shard, token);
+                }
             }
             Err(e) => failure = failure.or(Some(e.to_string())),
         }
@@ -482,7 +486,7 @@ async fn ask_heads(
             .collect();
         // The round's first call carries the deliveries Redis has not heard of.
         let delivered = if asks.is_empty() {
-            Vec::new()
+            (Vec::new(), false)
         } else {
             local.take_deliveries()
         };
@@ -496,7 +500,7 @@ async fn ask_heads(
         .enumerate()
         .map(|(i, (_, shard, rank, nonce, next_rank))| {
             let mut connection = connection.clone();
-            let delivered = if i == 0 { delivered.as_slice() } else { &[] };
+            let delivered = if i == 0 { delivered.0.as_slice() } else { &[] };
             async move {
                 let mut invocation = inner.scripts.acquire.prepare_invoke();
                 invocation

@@ -22,8 +22,9 @@
 //!    they arrive (so they err late, never early), or from notifications; the fallback
 //!    in `next_deadline` bounds every wait even if every notification were lost.
 //! 5. **Redis hears of every delivery, after it.** A permit handed over is queued in
-//!    `delivered`, and the next grant call carries it (or a call of its own, a round
-//!    later at the latest); until Redis hears, it counts the grant as
+//!    `delivered`, and the next grant call carries it (or a call of its own: at once
+//!    for a grant Redis said may open Discord's window, else a grace later or when
+//!    nothing is left to ask for); until Redis hears, it counts the grant as
 //!    undelivered (every word and refill subtracts it) and as a possible opener of
 //!    Discord's window (rules 6.3). A report lost or late errs on that safe side; a
 //!    grant never delivered is never reported.
@@ -81,6 +82,8 @@ pub(super) struct Granted {
     pub(super) touch_asked: bool,
     /// Touches in a row whose answer came after their window.
     late_touches: u8,
+    /// Its delivery may open Discord's window: Redis must hear of it at once.
+    pub(super) opens: bool,
 }
 
 impl Granted {
@@ -97,6 +100,7 @@ impl Granted {
             touch_at: sent + window + spacing / 2,
             touch_asked: false,
             late_touches: 0,
+            opens: false,
         }
     }
 }
@@ -206,6 +210,8 @@ pub(super) struct Local {
     pub(super) delivered: Vec<(ShardId, Token)>,
     /// When the oldest of `delivered` was handed over.
     delivered_since: Option<Instant>,
+    /// One of `delivered` may have opened Discord's window: Redis must hear at once.
+    delivered_opens: bool,
     pub(super) need: Option<NeedLimit>,
     /// With a limit source: do not fetch Discord's word again before then.
     pub(super) fetch_after: Option<Instant>,
@@ -242,6 +248,7 @@ impl Local {
             no_budget: None,
             delivered: Vec::new(),
             delivered_since: None,
+            delivered_opens: false,
             need: None,
             fetch_after: None,
             health: Health::Ready,
@@ -490,10 +497,11 @@ impl Local {
         match &mut waiter.phase {
             Phase::Waiting => Taken::Pending { touch: false },
             Phase::Granted(granted) if now <= granted.fresh_until => {
-                let token = granted.token;
+                let (token, opens) = (granted.token, granted.opens);
                 self.waiters.remove(&shard);
                 self.delivered.push((shard, token));
                 self.delivered_since.get_or_insert(now);
+                self.delivered_opens |= opens;
                 Taken::Permit(token)
             }
             Phase::Granted(granted) => Taken::Pending {
@@ -502,26 +510,46 @@ impl Local {
         }
     }
 
-    /// The deliveries Redis has not heard of, to tell it now.
-    pub(super) fn take_deliveries(&mut self) -> Vec<(ShardId, Token)> {
+    /// The deliveries Redis has not heard of, to tell it now (and whether one of them
+    /// may have opened Discord's window).
+    pub(super) fn take_deliveries(&mut self) -> (Vec<(ShardId, Token)>, bool) {
         self.delivered_since = None;
-        std::mem::take(&mut self.delivered)
+        let opens = std::mem::take(&mut self.delivered_opens);
+        (std::mem::take(&mut self.delivered), opens)
     }
 
     /// Deliveries whose call failed, to tell Redis later.
-    pub(super) fn return_deliveries(&mut self, deliveries: Vec<(ShardId, Token)>, now: Instant) {
+    pub(super) fn return_deliveries(
+        &mut self,
+        (deliveries, opens): (Vec<(ShardId, Token)>, bool),
+        now: Instant,
+    ) {
         if !deliveries.is_empty() {
             self.delivered.extend(deliveries);
             self.delivered_since.get_or_insert(now);
+            self.delivered_opens |= opens;
         }
     }
 
-    /// Whether the deliveries Redis has not heard of need a call of their own: no
-    /// request of this process is left to carry them, or the oldest waited a round.
-    /// (Later only errs on the safe side: implementation detail 5.)
+    /// Whether the deliveries Redis has not heard of need a call of their own rather
+    /// than wait for a grant call to carry them: one may have opened Discord's window
+    /// (until Redis hears, every grant pushes its reset on), no request of this
+    /// process is left, or the oldest waited a grace (until then its log instant
+    /// keeps it in every word's count anyway). Later only errs on the safe side
+    /// (implementation detail 5).
     pub(super) fn deliveries_due(&self, now: Instant) -> bool {
-        self.delivered_since
-            .is_some_and(|since| self.waiters.is_empty() || now >= since + self.settings.spacing)
+        self.delivered_since.is_some_and(|since| {
+            self.delivered_opens || self.waiters.is_empty() || now >= since + self.settings.grace
+        })
+    }
+
+    /// A touch of `shard`'s grant `token` said its delivery may open Discord's window.
+    pub(super) fn may_open(&mut self, shard: ShardId, token: Token) {
+        if let Some(Phase::Granted(granted)) = self.waiters.get_mut(&shard).map(|w| &mut w.phase) {
+            if granted.token == token {
+                granted.opens = true;
+            }
+        }
     }
 
     /// Shards whose request has not resolved: waiting, or granted and not yet taken.
@@ -609,11 +637,13 @@ impl Local {
                 remaining,
                 max_concurrency,
                 next_wait,
+                opens,
             } => {
                 self.stats.grants += 1;
                 self.remaining = remaining;
                 self.set_health(Health::Ready);
-                let granted = Granted::new(token, sent, window, self.settings.spacing);
+                let mut granted = Granted::new(token, sent, window, self.settings.spacing);
+                granted.opens = opens;
                 let key = self.waiters.get(&shard).map(|w| w.key(shard));
                 if let Some(bucket) = self.buckets.get_mut(&index) {
                     if let Some(key) = key {
@@ -734,6 +764,7 @@ impl Local {
         // Woken, its future takes the permit if the answer came within the window, or
         // asks for another touch (whose window the late answer widened).
         touched.late_touches = late_touches;
+        touched.opens = granted.opens;
         *granted = touched;
         self.wake(shard);
     }
@@ -825,7 +856,7 @@ impl Local {
             return now;
         }
         if let Some(since) = self.delivered_since {
-            next = next.min(since + self.settings.spacing);
+            next = next.min(since + self.settings.grace);
         }
         if self.need.is_some() {
             return match (self.fetch_after, self.settings.limit_source) {

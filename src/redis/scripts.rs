@@ -72,12 +72,14 @@ impl Scripts {
 /// What the acquire script answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Answer {
-    /// Granted: the token `epoch:seq`, budget left, bucket busy for `next_wait` ms.
+    /// Granted: the token `epoch:seq`, budget left, bucket busy for `next_wait` ms;
+    /// `opens`: its delivery may open Discord's window (Redis must hear of it at once).
     Grant {
         token: Token,
         remaining: u32,
         max_concurrency: u32,
         next_wait: u64,
+        opens: bool,
     },
     /// Ask again after `wait` ms: when the bucket frees if this process is next in
     /// it, else when the next one's turn lapses (the script's third field says which;
@@ -128,6 +130,7 @@ pub(super) fn answer(reply: &[i64]) -> Option<Answer> {
             remaining: count(3)?,
             max_concurrency: count(4)?,
             next_wait: millis(5)?,
+            opens: field(6) == Some(1),
         },
         2 => Answer::Wait {
             wait: millis(1)?,
@@ -162,12 +165,23 @@ mod tests {
     fn answers_read_as_the_scripts_write_them() {
         let token = Token { epoch: 7, seq: 3 };
         assert_eq!(
-            answer(&[1, 7, 3, 10, 16, 5006]),
+            answer(&[1, 7, 3, 10, 16, 5006, 0]),
             Some(Answer::Grant {
                 token,
                 remaining: 10,
                 max_concurrency: 16,
-                next_wait: 5006
+                next_wait: 5006,
+                opens: false,
+            })
+        );
+        assert_eq!(
+            answer(&[1, 7, 3, 10, 16, 5006, 1]),
+            Some(Answer::Grant {
+                token,
+                remaining: 10,
+                max_concurrency: 16,
+                next_wait: 5006,
+                opens: true,
             })
         );
         assert_eq!(

@@ -33,6 +33,7 @@ fn grant(seq: i64, max_concurrency: u32, next_wait: u64) -> Answer {
         remaining: 100,
         max_concurrency,
         next_wait,
+        opens: false,
     }
 }
 
@@ -97,6 +98,51 @@ fn a_delivered_permit_is_reported_and_only_it() {
     );
     local.touched(1, token(2), false, start + ms(50), ms(5), start + ms(51));
     assert_eq!(local.delivered, vec![(0, token(1))]);
+}
+
+/// A delivery that may have opened Discord's window is told at once; others wait for
+/// a grant call to carry them, a grace at most, or go at once when nothing is left.
+#[test]
+fn deliveries_are_told_at_once_only_when_they_may_open_the_window() {
+    let start = Instant::now();
+    let mut local = Local::new(settings(), 2, 100);
+    let tickets: Vec<Ticket> = (0..3)
+        .map(|shard| enqueue(&mut local, shard, start))
+        .collect();
+    ask_and_answer(&mut local, 0, grant(1, 2, 205), start, start + ms(1));
+    assert_eq!(
+        local.take(0, tickets[0], start + ms(2)),
+        Taken::Permit(token(1))
+    );
+    // Shard 2 still waits: the next grant call carries it, or a grace from now.
+    assert!(!local.deliveries_due(start + ms(2)));
+    let grace = local.settings.grace;
+    assert!(local.deliveries_due(start + ms(2) + grace));
+    assert!(local.next_deadline(start + ms(2)) <= start + ms(2) + grace);
+    assert_eq!(local.take_deliveries(), (vec![(0, token(1))], false));
+    // A grant that may open the window: told at once.
+    let opens = Answer::Grant {
+        token: token(2),
+        remaining: 99,
+        max_concurrency: 2,
+        next_wait: 205,
+        opens: true,
+    };
+    ask_and_answer(&mut local, 1, opens, start, start + ms(3));
+    assert_eq!(
+        local.take(1, tickets[1], start + ms(4)),
+        Taken::Permit(token(2))
+    );
+    assert!(local.deliveries_due(start + ms(4)));
+    assert_eq!(local.next_deadline(start + ms(4)), start + ms(4));
+    assert_eq!(local.take_deliveries(), (vec![(1, token(2))], true));
+    // The last one here: nothing left to carry it.
+    ask_and_answer(&mut local, 0, grant(3, 2, 205), start + ms(5), start + ms(5));
+    assert_eq!(
+        local.take(2, tickets[2], start + ms(6)),
+        Taken::Permit(token(3))
+    );
+    assert!(local.deliveries_due(start + ms(6)));
 }
 
 /// After a loss, Discord's word is fetched once the grants made before it cannot

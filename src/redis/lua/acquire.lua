@@ -4,7 +4,10 @@
 -- client's permits delivered since it last said (threes: shard, epoch, seq; see
 -- `delivered` in the prelude).
 -- Replies {kind, a, b, c, mc}:
---   {1, epoch, seq, remaining, mc, next_wait}  granted (token epoch:seq)
+--   {1, epoch, seq, remaining, mc, next_wait, opens}
+--                                               granted (token epoch:seq); `opens` 1 when
+--                                               its delivery may open Discord's window
+--                                               (tell it at once: see `may_open`)
 --   {2, wait, is_head, 0, mc}                   ask again after `wait` ms (when the
 --                                               bucket frees for the head; for the next
 --                                               in line, when to look whether the head
@@ -46,7 +49,7 @@ if done then
     local member = redis.call('HGET', BKT, 'm:' .. b) or (reply[2] .. ':' .. reply[3] .. ':' .. shard)
     redis.call('ZADD', LOG, 'GT', now + window, member)
     count_log()
-    may_open(st, b, now, window)
+    reply[7] = may_open(st, b, now, window) and 1 or 0
     reply[6] = busy_until(st, b) - now
     return reply
   end
@@ -119,7 +122,7 @@ redis.call('HSET', BKT, 'f:' .. b, now + st.iv + window, 'g:' .. b, token, 'm:' 
 redis.call('HDEL', BKT, 'p:' .. b)
 if st.hold > 0 then redis.call('HSET', BKT, 'h:' .. b, token, 'l:' .. b, now + window + st.hold) end
 redis.call('ZADD', LOG, now + window, member)
-may_open(st, b, now, window)
+local opens = may_open(st, b, now, window) and 1 or 0
 -- Trimmed at 25 h, but never what the next refill counts.
 local keep = now - 90000000
 if st.reset_at >= 0 then keep = math.min(keep, st.cfrom) end
@@ -131,6 +134,6 @@ if next_rank >= 0 then
   redis.call('HSET', P .. 'cw:' .. b, client, window)
 end
 promote(st, now, b)
-local reply = { 1, st.epoch, st.seq, st.rem, st.mc, busy_until(st, b) - now }
+local reply = { 1, st.epoch, st.seq, st.rem, st.mc, busy_until(st, b) - now, opens }
 redis.call('SET', P .. 'r:' .. nonce, cjson.encode(reply), 'PX', 120000)
 return reply

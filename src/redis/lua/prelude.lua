@@ -156,8 +156,9 @@ end
 -- touched, or its answer retried). While Discord's window may not be open (no reset
 -- placed, or `unop`), that delivery may open it: the reset moves on to a day and a
 -- grace after the window at the latest, and the grant is marked with the phase, so
--- that its process's word that it was delivered (`delivered.lua`) settles it. Until a
+-- that its process's word that it was delivered (`delivered`) settles it. Until a
 -- delivery is confirmed, every grant may be the first delivered (the others dropped).
+-- Whether it is such a grant (its process then tells its delivery at once).
 local function may_open(st, b, now, window)
   local latest = now + window + st.grace + st.win
   if st.reset_at < 0 then
@@ -166,10 +167,11 @@ local function may_open(st, b, now, window)
   elseif st.unop == 1 then
     st.reset_at = math.max(st.reset_at, latest)
   else
-    return
+    return false
   end
   redis.call('HSET', STATE, 'reset_at', st.reset_at, 'cfrom', st.cfrom, 'unop', 1, 'ph', st.ph)
   redis.call('HSET', BKT, 'p:' .. b, st.ph)
+  return true
 end
 
 -- Permits that reached their shards, told by their process after the fact: ARGV from

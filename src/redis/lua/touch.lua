@@ -3,7 +3,8 @@
 -- within `window` of this call's sending, if this call succeeds. Fails (0) when the
 -- grant is no longer its bucket's latest under the current epoch: the permit is
 -- then void (its unit spent), and its shard asks again.
--- ARGV: shard, epoch, seq, window (ms). Reply: 1 kept, 0 void.
+-- ARGV: shard, epoch, seq, window (ms). Reply: 1 kept, 2 kept and its delivery may
+-- open Discord's window (tell it at once: see `may_open`), 0 void.
 local shard, token = tonumber(ARGV[1]), ARGV[2] .. ':' .. ARGV[3]
 local window = math.min(tonumber(ARGV[4]) or 0, MAXW)
 local st, now = open(true)
@@ -17,7 +18,7 @@ if redis.call('HGET', BKT, 'g:' .. b) ~= token then return 0 end
 local member = redis.call('HGET', BKT, 'm:' .. b) or (token .. ':' .. shard)
 redis.call('ZADD', LOG, 'GT', now + window, member)
 count_log()
-may_open(st, b, now, window)
+local opens = may_open(st, b, now, window)
 local free = tonumber(redis.call('HGET', BKT, 'f:' .. b)) or 0
 redis.call('HSET', BKT, 'f:' .. b, math.max(free, now + st.iv + window))
 -- Hold mode: the hold counts from delivery too.
@@ -25,4 +26,5 @@ if redis.call('HGET', BKT, 'h:' .. b) == token then
   local lease = tonumber(redis.call('HGET', BKT, 'l:' .. b)) or 0
   redis.call('HSET', BKT, 'l:' .. b, math.max(lease, now + window + st.hold))
 end
+if opens then return 2 end
 return 1
