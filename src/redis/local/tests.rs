@@ -137,7 +137,13 @@ fn deliveries_are_told_at_once_only_when_they_may_open_the_window() {
     assert_eq!(local.next_deadline(start + ms(4)), start + ms(4));
     assert_eq!(local.take_deliveries(), (vec![(1, token(2))], true));
     // The last one here: nothing left to carry it.
-    ask_and_answer(&mut local, 0, grant(3, 2, 205), start + ms(5), start + ms(5));
+    ask_and_answer(
+        &mut local,
+        0,
+        grant(3, 2, 205),
+        start + ms(5),
+        start + ms(5),
+    );
     assert_eq!(
         local.take(2, tickets[2], start + ms(6)),
         Taken::Permit(token(3))
