@@ -266,30 +266,86 @@ async fn a_request_closed_while_waiting_spends_nothing() {
     assert_eq!(status(&server).await["remaining"], 0);
 }
 
+/// Whether `GET path` gets no answer within `within` (held, or closed without one).
+async fn no_answer_within(address: SocketAddr, path: &str, within: Duration) -> bool {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut byte = [0u8; 1];
+    match timeout(within, stream.read(&mut byte)).await {
+        Err(_) | Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) => false,
+    }
+}
+
+/// The counter `name` of `/metrics`.
+async fn metric(server: &ServerProcess, name: &str) -> f64 {
+    let text = get(server.address, "/metrics", &[]).await.unwrap().body;
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("identify_queue_{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Review 8, what twilight's route answers: a request that can never be served got
+/// `400` at once, and clients in the wild read any answer as "go" (16 shards answered
+/// within 4 ms). Now no answer at all: held until the client leaves, and counted. The
+/// native API keeps its JSON errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_get_400_with_the_reason() {
+async fn review_8_a_request_that_can_never_be_served_gets_no_answer() {
     let server = ServerProcess::start(&["--max-concurrency", "2"]);
     ready(&server).await;
-    for path in ["/?shard=x", "/?shard=4294967296", "/?shard=-1"] {
-        let answer = get(server.address, path, &[]).await.unwrap();
-        assert_eq!(answer.status, 400, "{path}");
-        let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    // No shard with two buckets: which one would be a guess.
+    for path in ["/?shard=x", "/?shard=4294967296", "/?shard=-1", "/"] {
         assert!(
-            body["error"].as_str().unwrap().contains("`shard`"),
-            "{body}"
+            no_answer_within(server.address, path, Duration::from_millis(500)).await,
+            "{path} was answered"
         );
     }
-    // No shard with two buckets: which one would be a guess.
-    let answer = get(server.address, "/", &[]).await.unwrap();
+    assert_eq!(metric(&server, "bad_requests_total").await, 4.0);
+    let answer = send(server.address, "POST", "/v1/identify?shard=x&key=k", &[])
+        .await
+        .unwrap();
     assert_eq!(answer.status, 400);
-    assert!(answer.body.contains("max_concurrency 2"), "{}", answer.body);
-    // One bucket: served in turn, any path and method.
-    let single = ServerProcess::start(&["--interval-ms", "50"]);
-    ready(&single).await;
-    for path in ["/", "/anything/else"] {
-        let answer = get(single.address, path, &[]).await.unwrap();
-        assert_eq!(answer.body, GRANTED);
+    let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("`shard`"),
+        "{body}"
+    );
+}
+
+/// Review 9: with `max_concurrency` 1 every stray request (a health check, a
+/// browser's `/favicon.ico`, a scanner, a mistyped method) was an anonymous IDENTIFY
+/// that spent a unit: 10 of them took a budget of 10 to 0. Now only `GET /` without a
+/// shard is served, and counted; the rest spends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_9_stray_requests_spend_nothing() {
+    let server = ServerProcess::start(&["--total", "10", "--interval-ms", "50"]);
+    ready(&server).await;
+    for (method, path) in [
+        ("GET", "/favicon.ico"),
+        ("GET", "/robots.txt"),
+        ("GET", "/anything/else"),
+        ("HEAD", "/"),
+        ("POST", "/"),
+        ("PUT", "/x"),
+        ("OPTIONS", "/"),
+        ("DELETE", "/"),
+        ("DELETE", "/v1/identify"),
+        ("GET", "/v1/identify"),
+    ] {
+        let answer = send(server.address, method, path, &[]).await.unwrap();
+        assert!(
+            answer.status == 404 || answer.status == 405,
+            "{method} {path}: {answer:?}"
+        );
     }
+    assert_eq!(status(&server).await["remaining"], 10);
+    assert_eq!(get(server.address, "/", &[]).await.unwrap().body, GRANTED);
+    assert_eq!(status(&server).await["remaining"], 9);
+    assert_eq!(metric(&server, "anonymous_grants_total").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -895,4 +951,272 @@ async fn new_keys_past_the_cap_get_429_and_change_nothing() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("`--max-tickets`"));
+}
+
+// The server review's findings (`server-review.md`), each as its scenario against the
+// real binary.
+
+/// The binary with `args` exactly (no `--host` or `--port` added), its standard error
+/// written to `log`.
+fn spawn_logged(args: &[&str], log: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_identify-queue-server"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("a log file"))
+        .spawn()
+        .expect("the server binary")
+}
+
+/// Runs the binary with `args`, which must make it refuse to start: its exit status
+/// (within 5 s) and what it said.
+fn refused_at_start(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let mut child = spawn_logged(args, &log);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "started with {args:?}: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, std::fs::read_to_string(&log).unwrap())
+}
+
+/// Review 7: `/readyz` (open even with `--auth-token`) and the log quoted the Redis URL
+/// with its password. Now URLs show `***@` for their user information.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_7_no_secret_in_readyz_or_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let nowhere = redis_server::free_port();
+    let url = format!("redis://default:hunter2-secret@127.0.0.1:{nowhere}/0");
+    let mut child = spawn_logged(
+        &["--port", "0", "--redis", &url, "--auth-token", "s3cret"],
+        &log,
+    );
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let server = ServerProcess {
+        address: identify_queue::server::parse_listening_line(&line).unwrap(),
+        child,
+    };
+    // Redis is out of reach: not ready, and the reason names the server tried.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let readyz = loop {
+        let answer = get(server.address, "/readyz", &[]).await.unwrap();
+        if answer.body.contains("Redis") || Instant::now() > deadline {
+            break answer;
+        }
+        sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(readyz.status, 503, "{readyz:?}");
+    assert!(readyz.body.contains("***@127.0.0.1"), "{readyz:?}");
+    assert!(!readyz.body.contains("hunter2"), "{readyz:?}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("***@127.0.0.1"), "{logged}");
+    assert!(!logged.contains("hunter2"), "{logged}");
+}
+
+/// Review 10: `--hold-timeout-ms 0` was accepted, and then nothing could ever be
+/// delivered (each request retried every 50 ms, for ever). A hold timeout below the
+/// interval is refused at start, naming the flag.
+#[test]
+fn review_10_a_hold_timeout_below_the_interval_is_refused_at_start() {
+    for hold in ["0", "4999"] {
+        let (status, said) = refused_at_start(&["--port", "0", "--hold-timeout-ms", hold]);
+        assert!(!status.success());
+        assert!(said.contains("--hold-timeout-ms"), "{said}");
+    }
+}
+
+/// Review 8, the token: tokens no client can send (empty, a space, a control
+/// character) were accepted, and the server ran "ready" with every client refused. Now
+/// refused at start; a trailing newline (a token read from a file) is trimmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_8_a_token_no_client_can_send_is_refused_at_start() {
+    for token in ["", "two words", "bell\u{7}", "tab\there"] {
+        let (status, said) = refused_at_start(&["--port", "0", "--auth-token", token]);
+        assert!(!status.success(), "{token:?}");
+        assert!(said.contains("--auth-token"), "{token:?}: {said}");
+    }
+    let server = ServerProcess::start(&["--auth-token", "s3cret\n"]);
+    let status = |auth: &'static str| async move {
+        get(server.address, "/v1/status", &[("Authorization", auth)])
+            .await
+            .unwrap()
+            .status
+    };
+    assert_eq!(status("Bearer s3cret").await, 200);
+}
+
+/// Review 18: the scheme `bearer` (RFC 9110: case-insensitive) was refused; the token
+/// is compared in constant time (by code: a timing test would only measure noise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_18_the_bearer_scheme_is_case_insensitive() {
+    let server = ServerProcess::start(&["--auth-token", "s3cret"]);
+    for (auth, expected) in [
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("Bearer s3cret", 200),
+        ("Bearer s3cre", 401),
+        ("Bearer s3cret2", 401),
+        ("Basic s3cret", 401),
+        ("s3cret", 401),
+    ] {
+        let answer = get(server.address, "/v1/status", &[("Authorization", auth)])
+            .await
+            .unwrap();
+        assert_eq!(answer.status, expected, "{auth}");
+    }
+}
+
+/// Issue 25, the default address: the server listened on every interface by default,
+/// and anyone who reached it could spend the budget. Now loopback by default, and
+/// another address without a token says so in the log.
+#[test]
+fn the_default_address_is_loopback_and_an_open_one_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, loopback) in [
+        (&["--port", "0"][..], true),
+        (&["--port", "0", "--host", "0.0.0.0"][..], false),
+    ] {
+        let log = dir.path().join("stderr");
+        let mut child = spawn_logged(args, &log);
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = identify_queue::server::parse_listening_line(&line).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(address.ip().is_loopback(), loopback, "{line}");
+        let logged = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            logged.contains("without `--auth-token`"),
+            !loopback,
+            "{logged}"
+        );
+    }
+}
+
+/// Review 16: Discord's answer was read whole, however large: a proxy or a fake that
+/// answers without end (here up to 64 MiB, then it stops) grew the server to 3.6 GiB
+/// in 10 s. Now it reads at most 64 KiB, and says why it gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_16_discords_answer_is_read_with_a_cap() {
+    let endless = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", endless.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = endless.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[")
+                    .await;
+                let chunk = vec![b' '; 64 * 1024];
+                for _ in 0..1024 {
+                    if stream.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let server = ServerProcess::start(&["--discord-token", "t", "--discord-api", &api]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let readyz = loop {
+        let answer = get(server.address, "/readyz", &[]).await.unwrap();
+        if answer.body.contains("bytes") || Instant::now() > deadline {
+            break answer;
+        }
+        sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(readyz.status, 503);
+    assert!(readyz.body.contains("over 65536 bytes"), "{readyz:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap();
+    assert!(
+        rss_kib < 48 * 1024,
+        "the server's memory peaked at {rss_kib} KiB"
+    );
+}
+
+/// Review 17: a percent-encoded key could not be cancelled (`POST` kept it raw,
+/// `DELETE` decoded the path): `key=a%20b` then `DELETE` got `404`, and the request
+/// waited on. Now a key is decoded alike in both, and only `A-Z a-z 0-9 - . _ ~` is
+/// taken (`400` otherwise, in both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_17_a_key_reads_alike_in_post_and_delete() {
+    let server = ServerProcess::start(&["--interval-ms", "60000"]);
+    ready(&server).await;
+    let at = server.address;
+    // Shard 0 takes the bucket for a minute; shard 1 waits under an encoded key.
+    assert_eq!(
+        v1(at, "POST", "/v1/identify?shard=0&key=first").await.0,
+        200
+    );
+    let (code, _) = v1(at, "POST", "/v1/identify?shard=1&key=a%2Db.c_d~e&wait_ms=0").await;
+    assert_eq!(code, 202);
+    assert_eq!(v1(at, "DELETE", "/v1/identify/a-b.c_d~e").await.0, 204);
+    assert_eq!(
+        status(&server).await["waiting"].as_array().unwrap().len(),
+        0
+    );
+    for key in ["a%20b", "a+b", "%C3%A9", "a%2Fb", "%zz", &"k".repeat(129)] {
+        let path = format!("/v1/identify?shard=1&key={key}&wait_ms=0");
+        let (code, body) = v1(at, "POST", &path).await;
+        assert_eq!(code, 400, "{key}: {body}");
+    }
+    assert_eq!(v1(at, "DELETE", "/v1/identify/a%20b").await.0, 400);
+}
+
+/// Review 19: flags that can never work ran for ever, unready, retrying an error that
+/// cannot go away, or were taken without a word (an interval of 2^64-1 ms: one grant,
+/// then the bucket blocked for good). Each now stops the server at start, naming the
+/// flag.
+#[test]
+fn review_19_flags_that_cannot_work_stop_the_server_at_start() {
+    let max = u64::MAX.to_string();
+    for (args, flag) in [
+        (&["--redis", "garbage"][..], "--redis"),
+        (
+            &["--redis", "redis://127.0.0.1:1/0", "--namespace", ""][..],
+            "--namespace",
+        ),
+        (
+            &["--redis", "redis://127.0.0.1:1/0", "--namespace", "a}b"][..],
+            "--namespace",
+        ),
+        (
+            &["--discord-api", "not a url", "--discord-token", "t"][..],
+            "--discord-api",
+        ),
+        (&["--discord-token", ""][..], "--discord-token"),
+        (&["--interval-ms", &max][..], "--interval-ms"),
+        (&["--ticket-lease-ms", &max][..], "--ticket-lease-ms"),
+        (&["--ticket-lease-ms", "0"][..], "--ticket-lease-ms"),
+    ] {
+        let mut all = vec!["--port", "0"];
+        all.extend_from_slice(args);
+        let (status, said) = refused_at_start(&all);
+        assert!(!status.success(), "{args:?}");
+        assert!(said.contains(flag), "{args:?}: {said}");
+    }
 }

@@ -25,11 +25,24 @@ pub(super) enum Target {
     },
 }
 
+/// `url` as errors and logs show it: without the password (or the user and password)
+/// before the host, which would leak into every log line and health answer.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 impl Target {
-    /// Reads a URL; the error names what is wrong with it.
+    /// Reads a URL; the error names what is wrong with it (without a password).
     pub(super) fn parse(url: &str) -> Result<Self, Error> {
         let bad = |reason: &str| Error::InvalidUrl {
-            url: url.to_owned(),
+            url: redacted(url),
             reason: reason.to_owned(),
         };
         if let Some(rest) = url.strip_prefix("redis+sentinel://") {
@@ -57,7 +70,7 @@ impl Target {
             }
             for sentinel in &sentinels {
                 Client::open(sentinel.as_str())
-                    .map_err(|e| bad(&format!("Sentinel address {sentinel}: {e}")))?;
+                    .map_err(|e| bad(&format!("Sentinel address {}: {e}", redacted(sentinel))))?;
             }
             return Ok(Self::Sentinel {
                 sentinels,
@@ -92,7 +105,9 @@ impl Link {
                 db,
             } => find_master(sentinels, master, *db).await?,
         };
-        let client = Client::open(url.as_str()).map_err(|e| Failure::redis(&url, e))?;
+        let client = Client::open(url.as_str()).map_err(|e| Failure::redis(redacted(&url), e))?;
+        // What the errors below say of it.
+        let url = redacted(&url);
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(response_timeout));
@@ -132,7 +147,7 @@ async fn find_master(sentinels: &[String], master: &str, db: u32) -> Result<Stri
     for sentinel in sentinels {
         match ask_sentinel(sentinel, master).await {
             Ok((host, port)) => return Ok(format!("redis://{host}:{port}/{db}")),
-            Err(e) => failures.push(format!("{sentinel}: {e}")),
+            Err(e) => failures.push(format!("{}: {e}", redacted(sentinel))),
         }
     }
     Err(format!(

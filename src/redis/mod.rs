@@ -186,5 +186,7 @@ pub use error::{ConnectError, Unreachable};
 pub use options::{LimitFuture, Options};
 pub use permit::Permit;
 pub use queue::Queue;
+#[cfg(feature = "server")]
+pub(crate) use queue::check_target;
 pub use round_trip::DELIVERY_WINDOW;
 pub use status::{ClusterStats, Health, NeedLimit, Snapshot};

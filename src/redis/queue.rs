@@ -109,7 +109,8 @@ impl Queue {
             local: Mutex::new(Local::new(settings, limit.max_concurrency, limit.remaining)),
             wake: Arc::new(Notify::new()),
             target,
-            url: url.to_owned(),
+            // Logs and errors show it: without its password.
+            url: super::link::redacted(url),
             channel,
             client,
             nonces: Default::default(),
@@ -363,6 +364,14 @@ impl std::fmt::Debug for Queue {
             .field("health", &self.health())
             .finish()
     }
+}
+
+/// Whether `connect` could take `url` and `namespace` (their syntax alone): for a
+/// caller that checks its settings before it serves (the server's flags).
+#[cfg(feature = "server")]
+pub(crate) fn check_target(url: &str, namespace: &str) -> Result<(), Error> {
+    check_namespace(namespace)?;
+    Target::parse(url).map(drop)
 }
 
 fn check_namespace(namespace: &str) -> Result<(), Error> {

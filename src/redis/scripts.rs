@@ -212,6 +212,33 @@ mod tests {
         assert_eq!(answer(&[1, 7, 3, -1, 16, 0]), None);
     }
 
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        use crate::redis::link::redacted;
+        let shown = [
+            (
+                "redis://default:pw@127.0.0.1:6379/0",
+                "redis://***@127.0.0.1:6379/0",
+            ),
+            ("redis://:pw@h:1", "redis://***@h:1"),
+            (
+                "redis+sentinel://u:pw@h1:1,h2:2/m",
+                "redis+sentinel://***@h1:1,h2:2/m",
+            ),
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            // An `@` after the host is not user information.
+            ("redis://h:1/0?x=a@b", "redis://h:1/0?x=a@b"),
+            ("garbage", "garbage"),
+        ];
+        for (url, expected) in shown {
+            assert_eq!(redacted(url), expected, "{url}");
+        }
+        let error = Target::parse("redis://u:hunter2@h:port/0")
+            .err()
+            .map(|e| e.to_string());
+        assert!(error.is_some_and(|e| !e.contains("hunter2")));
+    }
+
     proptest! {
         /// Whatever Redis (or something posing as it) answers, reading it never panics.
         #[test]

@@ -11,14 +11,19 @@ use crate::{Config, SessionStartLimit};
 /// Discord's API, version 10.
 pub const DISCORD_API: &str = "https://discord.com/api/v10";
 
+/// The longest duration a flag takes (ms): an hour.
+const MAX_DURATION_MS: u64 = 60 * 60 * 1000;
+
 /// identify-queue-server: one identify queue for every process of a Discord bot, in
 /// any language. A drop-in for twilight's gateway-queue server: `GET /?shard=N`
 /// answers when shard N may IDENTIFY.
 #[derive(Parser, Clone, Debug)]
 #[command(name = "identify-queue-server", version, about, long_about = None)]
 pub struct Args {
-    /// The address to listen on.
-    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    /// The address to listen on. Loopback by default: anyone who reaches the server
+    /// can spend the bot's budget, so another address without `--auth-token` logs a
+    /// warning (use `0.0.0.0` in a container, behind its network).
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// The port to listen on (80, as twilight's server; 0 picks a free one, printed on
     /// the first line of output).
@@ -47,7 +52,7 @@ pub struct Args {
     #[arg(long, env = "INTERVAL_MS", default_value_t = 5000)]
     pub interval_ms: u64,
     /// Hold mode: a granted shard holds its bucket until released (`/v1`) or for this
-    /// many milliseconds.
+    /// many milliseconds (at least `--interval-ms`: a bucket is held that long anyway).
     #[arg(long, env = "HOLD_TIMEOUT_MS")]
     pub hold_timeout_ms: Option<u64>,
     /// Cluster mode: the Redis URL (`redis://host:port/db`, or
@@ -68,12 +73,75 @@ pub struct Args {
     #[arg(long, env = "MAX_TICKETS", default_value_t = 65_536)]
     pub max_tickets: usize,
     /// When set, every route but `/livez` and `/readyz` wants
-    /// `Authorization: Bearer <token>`.
+    /// `Authorization: Bearer <token>`. It must be visible ASCII (what a client can
+    /// send in a header); a trailing newline (a token read from a file) is trimmed.
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
 }
 
 impl Args {
+    /// Checks what the flags cannot say alone, before the server listens: the error
+    /// names the flag and the problem. A trailing newline of `--auth-token` is
+    /// trimmed (and said so in the log).
+    pub fn checked(mut self) -> Result<Self, String> {
+        if let Some(token) = self.auth_token.as_mut() {
+            let trimmed = token.trim_end_matches(['\n', '\r']).len();
+            if trimmed < token.len() {
+                token.truncate(trimmed);
+                tracing::info!("`--auth-token`: its trailing newline was trimmed");
+            }
+            if token.is_empty() {
+                return Err("`--auth-token` is empty: no client could send it".to_owned());
+            }
+            if let Some(bad) = token.chars().find(|c| !c.is_ascii_graphic()) {
+                return Err(format!(
+                    "`--auth-token` holds {bad:?}: a client can send only visible ASCII \
+                     (no spaces or control characters) in `Authorization: Bearer <token>`"
+                ));
+            }
+        }
+        if let Some(token) = &self.discord_token {
+            if token.is_empty() || !token.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(
+                    "`--discord-token` must be the bot's token: visible ASCII, not empty"
+                        .to_owned(),
+                );
+            }
+        }
+        reqwest::Url::parse(&self.discord_api)
+            .map_err(|e| format!("`--discord-api` {:?} is not a URL: {e}", self.discord_api))?;
+        if let Some(url) = &self.redis {
+            crate::redis::check_target(url, &self.namespace)
+                .map_err(|e| format!("`--redis` or `--namespace`: {e}"))?;
+        }
+        // Durations past an hour are no setting of Discord's nor of a client's: a typo
+        // that would block a bucket, or keep every key, for good.
+        for (flag, ms) in [
+            ("--interval-ms", Some(self.interval_ms)),
+            ("--ticket-lease-ms", Some(self.ticket_lease_ms)),
+            ("--hold-timeout-ms", self.hold_timeout_ms),
+        ] {
+            if ms.is_some_and(|ms| ms > MAX_DURATION_MS) {
+                return Err(format!(
+                    "`{flag}` must be at most {MAX_DURATION_MS} (an hour)"
+                ));
+            }
+        }
+        if self.ticket_lease_ms == 0 {
+            return Err("`--ticket-lease-ms` must be at least 1".to_owned());
+        }
+        if let Some(hold) = self.hold_timeout_ms {
+            if hold < self.interval_ms {
+                return Err(format!(
+                    "`--hold-timeout-ms` {hold} is below `--interval-ms` {}: a bucket is \
+                     held at least the interval, so no grant could ever be delivered",
+                    self.interval_ms
+                ));
+            }
+        }
+        Ok(self)
+    }
+
     /// The queue's configuration.
     pub fn config(&self) -> Config {
         let config = Config::default().interval(Duration::from_millis(self.interval_ms));

@@ -27,6 +27,9 @@ struct Limit {
     max_concurrency: u32,
 }
 
+/// The most of an answer read (`/gateway/bot` answers a few hundred bytes).
+const MAX_ANSWER: usize = 64 * 1024;
+
 /// Reads Discord's word.
 pub(super) struct Discord {
     client: reqwest::Client,
@@ -63,7 +66,7 @@ impl Discord {
     /// Reads `GET /gateway/bot`; the error says what failed.
     pub(super) async fn read(&self) -> Result<Word, String> {
         let sent = Instant::now();
-        let response = self
+        let mut response = self
             .client
             .get(&self.url)
             .header("Authorization", format!("Bot {}", self.token))
@@ -74,10 +77,24 @@ impl Discord {
         if !status.is_success() {
             return Err(format!("GET {}: {status}", self.url));
         }
-        let body: GatewayBot = response
-            .json()
+        // Read with a cap: an answer of Discord's is a few hundred bytes, and a proxy
+        // or a fake answering without end must not fill the memory.
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| format!("GET {}: {e}", self.url))?;
+            .map_err(|e| format!("GET {}: {e}", self.url))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(format!(
+                    "GET {}: the answer is over {MAX_ANSWER} bytes",
+                    self.url
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let body: GatewayBot =
+            serde_json::from_slice(&body).map_err(|e| format!("GET {}: {e}", self.url))?;
         let limit = body.session_start_limit;
         let limit = SessionStartLimit {
             total: limit.total,

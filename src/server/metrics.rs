@@ -26,6 +26,7 @@ pub(super) struct Metrics {
     pub(super) grants: Counter,
     pub(super) cancelled: Counter,
     pub(super) bad_requests: Counter,
+    pub(super) anonymous_grants: Counter,
     pub(super) waiting: Gauge,
     remaining: Gauge,
     reset_seconds: Gauge<f64, AtomicU64>,
@@ -48,8 +49,15 @@ impl Metrics {
         let bad_requests = Counter::default();
         registry.register(
             "bad_requests",
-            "Requests refused with 400 (a bad or missing shard)",
+            "Requests that can never be served: a bad or missing shard (400 on the native \
+             API; held without an answer on twilight's route)",
             bad_requests.clone(),
+        );
+        let anonymous_grants = Counter::default();
+        registry.register(
+            "anonymous_grants",
+            "Grants to `GET /` without a shard (one bucket): each spent a unit",
+            anonymous_grants.clone(),
         );
         let waiting = Gauge::default();
         registry.register(
@@ -101,6 +109,7 @@ impl Metrics {
             grants,
             cancelled,
             bad_requests,
+            anonymous_grants,
             waiting,
             remaining,
             reset_seconds,

@@ -25,7 +25,8 @@
 //!   budget left, seconds to the reset, wait durations).
 //! - **The native API**, for clients that want more than "go":
 //!   `POST /v1/identify?shard=N&key=K[&priority=reconnect][&wait_ms=M]` asks for shard
-//!   N under an idempotency key K of the client's choosing. It answers `200`
+//!   N under an idempotency key K of the client's choosing (1 to 128 characters of
+//!   `A-Z a-z 0-9 - . _ ~`, read alike here and in `DELETE`'s path; `400` otherwise). It answers `200`
 //!   `{"granted": true, ...}` when the shard may IDENTIFY, or, after `wait_ms`
 //!   (25 000 at most and by default, below the 60 s proxies allow an idle request),
 //!   `202` `{"granted": false, "place": P, "eta_ms": E}`: the client asks again with
@@ -42,7 +43,13 @@
 //!   watching a start-up (no JavaScript).
 //!
 //! With `--auth-token`, every route but `/livez` and `/readyz` wants
-//! `Authorization: Bearer <token>` (`401` otherwise).
+//! `Authorization: Bearer <token>` (`401` otherwise; the scheme in any case, the token
+//! compared in constant time). A token no client can send (empty, a space, a control
+//! character) stops the server at start; a trailing newline is trimmed.
+//!
+//! The server listens on `127.0.0.1` by default (`--host`): anyone who reaches it can
+//! spend the bot's budget, so listening beyond loopback without a token logs a
+//! warning. Redis URLs appear in answers and logs without their password.
 //!
 //! # The limit
 //!
@@ -115,6 +122,7 @@ pub fn main(args: Args) -> ExitCode {
 /// Serves until SIGTERM or Ctrl-C. Errors, before serving: bad flags, or the address
 /// taken.
 pub async fn run(args: Args) -> Result<(), String> {
+    let args = args.checked()?;
     let config = args.config();
     config.validate().map_err(|e| e.to_string())?;
     if args.discord_token.is_none() {
@@ -127,6 +135,13 @@ pub async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
+    if !address.ip().is_loopback() && args.auth_token.is_none() {
+        tracing::warn!(
+            %address,
+            "listening beyond loopback without `--auth-token`: anyone who reaches this \
+             address can spend the bot's session starts",
+        );
+    }
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = Arc::new(Shared::new(args, shutdown));
     tokio::spawn(supervise_limit(Arc::clone(&state)));

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -58,16 +58,40 @@ async fn authorized(State(state): State<Arc<Shared>>, request: Request, next: Ne
     let Some(token) = state.args.auth_token.as_deref() else {
         return next.run(request).await;
     };
+    // The scheme is case-insensitive (RFC 9110 11.1); the token is compared in time
+    // that does not depend on where it differs.
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    if given == Some(token) {
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, given)| given.trim_start_matches(' '));
+    if given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
         return next.run(request).await;
     }
     let body = json!({ "error": "missing or wrong `Authorization: Bearer <token>`" });
     (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+}
+
+/// Whether `given` is `secret`, looking at every byte of both whatever they hold (a
+/// length that differs says no at once: the length is not the secret).
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    given.len() == secret.len()
+        && std::hint::black_box(
+            given
+                .iter()
+                .zip(secret)
+                .fold(0u8, |differ, (a, b)| differ | (a ^ b)),
+        ) == 0
+}
+
+/// A request on twilight's route that can never be served: counted, logged, and held
+/// without an answer until its client leaves (any status line would read as "go").
+async fn never_answered(state: &Shared, reason: String) -> Response {
+    state.metrics.bad_requests.inc();
+    tracing::debug!(%reason, "a request that can never be served: held without an answer");
+    std::future::pending().await
 }
 
 fn bad_request(state: &Shared, reason: String) -> Response {
@@ -87,6 +111,51 @@ fn param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     })
 }
 
+/// A query value percent-decoded (`+` is a space), as the path's `{key}` is decoded;
+/// `None` if it does not decode to UTF-8.
+fn percent_decoded(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = value.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A request key as the native API takes it: 1 to 128 characters of `A-Z a-z 0-9 - .
+/// _ ~` (URL-safe as they are, so a key reads the same in a query and in a path).
+fn checked_key(key: Option<String>) -> Result<String, String> {
+    match key {
+        Some(key)
+            if (1..=128).contains(&key.len())
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) =>
+        {
+            Ok(key)
+        }
+        Some(key) => Err(format!(
+            "`key` must be 1 to 128 characters of A-Z a-z 0-9 - . _ ~, got {key:?}"
+        )),
+        None => Err("`key` is not percent-encoded UTF-8".to_owned()),
+    }
+}
+
 /// The `shard` of a query string: `Ok(None)` without one.
 fn shard_of(query: Option<&str>) -> Result<Option<ShardId>, String> {
     match param(query, "shard") {
@@ -99,29 +168,41 @@ fn shard_of(query: Option<&str>) -> Result<Option<ShardId>, String> {
 }
 
 /// twilight's protocol: a `200` when the shard may IDENTIFY, nothing else while it
-/// may still be served.
+/// may still be served. Clients in the wild read any answer as "go", so a request that
+/// can never be served (a bad `shard`; none, with more than one bucket) gets no answer
+/// at all: it is held until its client leaves. A request with no `shard` is served
+/// only as `GET /` (a bot with one bucket); any other method or path without one is
+/// not twilight's protocol (a health check, a browser's `/favicon.ico`, a scanner) and
+/// gets `404`, spending nothing.
 ///
 /// Cancel safety: hyper drops this future when the client closes its connection; the
 /// request is then cancelled, nothing spent.
-async fn twilight(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
+async fn twilight(
+    State(state): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Response {
     let came = Instant::now();
     let shard = match shard_of(query.as_deref()) {
         Ok(shard) => shard,
-        Err(reason) => return bad_request(&state, reason),
+        Err(reason) => return never_answered(&state, reason).await,
     };
+    if shard.is_none() && (method != Method::GET || uri.path() != "/") {
+        let body = "not found: twilight's protocol is `GET /?shard=N`\n";
+        return (StatusCode::NOT_FOUND, body).into_response();
+    }
     let backend = state.backend().await;
-    let shard = match (shard, state.max_concurrency()) {
-        (Some(shard), _) => shard,
-        (None, Some(1)) => state.anonymous_shard(),
+    let (shard, anonymous) = match (shard, state.max_concurrency()) {
+        (Some(shard), _) => (shard, false),
+        (None, Some(1)) => (state.anonymous_shard(), true),
         (None, max_concurrency) => {
-            return bad_request(
-                &state,
-                format!(
-                    "no `shard`: with max_concurrency {} the server needs the shard's id \
-                     to pick its bucket (`?shard=N`)",
-                    max_concurrency.unwrap_or(0)
-                ),
+            let reason = format!(
+                "no `shard`: with max_concurrency {} the server needs the shard's id to \
+                 pick its bucket (`?shard=N`)",
+                max_concurrency.unwrap_or(0)
             );
+            return never_answered(&state, reason).await;
         }
     };
     let guard = state.enter(shard);
@@ -134,6 +215,9 @@ async fn twilight(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery) -
         granted = granted => {
             granted.keep();
             guard.granted();
+            if anonymous {
+                state.metrics.anonymous_grants.inc();
+            }
             state.metrics.answered("twilight", came.elapsed().as_secs_f64());
             tracing::debug!(shard, "granted");
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], GRANTED).into_response()
@@ -156,9 +240,10 @@ async fn identify_v1(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery
         Ok(None) => return bad_request(&state, "no `shard`".to_owned()),
         Err(reason) => return bad_request(&state, reason),
     };
-    let key = match param(query, "key") {
-        Some(key) if !key.is_empty() && key.len() <= 128 => key.to_owned(),
-        _ => {
+    let key = match param(query, "key").map(percent_decoded).map(checked_key) {
+        Some(Ok(key)) => key,
+        Some(Err(reason)) => return bad_request(&state, reason),
+        None => {
             return bad_request(
                 &state,
                 "`key` (an idempotency key of 1 to 128 characters) is required".to_owned(),
@@ -251,6 +336,11 @@ async fn identify_v1(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery
 }
 
 async fn cancel_v1(State(state): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
+    // The path is percent-decoded already, as the query's key is above.
+    let key = match checked_key(Some(key)) {
+        Ok(key) => key,
+        Err(reason) => return bad_request(&state, reason),
+    };
     if state.tickets.cancel(&key) {
         StatusCode::NO_CONTENT.into_response()
     } else {
