@@ -1220,3 +1220,63 @@ fn review_19_flags_that_cannot_work_stop_the_server_at_start() {
         assert!(said.contains(flag), "{args:?}: {said}");
     }
 }
+
+/// Review 2: in cluster mode a server (re)started more than the grace (30 s) after the
+/// grants of the day re-asserted its static `--remaining` on the shared namespace: 8
+/// IDENTIFYs allowed in a day of 5. Now static flags seed only a namespace without
+/// state; a server joining one with state takes it as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_2_a_static_limit_never_overwrites_a_shared_budget() {
+    let redis = redis_server::Server::start(false);
+    let first = on_redis(&redis, 5, 50);
+    ready(&first).await;
+    for shard in 0..3u32 {
+        let answer = get(first.address, &format!("/?shard={shard}"), &[]).await;
+        assert_eq!(answer.map(|a| a.body), Some(GRANTED.to_owned()));
+    }
+    assert_eq!(status(&first).await["remaining"], 2);
+    // Past the grace, a second server joins with the same flags (or the first one
+    // restarts: the same).
+    sleep(Duration::from_secs(31)).await;
+    let second = on_redis(&redis, 5, 50);
+    ready(&second).await;
+    assert_eq!(status(&second).await["remaining"], 2);
+    let mut granted = 0;
+    for shard in 3..8u32 {
+        let path = format!("/?shard={shard}");
+        let asked = timeout(Duration::from_millis(1000), get(second.address, &path, &[]));
+        if asked.await.is_ok() {
+            granted += 1;
+        }
+    }
+    assert_eq!(granted, 2, "a day of 5 allowed {}", 3 + granted);
+}
+
+/// Review 14: a native poll waited for the server to be ready, whatever its
+/// `wait_ms`: `wait_ms=1000` was still open after 65 s (past proxies' 60 s). Now it is
+/// answered within its wait, with what the server waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_14_a_native_poll_is_answered_within_its_wait_ready_or_not() {
+    let nowhere = format!("http://127.0.0.1:{}", redis_server::free_port());
+    let server = ServerProcess::start(&["--discord-token", "t", "--discord-api", &nowhere]);
+    let asked = Instant::now();
+    let answered = timeout(
+        Duration::from_secs(5),
+        v1(
+            server.address,
+            "POST",
+            "/v1/identify?shard=0&key=k&wait_ms=300",
+        ),
+    )
+    .await
+    .expect("answered within its wait");
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+    let (code, body) = answered;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["granted"], false);
+    assert_eq!(body["ready"], false);
+    assert!(
+        body["reason"].as_str().unwrap().contains("gateway/bot"),
+        "{body}"
+    );
+}

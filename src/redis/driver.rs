@@ -37,7 +37,7 @@ use tokio::time::{Instant, sleep_until};
 use super::link::Link;
 use super::local::Outgoing;
 use super::scripts::{Answer, NeedLimit, answer};
-use super::shared::Inner;
+use super::shared::{Inner, Word};
 use super::status::{Health, Snapshot};
 use crate::ShardId;
 
@@ -455,7 +455,7 @@ async fn fetch_limit(
         return Ok(false);
     }
     inner
-        .sync(connection, limit, Duration::ZERO)
+        .sync(connection, limit, Duration::ZERO, Word::Discord)
         .await
         .map_err(|e| e.to_string())?;
     let _: Result<i64, _> = redis::cmd("DEL")

@@ -14,7 +14,7 @@ use super::link::Target;
 use super::local::{Local, Phase, Settings};
 use super::options::Options;
 use super::scripts::Scripts;
-use super::shared::Inner;
+use super::shared::{Inner, Word};
 use super::status::{ClusterStats, Health, Snapshot};
 use crate::{Config, Error, OnConflict, Priority, SessionStartLimit, ShardId};
 
@@ -77,6 +77,38 @@ impl Queue {
         options: Options,
     ) -> Result<Self, ConnectError> {
         let (url, namespace) = (url.as_ref(), namespace.as_ref());
+        Self::open(url, namespace, limit, config, options, Word::Discord).await
+    }
+
+    /// [`connect`](Self::connect) with a limit that is not Discord's word (the
+    /// server's static flags): it seeds a namespace that holds no state, and a
+    /// namespace with state is taken as it is.
+    #[cfg(feature = "server")]
+    pub(crate) async fn connect_seeding(
+        url: &str,
+        namespace: &str,
+        limit: SessionStartLimit,
+        config: Config,
+    ) -> Result<Self, ConnectError> {
+        Self::open(
+            url,
+            namespace,
+            limit,
+            config,
+            Options::default(),
+            Word::Seed,
+        )
+        .await
+    }
+
+    async fn open(
+        url: &str,
+        namespace: &str,
+        limit: SessionStartLimit,
+        config: Config,
+        options: Options,
+        word: Word,
+    ) -> Result<Self, ConnectError> {
         limit.validate()?;
         config.validate()?;
         options.validate()?;
@@ -130,7 +162,9 @@ impl Queue {
         if matches!(inner.target, Target::Sentinel { .. }) && inner.options.replicas == 0 {
             minority_fence(&mut connection).await?;
         }
-        inner.sync(&mut connection, limit, Duration::ZERO).await?;
+        inner
+            .sync(&mut connection, limit, Duration::ZERO, word)
+            .await?;
         // The driver goes on with this connection.
         driver::start(&inner, Some(link));
         Ok(Self {
@@ -253,7 +287,9 @@ impl Queue {
                 link.connection
             }
         };
-        self.inner.sync(&mut connection, limit, age).await?;
+        self.inner
+            .sync(&mut connection, limit, age, Word::Discord)
+            .await?;
         self.inner.wake.notify_one();
         Ok(())
     }

@@ -23,6 +23,17 @@ const WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 /// Round trips measured on each new link before it is used.
 const PINGS: usize = 4;
 
+/// How a limit is applied to the shared state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Word {
+    /// Discord's word: it sets the budget (rules 3.11).
+    Discord,
+    /// A limit of the caller's (a server's static flags): it seeds a namespace that
+    /// holds no state, and changes nothing in one that does.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    Seed,
+}
+
 /// The process's side of one cluster queue.
 pub(super) struct Inner {
     pub(super) local: Mutex<Local>,
@@ -111,12 +122,15 @@ impl Inner {
         local.closed && local.waiters.is_empty() && local.outbox.is_empty()
     }
 
-    /// Applies Discord's word to the shared state (the sync script).
+    /// Applies Discord's word to the shared state (the sync script). `Word::Seed`: only
+    /// if the namespace holds no state (a limit that is not Discord's word, such as a
+    /// server's static flags, must not overwrite what every process of the bot spent).
     pub(super) async fn sync(
         &self,
         connection: &mut MultiplexedConnection,
         limit: SessionStartLimit,
         age: Duration,
+        word: Word,
     ) -> Result<(), ConnectError> {
         let reset_after = if limit.reset_after.as_millis() >= u128::from(NEVER_MS) {
             -1
@@ -139,6 +153,7 @@ impl Inner {
             .arg(self.options.reserve)
             .arg(millis_up(self.options.head_grace))
             .arg(millis_down(age))
+            .arg(u8::from(word == Word::Seed))
             .invoke_async(connection)
             .await
             .map_err(|e| self.unreachable(Failure::redis("the sync script", e)))?;
@@ -148,7 +163,9 @@ impl Inner {
         local.stats.syncs += 1;
         local.remaining = reply.first().map_or(0, |&r| u32::try_from(r).unwrap_or(0));
         local.set_health(Health::Ready);
-        local.rekey(limit.max_concurrency, now);
+        // The state's `max_concurrency` (a seed may have found another in force).
+        let max_concurrency = reply.get(3).and_then(|&mc| u32::try_from(mc).ok());
+        local.rekey(max_concurrency.unwrap_or(limit.max_concurrency), now);
         local.synced(now);
         tracing::info!(
             total = limit.total,

@@ -34,16 +34,23 @@ impl Granted {
 }
 
 impl Backend {
-    /// The queue for `limit`: in memory, or on Redis when a URL is given.
+    /// The queue for `limit`: in memory, or on Redis when a URL is given. A limit that
+    /// is not `discords` (the static flags) only seeds a namespace without state: one
+    /// with state is the bot's, spent by every server of it, and is taken as it is.
     pub(super) async fn start(
         limit: SessionStartLimit,
+        discords: bool,
         config: Config,
         redis: Option<(&str, &str)>,
     ) -> Result<Self, Failure> {
+        use crate::redis::Queue;
         Ok(match redis {
             None => Self::Memory(crate::tokio::Queue::with_limit(limit, config)?),
+            Some((url, namespace)) if discords => {
+                Self::Cluster(Queue::connect(url, namespace, limit, config).await?)
+            }
             Some((url, namespace)) => {
-                Self::Cluster(crate::redis::Queue::connect(url, namespace, limit, config).await?)
+                Self::Cluster(Queue::connect_seeding(url, namespace, limit, config).await?)
             }
         })
     }

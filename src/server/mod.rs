@@ -30,7 +30,8 @@
 //!   `{"granted": true, ...}` when the shard may IDENTIFY, or, after `wait_ms`
 //!   (25 000 at most and by default, below the 60 s proxies allow an idle request),
 //!   `202` `{"granted": false, "place": P, "eta_ms": E}`: the client asks again with
-//!   the same key and keeps its place. A retry with the same key never spends twice
+//!   the same key and keeps its place. Before the first limit is known it is answered
+//!   within its wait too: `202` `{"granted": false, "ready": false, "reason": R}`. A retry with the same key never spends twice
 //!   (a grant is kept for the key's lease); a key no request came for within its
 //!   lease (`--ticket-lease-ms`, 30 s) after its last wait is cancelled, nothing spent.
 //!   `priority=reconnect` goes before
@@ -57,7 +58,10 @@
 //! minutes and just after each reset, and applies it with its age (the time since the
 //! request was sent, [rules 3.11](crate::rules)). Until the first read succeeds nothing
 //! is granted and
-//! `/readyz` says why; requests wait. Without a token, the static limit of the flags.
+//! `/readyz` says why; requests wait. Without a token, the static limit of the flags;
+//! in cluster mode it only seeds a namespace that holds no state: a server joining a
+//! namespace with state (other servers', or its own before a restart) takes it as it
+//! is, since the static flags are not Discord's word and the budget there was spent.
 //!
 //! # Shutdown
 //!
@@ -227,7 +231,7 @@ async fn supervise_limit(state: Arc<Shared>) {
         let backend = state.backend.borrow().clone();
         let applied = match backend {
             Some(backend) => backend.update(limit, sent.elapsed()).await,
-            None => match Backend::start(limit, args.config(), redis).await {
+            None => match Backend::start(limit, discord.is_some(), args.config(), redis).await {
                 Ok(backend) => {
                     state.backend_tx.send_replace(Some(Arc::new(backend)));
                     Ok(())

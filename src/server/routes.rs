@@ -270,7 +270,23 @@ async fn identify_v1(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery
             );
         }
     };
-    let backend = state.backend().await;
+    // Answered within `wait_ms` whatever happens, also before the first limit.
+    let backend = match tokio::time::timeout(wait, state.backend()).await {
+        Ok(backend) => backend,
+        Err(_) => {
+            state
+                .metrics
+                .answered("v1_identify", came.elapsed().as_secs_f64());
+            let body = json!({
+                "granted": false,
+                "shard": shard,
+                "key": key,
+                "ready": false,
+                "reason": state.not_ready(),
+            });
+            return (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+        }
+    };
     let seen = match state
         .tickets
         .get_or_start(&key, shard, priority, wait, &backend)

@@ -17,12 +17,17 @@
 -- A word of any age is taken (the core refuses one older than an hour): the log is
 -- kept 25 h, and a word older than a day places its reset in the past, where the
 -- refill counts the whole log.
+-- A seed (`seed` 1: a limit that is not Discord's word, such as a server's static
+-- flags) only creates a missing state: a namespace with state is the bot's, spent by
+-- every process of it, and is taken as it is (its reply says what it holds).
 -- ARGV: total, remaining, reset_after (-1: never), max_concurrency, interval, hold,
--- grace, window, reserve, slack, age. Reply: {remaining, reset_in (-1: none), epoch, mc}.
+-- grace, window, reserve, slack, age, seed. Reply: {remaining, reset_in (-1: none),
+-- epoch, mc}.
 local total, remaining, reset_after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local mc, iv, hold, grace = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local win, rsv, slack = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local age = tonumber(ARGV[11]) or 0
+local seed = ARGV[12] == '1'
 local now = clock()
 local id = server_id()
 local st = load_state()
@@ -32,6 +37,11 @@ if st and (st.gen ~= (tonumber(redis.call('HGET', BKT, 'gen')) or -1)
   -- Partly lost (evicted, deleted): as good as missing.
   st = nil
   lost = lost or now
+end
+if seed and st then
+  local reset_in = -1
+  if st.reset_at >= 0 then reset_in = st.reset_at - math.max(now, st.hwm) end
+  return { st.rem, reset_in, st.epoch, st.mc }
 end
 local epoch, quiet, gen
 if not st then
