@@ -42,14 +42,9 @@ local b = shard % st.mc
 local done = redis.call('GET', P .. 'r:' .. nonce)
 if done then
   local reply = cjson.decode(done)
-  if reply[2] == st.epoch and redis.call('HGET', BKT, 'g:' .. b) == reply[2] .. ':' .. reply[3] then
-    local free = tonumber(redis.call('HGET', BKT, 'f:' .. b)) or 0
-    redis.call('HSET', BKT, 'f:' .. b, math.max(free, now + st.iv + window))
-    -- Counted from its delivery: a word applied after it subtracts it.
-    local member = redis.call('HGET', BKT, 'm:' .. b) or (reply[2] .. ':' .. reply[3] .. ':' .. shard)
-    redis.call('ZADD', LOG, 'GT', now + window, member)
-    count_log()
-    reply[7] = may_open(st, b, now, window) and 1 or 0
+  local token = reply[2] .. ':' .. reply[3]
+  if reply[2] == st.epoch and redis.call('HGET', BKT, 'g:' .. b) == token then
+    reply[7] = renewed(st, b, token, shard, now, window) and 1 or 0
     reply[6] = busy_until(st, b) - now
     return reply
   end

@@ -174,6 +174,19 @@ local function may_open(st, b, now, window)
   return true
 end
 
+-- Grant `token` of `shard`, its bucket `b`'s latest, may now reach its shard up to
+-- `window` from now (a touch, a retried answer): its log instant moves on (a word
+-- applied after it subtracts it), its bucket stays busy for an interval after that,
+-- and Discord's reset may move with it (`may_open`, whose answer this is).
+local function renewed(st, b, token, shard, now, window)
+  local member = redis.call('HGET', BKT, 'm:' .. b) or (token .. ':' .. shard)
+  redis.call('ZADD', LOG, 'GT', now + window, member)
+  count_log()
+  local free = tonumber(redis.call('HGET', BKT, 'f:' .. b)) or 0
+  redis.call('HSET', BKT, 'f:' .. b, math.max(free, now + st.iv + window))
+  return may_open(st, b, now, window)
+end
+
 -- Permits that reached their shards, told by their process after the fact: ARGV from
 -- `first` on, in threes (shard, epoch, seq). A grant still its bucket's latest in this
 -- epoch is no longer undelivered (words and refills count it by its log interval

@@ -13,14 +13,7 @@ if not st or st.need ~= 0 then return 0 end
 if tonumber(ARGV[2]) ~= st.epoch then return 0 end
 local b = shard % st.mc
 if redis.call('HGET', BKT, 'g:' .. b) ~= token then return 0 end
--- Counted from its delivery: a word applied after it subtracts it (and, until its
--- process says it was delivered, any word or refill: `u:b`).
-local member = redis.call('HGET', BKT, 'm:' .. b) or (token .. ':' .. shard)
-redis.call('ZADD', LOG, 'GT', now + window, member)
-count_log()
-local opens = may_open(st, b, now, window)
-local free = tonumber(redis.call('HGET', BKT, 'f:' .. b)) or 0
-redis.call('HSET', BKT, 'f:' .. b, math.max(free, now + st.iv + window))
+local opens = renewed(st, b, token, shard, now, window)
 -- Hold mode: the hold counts from delivery too.
 if redis.call('HGET', BKT, 'h:' .. b) == token then
   local lease = tonumber(redis.call('HGET', BKT, 'l:' .. b)) or 0
