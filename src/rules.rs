@@ -203,7 +203,11 @@
 //!
 //! `identify-queue-server` (feature `server`) serves the queues over HTTP: twilight's
 //! gateway-queue protocol exactly (a `200` with twilight's body at the grant and
-//! nothing else while a request can be served; a closed connection cancels; `400` for a
-//! request that can never be served), a native API with priorities, places, cancels,
-//! releases and idempotent retries, and the operations routes. The `server` module's
+//! nothing else while a request can be served; a closed connection cancels; no answer
+//! at all for a request that can never be served, since clients read any answer as
+//! "go": it is held until its client leaves; without a shard only `GET /` is served,
+//! with one bucket, and any other method or path gets `404`, spending nothing), a
+//! native API with priorities, places, cancels, releases and idempotent retries (each
+//! poll answered within its wait), and the operations routes. In cluster mode a static
+//! limit only seeds a namespace that holds no state. The `server` module's
 //! docs are its contract; `tests/server.rs` runs the real binary.
