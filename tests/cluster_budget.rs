@@ -57,6 +57,17 @@ async fn queue(server: &Server, limit: SessionStartLimit, settings: impl Into<Se
     queue
 }
 
+/// A queue whose word counts nothing (`reset_after` 0, 10 of 10 left): Discord's window
+/// opens with the next IDENTIFY.
+async fn unopened(server: &Server, max_concurrency: u32, grace: Duration) -> Queue {
+    let limit = SessionStartLimit {
+        total: 10,
+        reset_after: Duration::ZERO,
+        ..limit(max_concurrency, 10)
+    };
+    queue(server, limit, options(grace)).await
+}
+
 /// `shard` acquired in a task of its own: resolves to when its permit was taken.
 fn spawn_acquire(
     queue: &Queue,
@@ -170,17 +181,7 @@ async fn the_refill_after_a_late_word_leaves_out_the_grants_near_the_reset() {
 async fn the_next_window_is_placed_at_the_latest_arrival() {
     let server = Server::start(false);
     let grace = Duration::from_secs(5);
-    // reset_after 0: the window opens with the next grant.
-    let queue = queue(
-        &server,
-        SessionStartLimit {
-            total: 10,
-            reset_after: Duration::ZERO,
-            ..limit(1, 10)
-        },
-        options(grace),
-    )
-    .await;
+    let queue = unopened(&server, 1, grace).await;
     drop(queue.acquire(0).await.unwrap());
     let reset_in = queue.snapshot().await.unwrap().unwrap().reset_in.unwrap();
     let day = Duration::from_secs(24 * 3600);
@@ -202,17 +203,7 @@ async fn the_next_window_is_placed_at_the_latest_arrival() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_heard_of_settles_where_discords_window_opened() {
     let server = Server::start(false);
-    let grace = Duration::from_secs(5);
-    let queue = queue(
-        &server,
-        SessionStartLimit {
-            total: 10,
-            reset_after: Duration::ZERO,
-            ..limit(2, 10)
-        },
-        options(grace),
-    )
-    .await;
+    let queue = unopened(&server, 2, Duration::from_secs(5)).await;
     // Shard 0 taken, and nothing else waits here: its delivery is told alone.
     drop(queue.acquire(0).await.unwrap());
     let settled = Instant::now();

@@ -225,12 +225,14 @@ impl Cluster {
         }
     }
 
-    /// A window of Discord's that opened at Redis's instant `at`, with `count`.
-    fn window_opened(&self, at: i64, count: u32) -> Option<Window> {
-        Some(Window {
-            opened: self.instant(at),
+    /// Discord's counter of `total` a day, on this cluster's scaled day: `open`, the
+    /// window open now, as the Redis instant it resets and its count (`None`: none).
+    fn discord(&self, total: u32, open: Option<(i64, u32)>) -> DiscordBudget {
+        let open = open.map(|(resets, count)| Window {
+            opened: self.instant(resets - self.settings.day),
             count,
-        })
+        });
+        DiscordBudget::scaled(total, open, Duration::from_millis(self.settings.day as u64))
     }
 
     /// Redis restarted empty (no persistence).
@@ -274,7 +276,7 @@ fn f1_a_window_opens_with_the_first_delivery_not_the_first_grant() {
     let start = cluster.now();
     // Discord counted nothing: its window opens with the next IDENTIFY.
     cluster.word(10, 10, 0, 0);
-    let mut discord = DiscordBudget::scaled(10, None, Duration::from_millis(4000));
+    let mut discord = cluster.discord(10, None);
     // Granted, never delivered.
     let _dropped = cluster.grant(0, WINDOW);
     cluster.sleep_until(start + 1000);
@@ -324,11 +326,7 @@ fn a_word_subtracts_a_grant_not_delivered_yet(comeback: Comeback) {
     let mut cluster = Cluster::start(settings);
     let start = cluster.now();
     cluster.word(10, 5, 50_000, 0);
-    let mut discord = DiscordBudget::scaled(
-        10,
-        cluster.window_opened(start + 50_000 - settings.day, 5),
-        Duration::from_millis(100_000),
-    );
+    let mut discord = cluster.discord(10, Some((start + 50_000, 5)));
     let late = cluster.grant(0, WINDOW);
     sleep(Duration::from_millis(1000));
     // Discord's word, read now: the grant has not arrived.
@@ -371,11 +369,7 @@ fn f2_a_refill_subtracts_a_grant_not_delivered_yet_and_its_delivery_opens_the_wi
     let start = cluster.now();
     // Discord resets 1.5 s from now; its window counted 1.
     cluster.word(10, 9, 1500, 0);
-    let mut discord = DiscordBudget::scaled(
-        10,
-        cluster.window_opened(start + 1500 - settings.day, 1),
-        Duration::from_millis(3000),
-    );
+    let mut discord = cluster.discord(10, Some((start + 1500, 1)));
     let late = cluster.grant(0, WINDOW);
     // Past Redis's refill, the process comes back and delivers it: it opens Discord's
     // window. Then the bot's other bucket starts shards for more than a day.
@@ -403,11 +397,7 @@ fn f2_a_grant_counted_by_a_refill_and_delivered_late_moves_the_next_reset() {
     let start = cluster.now();
     // Discord resets 500 ms from now; its window counted 1.
     cluster.word(10, 9, 500, 0);
-    let mut discord = DiscordBudget::scaled(
-        10,
-        cluster.window_opened(start + 500 - settings.day, 1),
-        Duration::from_millis(3000),
-    );
+    let mut discord = cluster.discord(10, Some((start + 500, 1)));
     // Within the grace before the reset: the refill counts it.
     cluster.sleep_until(start + 250);
     let late = cluster.grant(0, WINDOW);
@@ -437,7 +427,7 @@ fn f3_a_word_read_just_after_a_loss_cannot_count_the_grants_in_flight() {
     };
     let mut cluster = Cluster::start(settings);
     cluster.word(10, 10, 0, 0);
-    let mut discord = DiscordBudget::scaled(10, None, Duration::from_millis(100_000));
+    let mut discord = cluster.discord(10, None);
     // A far process: its permit may reach its shard up to 2 s after the grant.
     let in_flight = cluster.grant(0, 2000);
     cluster.restart();
@@ -490,11 +480,7 @@ fn f4_a_refill_counts_from_the_earliest_delivery_not_the_end_of_its_window() {
     // Read 300 ms before it is applied (an age within the grace, unknown to Redis):
     // Discord resets 100 ms from now, Redis places it at 400.
     cluster.word(10, 9, 400, 0);
-    let mut discord = DiscordBudget::scaled(
-        10,
-        cluster.window_opened(start + 100 - settings.day, 1),
-        Duration::from_millis(3000),
-    );
+    let mut discord = cluster.discord(10, Some((start + 100, 1)));
     // A far process's grant (a 3 s window) delivered at once, after Discord's reset:
     // it opens Discord's next window at 200.
     cluster.sleep_until(start + 200);

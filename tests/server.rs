@@ -36,7 +36,7 @@ struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary on a free loopback port with `args`, once it listens.
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_identify-queue-server"))
+        let child = Command::new(env!("CARGO_BIN_EXE_identify-queue-server"))
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(args)
             .env("RUST_LOG", "warn")
@@ -44,6 +44,11 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the server binary");
+        Self::listening(child)
+    }
+
+    /// `child` (its standard output piped), once it says where it listens.
+    fn listening(mut child: Child) -> Self {
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -1000,18 +1005,10 @@ async fn review_7_no_secret_in_readyz_or_the_log() {
     let log = dir.path().join("stderr");
     let nowhere = redis_server::free_port();
     let url = format!("redis://default:hunter2-secret@127.0.0.1:{nowhere}/0");
-    let mut child = spawn_logged(
+    let server = ServerProcess::listening(spawn_logged(
         &["--port", "0", "--redis", &url, "--auth-token", "s3cret"],
         &log,
-    );
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let server = ServerProcess {
-        address: identify_queue::server::parse_listening_line(&line).unwrap(),
-        child,
-    };
+    ));
     // Redis is out of reach: not ready, and the reason names the server tried.
     let deadline = Instant::now() + Duration::from_secs(10);
     let readyz = loop {
@@ -1093,15 +1090,8 @@ fn the_default_address_is_loopback_and_an_open_one_warns() {
         (&["--port", "0", "--host", "0.0.0.0"][..], false),
     ] {
         let log = dir.path().join("stderr");
-        let mut child = spawn_logged(args, &log);
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let address = identify_queue::server::parse_listening_line(&line).unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
-        assert_eq!(address.ip().is_loopback(), loopback, "{line}");
+        let address = ServerProcess::listening(spawn_logged(args, &log)).address;
+        assert_eq!(address.ip().is_loopback(), loopback, "{address}");
         let logged = std::fs::read_to_string(&log).unwrap();
         assert_eq!(
             logged.contains("without `--auth-token`"),
