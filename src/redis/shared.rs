@@ -173,7 +173,12 @@ impl Inner {
             reset_after = ?limit.reset_after,
             max_concurrency = limit.max_concurrency,
             budget = local.remaining,
-            "Discord's word applied",
+            "{}",
+            match word {
+                Word::Discord => "Discord's word applied",
+                // A seed changes nothing where the namespace holds state.
+                Word::Seed => "a static limit offered: it seeds a namespace without state",
+            },
         );
         Ok(())
     }
