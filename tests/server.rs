@@ -758,9 +758,9 @@ async fn the_native_api_long_polls_keeps_places_and_never_spends_twice() {
         (200, true.into()),
         "{body}"
     );
-    // A retry finds the same grant: never spent twice.
+    // A retry finds the same grant, answered already: never spent twice.
     let (code, _) = v1(at, "POST", "/v1/identify?shard=1&key=b&wait_ms=0").await;
-    assert_eq!(code, 200);
+    assert_eq!(code, 410);
     // A key is one shard's.
     assert_eq!(v1(at, "POST", "/v1/identify?shard=5&key=b").await.0, 409);
     // Shard 2 gives up: nothing spent, even after its turn would have come.
@@ -832,6 +832,85 @@ async fn a_server_killed_mid_run_loses_nobody_and_spends_nothing_twice() {
     let remaining = status(&servers[0]).await["remaining"].as_u64().unwrap();
     assert!(remaining <= 100 - u64::from(shards), "{remaining}");
     assert!(remaining >= 100 - u64::from(shards) - 3, "{remaining}");
+}
+
+/// Review 1: a native grant is delivered by the poll that answers it, and once. A
+/// client that polls every 2.5 s with `wait_ms=0` (or whose long poll was cut) is told
+/// "go" at its poll, and the next shard of its bucket goes an interval after that, not
+/// an interval after the queue's grant (before: 0.5 s after the stale "go", at an
+/// interval of 1 s). A later poll of the answered key gets `410` with the instant,
+/// never a second "go" (before: `200` again, one unit for four "go"s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_1_a_native_grant_is_delivered_by_its_answer_and_only_once() {
+    let server = ServerProcess::start(&[
+        "--total",
+        "10",
+        "--interval-ms",
+        "1000",
+        "--ticket-lease-ms",
+        "10000",
+    ]);
+    ready(&server).await;
+    let at = server.address;
+    identify(at, 9).await;
+    let (code, body) = v1(at, "POST", "/v1/identify?shard=0&key=a&wait_ms=0").await;
+    assert_eq!(code, 202, "{body}");
+    // Shard 1 on twilight's route waits behind it.
+    let next = tokio::spawn(async move { identify(at, 1).await });
+    sleep(Duration::from_millis(2500)).await;
+    let (code, body) = v1(at, "POST", "/v1/identify?shard=0&key=a&wait_ms=0").await;
+    let go = Instant::now();
+    assert_eq!((code, body["granted"].clone()), (200, true.into()), "{body}");
+    let next = next.await.unwrap();
+    let gap = next.saturating_duration_since(go);
+    assert!(
+        gap + Duration::from_millis(5) >= Duration::from_millis(1000),
+        "shard 1 went {gap:?} after shard 0's \"go\""
+    );
+    let granted_at = body["granted_at"].as_u64().expect("granted_at");
+    for _ in 0..3 {
+        let (code, body) = v1(at, "POST", "/v1/identify?shard=0&key=a&wait_ms=0").await;
+        assert_eq!(code, 410, "{body}");
+        assert_eq!(body["granted_at"], granted_at, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("new key"), "{body}");
+    }
+    let seen = status(&server).await;
+    assert_eq!(seen["remaining"], 7, "three grants, three units: {seen}");
+    assert_eq!(seen["granted"], 3, "{seen}");
+}
+
+/// Real-clients F8: a native key whose poll was cut (its client killed) and that no poll
+/// takes up within the lease (seconds) is dropped with nothing spent, its place given
+/// back before its turn (before: kept for a 30 s lease, granted to nobody, the unit
+/// spent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f8_a_key_whose_client_went_is_dropped_within_its_lease() {
+    let server = ServerProcess::start(&[
+        "--total",
+        "10",
+        "--interval-ms",
+        "1500",
+        "--ticket-lease-ms",
+        "300",
+    ]);
+    ready(&server).await;
+    let at = server.address;
+    identify(at, 9).await;
+    // Shard 0's client long-polls and is killed 100 ms in: its connection closes.
+    let cut = tokio::spawn(async move {
+        v1(at, "POST", "/v1/identify?shard=0&key=a&wait_ms=20000").await
+    });
+    sleep(Duration::from_millis(100)).await;
+    cut.abort();
+    let _ = cut.await;
+    sleep(Duration::from_millis(800)).await;
+    let seen = status(&server).await;
+    assert_eq!(seen["waiting"].as_array().unwrap().len(), 0, "{seen}");
+    assert_eq!(seen["remaining"], 9, "nothing spent on the key: {seen}");
+    assert_eq!(seen["cancelled"], 1, "{seen}");
+    // The shard asks again with a new key and is served at once.
+    let (code, body) = v1(at, "POST", "/v1/identify?shard=0&key=b&wait_ms=2000").await;
+    assert_eq!((code, body["granted"].clone()), (200, true.into()), "{body}");
 }
 
 /// A ticket nobody polls for within its lease is cancelled: nothing spent.
@@ -939,7 +1018,7 @@ async fn new_keys_past_the_cap_get_429_and_change_nothing() {
         v1(at, "POST", "/v1/identify?shard=0&key=a&wait_ms=0")
             .await
             .0,
-        200
+        410
     );
     // A cancel makes room.
     assert_eq!(v1(at, "DELETE", "/v1/identify/b").await.0, 204);

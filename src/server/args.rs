@@ -63,9 +63,11 @@ pub struct Args {
     /// Cluster mode: the bot's namespace in Redis (its application id, say).
     #[arg(long, env = "NAMESPACE", default_value = "identify-queue")]
     pub namespace: String,
-    /// The native API: how long a request key lives without a poll (after its last
-    /// poll's wait) before it is cancelled, nothing spent.
-    #[arg(long, env = "TICKET_LEASE_MS", default_value_t = 30_000)]
+    /// The native API: how long a request key lives with no poll open (from the end
+    /// of its last poll, answered or cut) before it is dropped: a request not granted
+    /// yet is cancelled, nothing spent; a grant no poll took is void (its unit spent,
+    /// its bucket free again). Seconds: a client asks again at once after an answer.
+    #[arg(long, env = "TICKET_LEASE_MS", default_value_t = 5_000)]
     pub ticket_lease_ms: u64,
     /// The native API: the most request keys kept at once (waiting, or granted and
     /// kept for their lease); a new key beyond it gets `429`, so that an open server

@@ -26,19 +26,26 @@
 //! - **The native API**, for clients that want more than "go":
 //!   `POST /v1/identify?shard=N&key=K[&priority=reconnect][&wait_ms=M]` asks for shard
 //!   N under an idempotency key K of the client's choosing (1 to 128 characters of
-//!   `A-Z a-z 0-9 - . _ ~`, read alike here and in `DELETE`'s path; `400` otherwise). It answers `200`
-//!   `{"granted": true, ...}` when the shard may IDENTIFY, or, after `wait_ms`
-//!   (25 000 at most and by default, below the 60 s proxies allow an idle request),
-//!   `202` `{"granted": false, "place": P, "eta_ms": E}`: the client asks again with
-//!   the same key and keeps its place. Before the first limit is known it is answered
-//!   within its wait too: `202` `{"granted": false, "ready": false, "reason": R}`. A retry with the same key never spends twice
-//!   (a grant is kept for the key's lease); a key no request came for within its
-//!   lease (`--ticket-lease-ms`, 30 s) after its last wait is cancelled, nothing spent.
-//!   `priority=reconnect` goes before
-//!   the shards still starting up in its bucket. `DELETE /v1/identify/K` cancels a
-//!   waiting request, or releases a granted one's hold (hold mode); `204`, or `404`
-//!   for an unknown key. A key used for another shard gets `409`; a new key while
-//!   `--max-tickets` keys are kept (65 536 by default) gets `429` with `Retry-After`.
+//!   `A-Z a-z 0-9 - . _ ~`, read alike here and in `DELETE`'s path; `400` otherwise).
+//!   A key is one *attempt* to IDENTIFY, not a shard's name. It answers `200`
+//!   `{"granted": true, "granted_at": T, ...}` (T in Unix milliseconds) when the shard
+//!   may IDENTIFY, or, after `wait_ms` (25 000 at most and by default, below the 60 s
+//!   proxies allow an idle request), `202` `{"granted": false, "place": P, "eta_ms": E}`:
+//!   the client asks again with the same key and keeps its place. Before the first
+//!   limit is known it is answered within its wait too: `202` `{"granted": false,
+//!   "ready": false, "reason": R}`. **The answer is the delivery**: the queue grants a
+//!   key only inside a poll of it, so a grant is never stale, and the bucket's next
+//!   grant comes an interval after that answer. A key's grant is answered once: a later
+//!   poll gets `410` with its `granted_at` (ask with a new key to IDENTIFY again). A key
+//!   with no poll open, and none within its lease (`--ticket-lease-ms`, 5 s) is
+//!   dropped: cancelled with nothing spent, or, if its turn came while nobody polled,
+//!   its grant void (the unit spent, the bucket free again). One shard waits under one
+//!   key: a new key for a shard that waits under another gets `409`.
+//!   `priority=reconnect` goes before the shards still starting up in its bucket.
+//!   `DELETE /v1/identify/K` cancels a waiting request, or releases a granted one's
+//!   hold (hold mode); `204`, or `404` for an unknown key. A key used for another shard
+//!   gets `409`; a new key while `--max-tickets` keys are kept (65 536 by default) gets
+//!   `429` with `Retry-After`.
 //! - `GET /v1/status`: the budget, its reset, each bucket's next free instant and the waiting shards with their estimated waits, as JSON.
 //! - `GET /status`: the same as a small HTML page that refreshes itself, for a person
 //!   watching a start-up (no JavaScript).
@@ -292,7 +299,12 @@ impl Shared {
         let (backend_tx, backend) = watch::channel(None);
         let metrics = Metrics::new();
         let lease = Duration::from_millis(args.ticket_lease_ms);
-        let tickets = tickets::Tickets::new(lease, args.max_tickets, metrics.grants.clone());
+        let tickets = tickets::Tickets::new(
+            lease,
+            args.max_tickets,
+            metrics.grants.clone(),
+            metrics.cancelled.clone(),
+        );
         Self {
             args,
             backend,

@@ -232,7 +232,7 @@ async fn twilight(
 
 /// The native API's request: see the module docs.
 async fn identify_v1(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
-    use super::tickets::{MAX_WAIT, Refused, Stage};
+    use super::tickets::{MAX_WAIT, Polled, Refused};
     let came = Instant::now();
     let query = query.as_deref();
     let shard = match shard_of(query) {
@@ -287,51 +287,44 @@ async fn identify_v1(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery
             return (StatusCode::ACCEPTED, axum::Json(body)).into_response();
         }
     };
-    let seen = match state
+    let polled = state
         .tickets
-        .get_or_start(&key, shard, priority, wait, &backend)
-    {
-        Ok(seen) => seen,
-        Err(Refused::KeyTaken(other)) => {
-            let body = json!({ "error": format!("`key` {key:?} is shard {other}'s") });
-            return (StatusCode::CONFLICT, axum::Json(body)).into_response();
-        }
-        Err(Refused::Full(kept)) => {
-            let body = json!({
-                "error": format!(
-                    "`key` {key:?} is new and {kept} keys are kept, the most allowed \
-                     (`--max-tickets`): ask again later, or cancel keys no longer needed"
-                )
-            });
-            let retry = [(header::RETRY_AFTER, "1")];
-            return (StatusCode::TOO_MANY_REQUESTS, retry, axum::Json(body)).into_response();
-        }
-    };
-    let mut stage = seen.stage.clone();
-    let granted = tokio::time::timeout(wait, async {
-        let found = stage
-            .wait_for(|stage| matches!(stage, Stage::Granted(_)))
-            .await
-            .map(|stage| *stage);
-        match found {
-            Ok(stage) => stage,
-            Err(_) => std::future::pending().await,
-        }
-    })
-    .await;
+        .poll(&key, shard, priority, wait, &backend)
+        .await;
     state
         .metrics
         .answered("v1_identify", came.elapsed().as_secs_f64());
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    match granted {
-        Ok(Stage::Granted(at)) => axum::Json(json!({
-            "granted": true,
-            "shard": shard,
-            "key": key,
-            "waited_ms": millis(at.saturating_duration_since(seen.since)),
-        }))
-        .into_response(),
-        _ => {
+    match polled {
+        Ok(Polled::Granted { since, at }) => {
+            state
+                .metrics
+                .wait_seconds
+                .observe(at.instant.saturating_duration_since(since).as_secs_f64());
+            tracing::debug!(shard, key, "granted");
+            axum::Json(json!({
+                "granted": true,
+                "shard": shard,
+                "key": key,
+                "granted_at": at.unix_ms,
+                "waited_ms": millis(at.instant.saturating_duration_since(since)),
+            }))
+            .into_response()
+        }
+        Ok(Polled::AnsweredBefore(at)) => {
+            let body = json!({
+                "error": format!(
+                    "`key` {key:?}'s grant was answered already, {} ms ago: a key is one \
+                     attempt; to IDENTIFY again, ask with a new key",
+                    millis(at.instant.elapsed())
+                ),
+                "shard": shard,
+                "key": key,
+                "granted_at": at.unix_ms,
+            });
+            (StatusCode::GONE, axum::Json(body)).into_response()
+        }
+        Ok(Polled::Waiting { since }) => {
             let max_concurrency = state.max_concurrency().unwrap_or(1);
             let eta = backend
                 .eta(shard)
@@ -342,11 +335,34 @@ async fn identify_v1(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery
                     "granted": false,
                     "shard": shard,
                     "key": key,
-                    "place": state.tickets.place(shard, seen.since, max_concurrency),
+                    "place": state.tickets.place(shard, since, max_concurrency),
                     "eta_ms": eta,
                 })),
             )
                 .into_response()
+        }
+        Err(Refused::KeyTaken(other)) => {
+            let body = json!({ "error": format!("`key` {key:?} is shard {other}'s") });
+            (StatusCode::CONFLICT, axum::Json(body)).into_response()
+        }
+        Err(Refused::ShardWaits(other)) => {
+            let body = json!({
+                "error": format!(
+                    "shard {shard} waits already under `key` {other:?}: poll with it, or \
+                     cancel it (`DELETE /v1/identify/{other}`) before asking with another"
+                )
+            });
+            (StatusCode::CONFLICT, axum::Json(body)).into_response()
+        }
+        Err(Refused::Full(kept)) => {
+            let body = json!({
+                "error": format!(
+                    "`key` {key:?} is new and {kept} keys are kept, the most allowed \
+                     (`--max-tickets`): ask again later, or cancel keys no longer needed"
+                )
+            });
+            let retry = [(header::RETRY_AFTER, "1")];
+            (StatusCode::TOO_MANY_REQUESTS, retry, axum::Json(body)).into_response()
         }
     }
 }
@@ -357,7 +373,10 @@ async fn cancel_v1(State(state): State<Arc<Shared>>, Path(key): Path<String>) ->
         Ok(key) => key,
         Err(reason) => return bad_request(&state, reason),
     };
-    if state.tickets.cancel(&key) {
+    if let Some(was_waiting) = state.tickets.cancel(&key) {
+        if was_waiting {
+            state.metrics.cancelled.inc();
+        }
         StatusCode::NO_CONTENT.into_response()
     } else {
         let body = json!({ "error": format!("no request with `key` {key:?}") });
