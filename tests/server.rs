@@ -459,7 +459,14 @@ async fn discords_word_comes_from_gateway_bot_and_nothing_is_granted_before_it()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_status_and_the_page_read_back() {
-    let server = ServerProcess::start(&["--max-concurrency", "2", "--total", "50"]);
+    let server = ServerProcess::start(&[
+        "--max-concurrency",
+        "2",
+        "--total",
+        "50",
+        "--interval-ms",
+        "1000",
+    ]);
     ready(&server).await;
     identify(server.address, 0).await;
     identify(server.address, 1).await;
@@ -480,12 +487,12 @@ async fn metrics_status_and_the_page_read_back() {
     assert_eq!(status["mode"], "memory");
     assert_eq!(status["total"], 50);
     assert_eq!(status["granted"], 2);
-    // Both buckets granted just now: each free again within the 5 s interval.
+    // Both buckets granted just now: each free again within the interval and margin.
     let free = status["bucket_free_in_ms"].as_array().expect("buckets");
     assert_eq!(free.len(), 2, "{status}");
     for bucket in free {
         let ms = bucket.as_u64().expect("a number of ms");
-        assert!(ms > 0 && ms <= 5000, "{status}");
+        assert!(ms > 0 && ms <= 1250, "{status}");
     }
     let page = get(server.address, "/status", &[]).await.unwrap();
     assert_eq!(page.status, 200);
@@ -739,7 +746,7 @@ async fn the_native_api_long_polls_keeps_places_and_never_spends_twice() {
     let (code, body) = v1(at, "POST", "/v1/identify?shard=1&key=b&wait_ms=50").await;
     assert_eq!(code, 202, "{body}");
     assert_eq!(body["place"], 0);
-    assert!(body["eta_ms"].as_u64().unwrap() <= 300, "{body}");
+    assert!(body["eta_ms"].as_u64().unwrap() <= 550, "{body}");
     let (code, body) = v1(at, "POST", "/v1/identify?shard=2&key=c&wait_ms=50").await;
     assert_eq!((code, body["place"].clone()), (202, 1.into()), "{body}");
     // A reconnect goes ahead of both.
@@ -913,6 +920,55 @@ async fn f8_a_key_whose_client_went_is_dropped_within_its_lease() {
     assert_eq!((code, body["granted"].clone()), (200, true.into()), "{body}");
 }
 
+/// Review 11, real-clients F2: a server killed and started again at once forgets what
+/// it granted, yet never brings two IDENTIFYs of a bucket closer than the interval: a
+/// fresh server treats every bucket as granted at its start (before: shard 1 granted
+/// 10 ms after shard 0 of the same bucket, at an interval of 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_11_a_restarted_server_keeps_each_bucket_an_interval() {
+    let flags = ["--max-concurrency", "2", "--interval-ms", "1000", "--margin-ms", "0"];
+    let server = ServerProcess::start(&flags);
+    let started = Instant::now();
+    ready(&server).await;
+    let first = identify(server.address, 0).await;
+    assert!(
+        first - started >= Duration::from_millis(1000),
+        "a fresh server's first grant of a bucket waits an interval: {:?}",
+        first - started
+    );
+    drop(server);
+    let server = ServerProcess::start(&flags);
+    ready(&server).await;
+    let (again, other) = tokio::join!(identify(server.address, 2), identify(server.address, 1));
+    assert!(again - first >= Duration::from_millis(1000), "{:?}", again - first);
+    assert!(other - first >= Duration::from_millis(1000), "{:?}", other - first);
+}
+
+/// Real-clients F3: the server spaces a bucket's grants at the interval and the margin
+/// (`--margin-ms`, 250 ms by default), so that an IDENTIFY late on its way after its
+/// grant still arrives an interval after the one before (before: exactly the
+/// interval, 923 ms between arrivals at 1 s in a cold start of @discordjs/ws).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f3_grants_are_spaced_at_the_interval_and_the_margin() {
+    let server = ServerProcess::start(&["--interval-ms", "400"]);
+    ready(&server).await;
+    let first = identify(server.address, 0).await;
+    let second = identify(server.address, 1).await;
+    assert!(second - first >= Duration::from_millis(645), "{:?}", second - first);
+    let server = ServerProcess::start(&["--interval-ms", "400", "--margin-ms", "100"]);
+    ready(&server).await;
+    let first = identify(server.address, 0).await;
+    let second = identify(server.address, 1).await;
+    assert!(second - first >= Duration::from_millis(495), "{:?}", second - first);
+    // The margin is a duration like the others: at most an hour.
+    let out = Command::new(env!("CARGO_BIN_EXE_identify-queue-server"))
+        .args(["--port", "0", "--margin-ms", "3600001"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`--margin-ms`"));
+}
+
 /// A ticket nobody polls for within its lease is cancelled: nothing spent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_ticket_is_cancelled_after_its_lease() {
@@ -993,7 +1049,13 @@ async fn new_keys_past_the_cap_get_429_and_change_nothing() {
     let server = ServerProcess::start(&["--interval-ms", "60000", "--max-tickets", "2"]);
     ready(&server).await;
     let at = server.address;
-    assert_eq!(v1(at, "POST", "/v1/identify?shard=0&key=a").await.0, 200);
+    // The bucket is busy for a minute (a fresh server's first interval).
+    assert_eq!(
+        v1(at, "POST", "/v1/identify?shard=0&key=a&wait_ms=0")
+            .await
+            .0,
+        202
+    );
     assert_eq!(
         v1(at, "POST", "/v1/identify?shard=1&key=b&wait_ms=0")
             .await
@@ -1006,7 +1068,7 @@ async fn new_keys_past_the_cap_get_429_and_change_nothing() {
     assert_eq!(answer.status, 429, "{answer:?}");
     assert!(answer.body.contains("--max-tickets"), "{}", answer.body);
     let seen = status(&server).await;
-    assert_eq!(seen["waiting"].as_array().unwrap().len(), 1, "{seen}");
+    assert_eq!(seen["waiting"].as_array().unwrap().len(), 2, "{seen}");
     // Keys it holds are polled as before.
     assert_eq!(
         v1(at, "POST", "/v1/identify?shard=1&key=b&wait_ms=0")
@@ -1018,7 +1080,7 @@ async fn new_keys_past_the_cap_get_429_and_change_nothing() {
         v1(at, "POST", "/v1/identify?shard=0&key=a&wait_ms=0")
             .await
             .0,
-        410
+        202
     );
     // A cancel makes room.
     assert_eq!(v1(at, "DELETE", "/v1/identify/b").await.0, 204);
@@ -1236,11 +1298,8 @@ async fn review_17_a_key_reads_alike_in_post_and_delete() {
     let server = ServerProcess::start(&["--interval-ms", "60000"]);
     ready(&server).await;
     let at = server.address;
-    // Shard 0 takes the bucket for a minute; shard 1 waits under an encoded key.
-    assert_eq!(
-        v1(at, "POST", "/v1/identify?shard=0&key=first").await.0,
-        200
-    );
+    // The bucket is busy for a minute (a fresh server's first interval); shard 1 waits
+    // under an encoded key.
     let (code, _) = v1(at, "POST", "/v1/identify?shard=1&key=a%2Db.c_d~e&wait_ms=0").await;
     assert_eq!(code, 202);
     assert_eq!(v1(at, "DELETE", "/v1/identify/a-b.c_d~e").await.0, 204);

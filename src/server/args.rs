@@ -48,9 +48,19 @@ pub struct Args {
     /// Static limit (no token): milliseconds until the budget resets (default: a day).
     #[arg(long, env = "RESET_AFTER_MS", default_value_t = 86_400_000)]
     pub reset_after_ms: u64,
-    /// Milliseconds between two IDENTIFYs of one bucket (Discord's 5 s).
+    /// Milliseconds between two IDENTIFYs of one bucket (Discord's 5 s). In memory a
+    /// fresh server treats every bucket as granted at its start, so its first grants
+    /// come an interval (and the margin) after it starts: a restart never brings two
+    /// IDENTIFYs of a bucket closer (in cluster mode Redis keeps the last grants).
     #[arg(long, env = "INTERVAL_MS", default_value_t = 5000)]
     pub interval_ms: u64,
+    /// Milliseconds added to `--interval-ms` between two grants of one bucket. Discord
+    /// counts an IDENTIFY when it arrives, not when it was granted: a shard takes up to
+    /// 75 ms from its grant to its IDENTIFY in a cold start of @discordjs/ws (measured on
+    /// loopback), and the network between bot and Discord adds its jitter; 250 ms covers
+    /// both, at 5 % of Discord's 5 s (twilight's own server spaces at 6 s: 20 %).
+    #[arg(long, env = "MARGIN_MS", default_value_t = 250)]
+    pub margin_ms: u64,
     /// Hold mode: a granted shard holds its bucket until released (`/v1`) or for this
     /// many milliseconds (at least `--interval-ms`: a bucket is held that long anyway).
     #[arg(long, env = "HOLD_TIMEOUT_MS")]
@@ -120,6 +130,7 @@ impl Args {
         // that would block a bucket, or keep every key, for good.
         for (flag, ms) in [
             ("--interval-ms", Some(self.interval_ms)),
+            ("--margin-ms", Some(self.margin_ms)),
             ("--ticket-lease-ms", Some(self.ticket_lease_ms)),
             ("--hold-timeout-ms", self.hold_timeout_ms),
         ] {
@@ -133,20 +144,23 @@ impl Args {
             return Err("`--ticket-lease-ms` must be at least 1".to_owned());
         }
         if let Some(hold) = self.hold_timeout_ms {
-            if hold < self.interval_ms {
+            if hold < self.interval_ms + self.margin_ms {
                 return Err(format!(
-                    "`--hold-timeout-ms` {hold} is below `--interval-ms` {}: a bucket is \
-                     held at least the interval, so no grant could ever be delivered",
-                    self.interval_ms
+                    "`--hold-timeout-ms` {hold} is below `--interval-ms` {} and \
+                     `--margin-ms` {}: a bucket is held at least that long, so no grant \
+                     could ever be delivered",
+                    self.interval_ms, self.margin_ms
                 ));
             }
         }
         Ok(self)
     }
 
-    /// The queue's configuration.
+    /// The queue's configuration: a bucket's grants are `--interval-ms` and
+    /// `--margin-ms` apart.
     pub fn config(&self) -> Config {
-        let config = Config::default().interval(Duration::from_millis(self.interval_ms));
+        let spacing = self.interval_ms.saturating_add(self.margin_ms);
+        let config = Config::default().interval(Duration::from_millis(spacing));
         match self.hold_timeout_ms {
             Some(timeout) => config.hold_until_release(Duration::from_millis(timeout)),
             None => config,

@@ -45,7 +45,7 @@ impl Backend {
     ) -> Result<Self, Failure> {
         use crate::redis::Queue;
         Ok(match redis {
-            None => Self::Memory(crate::tokio::Queue::with_limit(limit, config)?),
+            None => Self::Memory(quiet_start(limit, config)?),
             Some((url, namespace)) if discords => {
                 Self::Cluster(Queue::connect(url, namespace, limit, config).await?)
             }
@@ -157,6 +157,34 @@ impl Backend {
             Self::Cluster(queue) => queue.eta(shard),
         }
     }
+}
+
+/// The most buckets [`quiet_start`] keeps busy: Discord's `max_concurrency` is 16 for
+/// most large bots, rarely above a few hundred.
+const MAX_QUIET_BUCKETS: u32 = 1 << 16;
+
+/// An in-memory queue that treats every bucket as granted at its start, busy for an
+/// interval: it cannot know what the process before it granted (a crash, a restart
+/// within Discord's window), so it never grants a bucket sooner than an interval
+/// after it starts. Each bucket is occupied by the shard of its own number, an
+/// occupation that follows that shard if an update re-keys the buckets.
+fn quiet_start(limit: SessionStartLimit, config: Config) -> Result<crate::tokio::Queue, Error> {
+    let now = crate::tokio::Queue::now();
+    let until = now.checked_add(config.get_interval());
+    let mut scheduler = crate::Scheduler::with_config(limit, config, now)?;
+    let buckets = limit.max_concurrency.min(MAX_QUIET_BUCKETS);
+    if buckets < limit.max_concurrency {
+        tracing::warn!(
+            max_concurrency = limit.max_concurrency,
+            "only the first {MAX_QUIET_BUCKETS} buckets are kept busy an interval at start"
+        );
+    }
+    if let Some(until) = until {
+        for bucket in 0..buckets {
+            scheduler.occupy(bucket, Some(until), now);
+        }
+    }
+    Ok(crate::tokio::Queue::new(scheduler))
 }
 
 /// The budget as the status routes report it.
