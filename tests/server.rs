@@ -867,7 +867,11 @@ async fn review_1_a_native_grant_is_delivered_by_its_answer_and_only_once() {
     sleep(Duration::from_millis(2500)).await;
     let (code, body) = v1(at, "POST", "/v1/identify?shard=0&key=a&wait_ms=0").await;
     let go = Instant::now();
-    assert_eq!((code, body["granted"].clone()), (200, true.into()), "{body}");
+    assert_eq!(
+        (code, body["granted"].clone()),
+        (200, true.into()),
+        "{body}"
+    );
     let next = next.await.unwrap();
     let gap = next.saturating_duration_since(go);
     assert!(
@@ -879,7 +883,10 @@ async fn review_1_a_native_grant_is_delivered_by_its_answer_and_only_once() {
         let (code, body) = v1(at, "POST", "/v1/identify?shard=0&key=a&wait_ms=0").await;
         assert_eq!(code, 410, "{body}");
         assert_eq!(body["granted_at"], granted_at, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("new key"), "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("new key"),
+            "{body}"
+        );
     }
     let seen = status(&server).await;
     assert_eq!(seen["remaining"], 7, "three grants, three units: {seen}");
@@ -904,9 +911,10 @@ async fn f8_a_key_whose_client_went_is_dropped_within_its_lease() {
     let at = server.address;
     identify(at, 9).await;
     // Shard 0's client long-polls and is killed 100 ms in: its connection closes.
-    let cut = tokio::spawn(async move {
-        v1(at, "POST", "/v1/identify?shard=0&key=a&wait_ms=20000").await
-    });
+    let cut =
+        tokio::spawn(
+            async move { v1(at, "POST", "/v1/identify?shard=0&key=a&wait_ms=20000").await },
+        );
     sleep(Duration::from_millis(100)).await;
     cut.abort();
     let _ = cut.await;
@@ -917,7 +925,11 @@ async fn f8_a_key_whose_client_went_is_dropped_within_its_lease() {
     assert_eq!(seen["cancelled"], 1, "{seen}");
     // The shard asks again with a new key and is served at once.
     let (code, body) = v1(at, "POST", "/v1/identify?shard=0&key=b&wait_ms=2000").await;
-    assert_eq!((code, body["granted"].clone()), (200, true.into()), "{body}");
+    assert_eq!(
+        (code, body["granted"].clone()),
+        (200, true.into()),
+        "{body}"
+    );
 }
 
 /// Review 11, real-clients F2: a server killed and started again at once forgets what
@@ -926,7 +938,14 @@ async fn f8_a_key_whose_client_went_is_dropped_within_its_lease() {
 /// 10 ms after shard 0 of the same bucket, at an interval of 1 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_11_a_restarted_server_keeps_each_bucket_an_interval() {
-    let flags = ["--max-concurrency", "2", "--interval-ms", "1000", "--margin-ms", "0"];
+    let flags = [
+        "--max-concurrency",
+        "2",
+        "--interval-ms",
+        "1000",
+        "--margin-ms",
+        "0",
+    ];
     let server = ServerProcess::start(&flags);
     let started = Instant::now();
     ready(&server).await;
@@ -940,8 +959,16 @@ async fn review_11_a_restarted_server_keeps_each_bucket_an_interval() {
     let server = ServerProcess::start(&flags);
     ready(&server).await;
     let (again, other) = tokio::join!(identify(server.address, 2), identify(server.address, 1));
-    assert!(again - first >= Duration::from_millis(1000), "{:?}", again - first);
-    assert!(other - first >= Duration::from_millis(1000), "{:?}", other - first);
+    assert!(
+        again - first >= Duration::from_millis(1000),
+        "{:?}",
+        again - first
+    );
+    assert!(
+        other - first >= Duration::from_millis(1000),
+        "{:?}",
+        other - first
+    );
 }
 
 /// Real-clients F3: the server spaces a bucket's grants at the interval and the margin
@@ -954,12 +981,20 @@ async fn f3_grants_are_spaced_at_the_interval_and_the_margin() {
     ready(&server).await;
     let first = identify(server.address, 0).await;
     let second = identify(server.address, 1).await;
-    assert!(second - first >= Duration::from_millis(645), "{:?}", second - first);
+    assert!(
+        second - first >= Duration::from_millis(645),
+        "{:?}",
+        second - first
+    );
     let server = ServerProcess::start(&["--interval-ms", "400", "--margin-ms", "100"]);
     ready(&server).await;
     let first = identify(server.address, 0).await;
     let second = identify(server.address, 1).await;
-    assert!(second - first >= Duration::from_millis(495), "{:?}", second - first);
+    assert!(
+        second - first >= Duration::from_millis(495),
+        "{:?}",
+        second - first
+    );
     // The margin is a duration like the others: at most an hour.
     let out = Command::new(env!("CARGO_BIN_EXE_identify-queue-server"))
         .args(["--port", "0", "--margin-ms", "3600001"])
@@ -967,6 +1002,209 @@ async fn f3_grants_are_spaced_at_the_interval_and_the_margin() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("`--margin-ms`"));
+}
+
+/// Review 3: after Redis restarts empty (a new epoch), a server with `--discord-token`
+/// hands the cluster its reader of Discord's word, so grants resume once the loss's
+/// quarantine is over (10 s and `--grace-ms`), not at the next five-minute refresh
+/// (before: the first waiting shard served 297 s after Redis came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_3_after_redis_restarts_empty_grants_resume_from_discords_word() {
+    let mut redis = redis_server::Server::start(false);
+    let discord = FakeDiscord::start(50, 1);
+    let api = format!("http://{}/api/v10", discord.address);
+    let url = redis.url();
+    let server = ServerProcess::start(&[
+        "--redis",
+        &url,
+        "--namespace",
+        "bot",
+        "--discord-token",
+        fake_discord::TOKEN,
+        "--discord-api",
+        &api,
+        "--interval-ms",
+        "300",
+        "--grace-ms",
+        "500",
+    ]);
+    ready(&server).await;
+    identify(server.address, 0).await;
+    redis.kill();
+    redis.restart();
+    let back = Instant::now();
+    let at = server.address;
+    let served = timeout(Duration::from_secs(40), identify(at, 1)).await;
+    assert!(served.is_ok(), "not served 40 s after Redis came back");
+    assert!(
+        back.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        back.elapsed()
+    );
+}
+
+/// Review 3, a static limit: after Redis restarts empty nothing may be granted (the
+/// day's spending is gone, and the flags are not Discord's word), and the server says
+/// so where an operator looks: `/readyz` names the remedy, the log has an ERROR, and
+/// `identify_queue_unready_seconds_total` counts the time without grants (before: 503
+/// `cluster: NeedsLimit(StateMissing)` and a WARN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_3_a_static_limit_after_redis_lost_its_state_calls_an_operator() {
+    let mut redis = redis_server::Server::start(false);
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let server = ServerProcess::listening(spawn_logged(
+        &[
+            "--port",
+            "0",
+            "--redis",
+            &url,
+            "--namespace",
+            "bot",
+            "--interval-ms",
+            "300",
+        ],
+        &log,
+    ));
+    ready(&server).await;
+    identify(server.address, 0).await;
+    redis.kill();
+    redis.restart();
+    let at = server.address;
+    let waiting = tokio::spawn(async move { get(at, "/?shard=1", &[]).await });
+    let mut reason = String::new();
+    for _ in 0..100 {
+        let answer = get(at, "/readyz", &[]).await.unwrap();
+        if answer.status == 503 && answer.body.contains("--remaining") {
+            reason = answer.body;
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reason.contains("--discord-token"), "{reason:?}");
+    sleep(Duration::from_millis(2100)).await;
+    assert!(metric(&server, "unready_seconds_total").await >= 1.0);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged
+            .lines()
+            .any(|line| line.contains("ERROR") && line.contains("--remaining")),
+        "{logged}"
+    );
+    assert!(!waiting.is_finished(), "nothing granted");
+    waiting.abort();
+}
+
+/// Review 13: a shard asked again on twilight's route while its earlier request waits
+/// takes that one's place (a client asks again only once it gave up the earlier one):
+/// one grant, no timer spinning for the duplicate, and the earlier connection never
+/// answered (before: both answered, an interval apart, two units spent, each
+/// duplicate retrying every 50 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_13_a_shard_asked_again_on_twilights_route_replaces_its_request() {
+    let server = ServerProcess::start(&["--total", "10", "--interval-ms", "600"]);
+    ready(&server).await;
+    let at = server.address;
+    let older = tokio::spawn(async move { get(at, "/?shard=0", &[]).await });
+    sleep(Duration::from_millis(100)).await;
+    let newer = tokio::spawn(async move { identify(at, 0).await });
+    newer.await.unwrap();
+    let seen = status(&server).await;
+    assert_eq!(seen["remaining"], 9, "one unit: {seen}");
+    let older = timeout(Duration::from_millis(1500), older).await;
+    assert!(matches!(older, Err(_) | Ok(Ok(None))), "{older:?}");
+    assert_eq!(status(&server).await["remaining"], 9);
+}
+
+/// Review 13, the native API: a key of a shard that waits on twilight's route waits
+/// behind it, woken by its end, and is granted an interval after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_13_a_native_key_waits_behind_its_shards_other_request() {
+    let server =
+        ServerProcess::start(&["--total", "10", "--interval-ms", "400", "--margin-ms", "0"]);
+    ready(&server).await;
+    let at = server.address;
+    let twilight = tokio::spawn(async move { identify(at, 0).await });
+    sleep(Duration::from_millis(100)).await;
+    let (code, body) = v1(at, "POST", "/v1/identify?shard=0&key=k&wait_ms=10000").await;
+    let native = Instant::now();
+    assert_eq!(
+        (code, body["granted"].clone()),
+        (200, true.into()),
+        "{body}"
+    );
+    let twilight = twilight.await.unwrap();
+    assert!(
+        native - twilight >= Duration::from_millis(395),
+        "{:?}",
+        native - twilight
+    );
+    assert_eq!(status(&server).await["remaining"], 8);
+}
+
+/// Review 15: a refresh of Discord's word that fails leaves the limit in force: grants
+/// flow and `/readyz` stays 200, while the status shows the word's age and the error
+/// and a gauge its age (before: 503 with grants flowing, every replica out of its
+/// load balancer at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_15_a_failed_refresh_leaves_the_server_ready() {
+    let discord = FakeDiscord::start(50, 1);
+    discord.set_reset_after(Duration::from_millis(1000));
+    let api = format!("http://{}/api/v10", discord.address);
+    let server = ServerProcess::start(&[
+        "--discord-token",
+        fake_discord::TOKEN,
+        "--discord-api",
+        &api,
+        "--interval-ms",
+        "200",
+    ]);
+    ready(&server).await;
+    discord.set_reachable(false);
+    // The refresh after the reset (a second later) fails.
+    sleep(Duration::from_millis(2800)).await;
+    let seen = status(&server).await;
+    assert!(
+        seen["word"]["refresh_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("502"),
+        "{seen}"
+    );
+    assert!(seen["word"]["age_ms"].as_u64().unwrap() >= 2000, "{seen}");
+    assert_eq!(
+        get(server.address, "/readyz", &[]).await.unwrap().status,
+        200
+    );
+    assert_eq!(seen["ready"], true, "{seen}");
+    assert!(metric(&server, "word_age_seconds").await >= 2.0);
+    identify(server.address, 0).await;
+}
+
+/// Review 20: Discord's `Retry-After` on a `429` is honoured (before: asked again at
+/// 1, 3, 7 s whatever it said).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_20_discords_retry_after_is_honoured() {
+    let discord = FakeDiscord::start(50, 1);
+    discord.set_rate_limited(Some(3));
+    let api = format!("http://{}/api/v10", discord.address);
+    let _server = ServerProcess::start(&[
+        "--discord-token",
+        fake_discord::TOKEN,
+        "--discord-api",
+        &api,
+    ]);
+    sleep(Duration::from_millis(4500)).await;
+    let reads = discord.reads();
+    assert!(reads.len() >= 2, "{reads:?}");
+    for pair in reads.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(2900),
+            "{:?}",
+            pair[1] - pair[0]
+        );
+    }
 }
 
 /// A ticket nobody polls for within its lease is cancelled: nothing spent.

@@ -61,6 +61,13 @@ pub struct Args {
     /// both, at 5 % of Discord's 5 s (twilight's own server spaces at 6 s: 20 %).
     #[arg(long, env = "MARGIN_MS", default_value_t = 250)]
     pub margin_ms: u64,
+    /// Milliseconds of doubt about Discord's word: how long before its read it may
+    /// have been computed, and how late an IDENTIFY may reach Discord after its grant
+    /// (`Config::grace`, rules 3.11). Deliveries within it of a word or a reset are
+    /// held back from the budget; in cluster mode, after Redis lost its state, the word
+    /// is read again 10 s and this long after the loss was noticed.
+    #[arg(long, env = "GRACE_MS", default_value_t = 30_000)]
+    pub grace_ms: u64,
     /// Hold mode: a granted shard holds its bucket until released (`/v1`) or for this
     /// many milliseconds (at least `--interval-ms`: a bucket is held that long anyway).
     #[arg(long, env = "HOLD_TIMEOUT_MS")]
@@ -131,6 +138,7 @@ impl Args {
         for (flag, ms) in [
             ("--interval-ms", Some(self.interval_ms)),
             ("--margin-ms", Some(self.margin_ms)),
+            ("--grace-ms", Some(self.grace_ms)),
             ("--ticket-lease-ms", Some(self.ticket_lease_ms)),
             ("--hold-timeout-ms", self.hold_timeout_ms),
         ] {
@@ -160,7 +168,9 @@ impl Args {
     /// `--margin-ms` apart.
     pub fn config(&self) -> Config {
         let spacing = self.interval_ms.saturating_add(self.margin_ms);
-        let config = Config::default().interval(Duration::from_millis(spacing));
+        let config = Config::default()
+            .interval(Duration::from_millis(spacing))
+            .grace(Duration::from_millis(self.grace_ms));
         match self.hold_timeout_ms {
             Some(timeout) => config.hold_until_release(Duration::from_millis(timeout)),
             None => config,

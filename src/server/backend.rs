@@ -1,16 +1,34 @@
 //! The queue behind the server: the tokio queue in memory, or the cluster queue on
 //! Redis. Both grant the same way; the server only adds HTTP around them.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
+use super::discord::Discord;
+use super::lock;
 use crate::{AcquireError, Config, Error, Priority, SessionStartLimit, ShardId};
 
 /// Why the queue could not start or take Discord's word (bad input, Redis out of
 /// reach), for a log line and `/readyz`.
 pub(super) type Failure = Box<dyn std::error::Error + Send + Sync>;
 
+/// The queue, and what the server keeps beside it.
+pub(super) struct Backend {
+    queue: Kind,
+    /// The error a request met last, while requests keep meeting errors (for
+    /// `/readyz`): cleared by the next grant.
+    failing: std::sync::Mutex<Option<String>>,
+    /// Per shard with a request being made: woken when one ends, so that a duplicate
+    /// of it (the same shard asked again before its earlier request went) waits for
+    /// that end rather than on a timer.
+    ends: std::sync::Mutex<HashMap<ShardId, Arc<Notify>>>,
+}
+
 /// One of the two queues.
-pub(super) enum Backend {
+enum Kind {
     /// One server, its queue in memory.
     Memory(crate::tokio::Queue),
     /// Any number of servers on one Redis namespace.
@@ -33,63 +51,140 @@ impl Granted {
     }
 }
 
+/// How a request meets a request of its shard that waits already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Duplicate {
+    /// It waits for that one to end (the native API: each key is a client's
+    /// attempt, kept until it is cancelled or its lease ends).
+    WaitsBehind,
+    /// It takes that one's place, which is never answered (twilight's route: a
+    /// client asks again only once it gave up its earlier request).
+    Replaces,
+}
+
+/// The longest pause between two tries of a request that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 impl Backend {
     /// The queue for `limit`: in memory, or on Redis when a URL is given. A limit that
-    /// is not `discords` (the static flags) only seeds a namespace without state: one
-    /// with state is the bot's, spent by every server of it, and is taken as it is.
+    /// is not Discord's (`source` is `None`: the static flags) only seeds a namespace
+    /// without state: one with state is the bot's, spent by every server of it, and is
+    /// taken as it is. With `source`, the cluster asks it for Discord's word whenever
+    /// the shared state needs one (Redis restarted empty or failed over).
     pub(super) async fn start(
         limit: SessionStartLimit,
-        discords: bool,
+        source: Option<Arc<Discord>>,
         config: Config,
         redis: Option<(&str, &str)>,
     ) -> Result<Self, Failure> {
-        use crate::redis::Queue;
-        Ok(match redis {
-            None => Self::Memory(quiet_start(limit, config)?),
-            Some((url, namespace)) if discords => {
-                Self::Cluster(Queue::connect(url, namespace, limit, config).await?)
+        use crate::redis::{Options, Queue};
+        let queue = match (redis, source) {
+            (None, _) => Kind::Memory(quiet_start(limit, config)?),
+            (Some((url, namespace)), Some(discord)) => {
+                let options = Options::default().limit_source(move || {
+                    let discord = Arc::clone(&discord);
+                    Box::pin(async move {
+                        discord
+                            .read()
+                            .await
+                            .map(|word| word.limit)
+                            .map_err(|failed| failed.reason)
+                    })
+                });
+                Kind::Cluster(Queue::connect_with(url, namespace, limit, config, options).await?)
             }
-            Some((url, namespace)) => {
-                Self::Cluster(Queue::connect_seeding(url, namespace, limit, config).await?)
+            (Some((url, namespace)), None) => {
+                Kind::Cluster(Queue::connect_seeding(url, namespace, limit, config).await?)
             }
+        };
+        Ok(Self {
+            queue,
+            failing: std::sync::Mutex::new(None),
+            ends: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
     /// Waits for `shard`'s turn. Cancel safe: dropped while waiting, nothing is spent.
-    pub(super) async fn acquire(
+    async fn acquire(
         &self,
         shard: ShardId,
         priority: Priority,
+        duplicate: Duplicate,
     ) -> Result<Granted, AcquireError> {
-        match self {
-            Self::Memory(queue) => queue
+        match (&self.queue, duplicate) {
+            (Kind::Memory(queue), Duplicate::WaitsBehind) => queue
                 .acquire_with(shard, priority)
                 .await
                 .map(Granted::Memory),
-            Self::Cluster(queue) => queue
+            (Kind::Memory(queue), Duplicate::Replaces) => {
+                queue.acquire_replacing(shard).await.map(Granted::Memory)
+            }
+            (Kind::Cluster(queue), Duplicate::WaitsBehind) => queue
                 .acquire_with(shard, priority)
                 .await
                 .map(Granted::Cluster),
+            (Kind::Cluster(queue), Duplicate::Replaces) => {
+                queue.acquire_replacing(shard).await.map(Granted::Cluster)
+            }
         }
     }
 
     /// Waits for `shard`'s turn, asking again after any error: over HTTP a request
-    /// that can still be served is a wait, never an error. Cancel safe, as `acquire`.
+    /// that can still be served is a wait, never an error. An error is logged once
+    /// while it repeats, shown by `/readyz`, and asked again after a backoff (50 ms,
+    /// doubling to 5 s). A request taken over by a newer one of its shard
+    /// ([`Duplicate::Replaces`]) never resolves. Cancel safe, as `acquire`.
     pub(super) async fn acquire_until_granted(
         &self,
         shard: ShardId,
         priority: Priority,
+        duplicate: Duplicate,
     ) -> Granted {
+        let end = End {
+            backend: self,
+            shard,
+            notify: self.ends_of(shard),
+        };
+        let mut backoff = Duration::from_millis(50);
+        let mut logged: Option<String> = None;
         loop {
-            match self.acquire(shard, priority).await {
-                Ok(granted) => return granted,
-                // The same shard waits already (a client that asked again before its
-                // old request went): wait for that one to go.
-                Err(AcquireError::Refused(Error::AlreadyQueued(_))) => {}
-                Err(error) => tracing::warn!(shard, %error, "acquire failed; asking again"),
+            let ended = end.notify.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            match self.acquire(shard, priority, duplicate).await {
+                Ok(granted) => {
+                    *lock(&self.failing) = None;
+                    return granted;
+                }
+                // Taken over by a newer request of its shard (twilight's route): on
+                // that route this one is abandoned; a native ticket asks again, behind.
+                Err(AcquireError::Superseded(_)) if duplicate == Duplicate::Replaces => {
+                    std::future::pending::<()>().await;
+                }
+                Err(AcquireError::Superseded(_)) => continue,
+                // The same shard waits already: wait for that one to end (a timer
+                // too, in case it ended between our try and the wait).
+                Err(AcquireError::Refused(Error::AlreadyQueued(_))) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
+                    continue;
+                }
+                Err(error) => {
+                    let error = error.to_string();
+                    if logged.as_deref() != Some(error.as_str()) {
+                        tracing::warn!(shard, %error, "acquire failed; asking again with backoff");
+                        logged = Some(error.clone());
+                    }
+                    *lock(&self.failing) = Some(error);
+                }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// The notification of `shard`'s request ends, made if new.
+    fn ends_of(&self, shard: ShardId) -> Arc<Notify> {
+        Arc::clone(lock(&self.ends).entry(shard).or_default())
     }
 
     /// Applies Discord's word, read `age` ago.
@@ -98,27 +193,40 @@ impl Backend {
         limit: SessionStartLimit,
         age: Duration,
     ) -> Result<(), Failure> {
-        match self {
-            Self::Memory(queue) => Ok(queue.update_with_age(limit, age)?),
-            Self::Cluster(queue) => Ok(queue.update_with_age(limit, age).await?),
+        match &self.queue {
+            Kind::Memory(queue) => Ok(queue.update_with_age(limit, age)?),
+            Kind::Cluster(queue) => Ok(queue.update_with_age(limit, age).await?),
         }
     }
 
-    /// Why grants cannot flow now, if they cannot.
+    /// Why grants cannot flow now, if they cannot: the cluster's health, or the error
+    /// requests keep meeting.
     pub(super) fn not_ready(&self) -> Option<String> {
-        match self {
-            Self::Memory(_) => None,
-            Self::Cluster(queue) => match queue.health() {
-                crate::redis::Health::Ready | crate::redis::Health::NoBudget { .. } => None,
-                health => Some(format!("cluster: {health:?}")),
-            },
+        use crate::redis::Health;
+        if let Kind::Cluster(queue) = &self.queue {
+            match queue.health() {
+                Health::Ready | Health::NoBudget { .. } => {}
+                health => return Some(format!("cluster: {health:?}")),
+            }
+        }
+        lock(&self.failing)
+            .as_ref()
+            .map(|error| format!("requests fail: {error}"))
+    }
+
+    /// Whether the cluster waits for Discord's word that nobody will give it (a
+    /// static limit, and Redis lost the state).
+    pub(super) fn needs_an_operator(&self) -> bool {
+        match &self.queue {
+            Kind::Memory(_) => false,
+            Kind::Cluster(queue) => matches!(queue.health(), crate::redis::Health::NeedsLimit(_)),
         }
     }
 
     /// The budget and what it knows of its reset, now.
     pub(super) async fn budget(&self) -> Budget {
-        match self {
-            Self::Memory(queue) => {
+        match &self.queue {
+            Kind::Memory(queue) => {
                 let limit = queue.limit();
                 let now = Instant::now();
                 let bucket_free_in = (0..limit.max_concurrency.min(MAX_BUCKETS_SHOWN))
@@ -135,7 +243,7 @@ impl Backend {
                     bucket_free_in,
                 }
             }
-            Self::Cluster(queue) => {
+            Kind::Cluster(queue) => {
                 let snapshot = queue.snapshot().await.ok().flatten();
                 Budget {
                     total: None,
@@ -152,9 +260,9 @@ impl Backend {
 
     /// The earliest instant `shard` may be granted, if it waits here.
     pub(super) fn eta(&self, shard: ShardId) -> Option<Instant> {
-        match self {
-            Self::Memory(queue) => queue.eta(shard),
-            Self::Cluster(queue) => queue.eta(shard),
+        match &self.queue {
+            Kind::Memory(queue) => queue.eta(shard),
+            Kind::Cluster(queue) => queue.eta(shard),
         }
     }
 }
@@ -185,6 +293,26 @@ fn quiet_start(limit: SessionStartLimit, config: Config) -> Result<crate::tokio:
         }
     }
     Ok(crate::tokio::Queue::new(scheduler))
+}
+
+/// Wakes the duplicates of a request when it ends (granted, or dropped), and forgets
+/// the shard's notification when nobody else holds it.
+struct End<'a> {
+    backend: &'a Backend,
+    shard: ShardId,
+    notify: Arc<Notify>,
+}
+
+impl Drop for End<'_> {
+    fn drop(&mut self) {
+        self.notify.notify_waiters();
+        let mut ends = lock(&self.backend.ends);
+        // Ours and the map's only: nobody else waits on it (a clone is taken under
+        // this lock).
+        if Arc::strong_count(&self.notify) == 2 {
+            ends.remove(&self.shard);
+        }
+    }
 }
 
 /// The budget as the status routes report it.

@@ -37,6 +37,23 @@ pub(super) struct Discord {
     token: String,
 }
 
+/// Why a read failed.
+#[derive(Debug)]
+pub(super) struct Failed {
+    pub(super) reason: String,
+    /// How long Discord said to wait before asking again.
+    pub(super) retry_after: Option<Duration>,
+}
+
+impl From<String> for Failed {
+    fn from(reason: String) -> Self {
+        Self {
+            reason,
+            retry_after: None,
+        }
+    }
+}
+
 /// A word and when it was read.
 pub(super) struct Word {
     pub(super) limit: SessionStartLimit,
@@ -63,8 +80,9 @@ impl Discord {
         })
     }
 
-    /// Reads `GET /gateway/bot`; the error says what failed.
-    pub(super) async fn read(&self) -> Result<Word, String> {
+    /// Reads `GET /gateway/bot`; the error says what failed, and when Discord said to
+    /// ask again (its `Retry-After`, on a `429`).
+    pub(super) async fn read(&self) -> Result<Word, Failed> {
         let sent = Instant::now();
         let mut response = self
             .client
@@ -75,7 +93,18 @@ impl Discord {
             .map_err(|e| format!("GET {}: {e}", self.url))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("GET {}: {status}", self.url));
+            // Seconds, possibly with a fraction (Discord sends both forms).
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .filter(|secs| secs.is_finite() && *secs >= 0.0)
+                .map(|secs| Duration::from_secs_f64(secs.min(3600.0)));
+            return Err(Failed {
+                reason: format!("GET {}: {status}", self.url),
+                retry_after,
+            });
         }
         // Read with a cap: an answer of Discord's is a few hundred bytes, and a proxy
         // or a fake answering without end must not fill the memory.
@@ -86,10 +115,9 @@ impl Discord {
             .map_err(|e| format!("GET {}: {e}", self.url))?
         {
             if body.len() + chunk.len() > MAX_ANSWER {
-                return Err(format!(
-                    "GET {}: the answer is over {MAX_ANSWER} bytes",
-                    self.url
-                ));
+                return Err(
+                    format!("GET {}: the answer is over {MAX_ANSWER} bytes", self.url).into(),
+                );
             }
             body.extend_from_slice(&chunk);
         }

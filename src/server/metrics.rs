@@ -32,6 +32,9 @@ pub(super) struct Metrics {
     reset_seconds: Gauge<f64, AtomicU64>,
     max_concurrency: Gauge,
     ready: Gauge,
+    /// Seconds the server could not grant (not ready), counted by the health watch.
+    pub(super) unready_seconds: Counter<f64, AtomicU64>,
+    word_age_seconds: Gauge<f64, AtomicU64>,
     pub(super) wait_seconds: Histogram,
 }
 
@@ -89,6 +92,20 @@ impl Metrics {
             "1 when grants can flow (as /readyz)",
             ready.clone(),
         );
+        let unready_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "unready_seconds",
+            "Seconds in which grants could not flow (/readyz 503): waiting for Discord's \
+             word, for Redis, or for an operator",
+            unready_seconds.clone(),
+        );
+        let word_age_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "word_age_seconds",
+            "Seconds since Discord's word in force was read (-1: a static limit); a \
+             refresh that fails lets it grow while the limit stays in force",
+            word_age_seconds.clone(),
+        );
         let wait_seconds = Histogram::new(exponential_buckets(0.001, 4.0, 12));
         registry.register(
             "wait_seconds",
@@ -115,6 +132,8 @@ impl Metrics {
             reset_seconds,
             max_concurrency,
             ready,
+            unready_seconds,
+            word_age_seconds,
             wait_seconds,
         }
     }
@@ -129,7 +148,14 @@ impl Metrics {
     }
 
     /// The text exposition, with the budget's gauges as of now.
-    pub(super) fn render(&self, budget: Option<&Budget>, ready: bool) -> String {
+    pub(super) fn render(
+        &self,
+        budget: Option<&Budget>,
+        ready: bool,
+        word_age: Option<std::time::Duration>,
+    ) -> String {
+        self.word_age_seconds
+            .set(word_age.map_or(-1.0, |age| age.as_secs_f64()));
         if let Some(budget) = budget {
             self.remaining.set(i64::from(budget.remaining));
             self.reset_seconds

@@ -156,6 +156,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = Arc::new(Shared::new(args, shutdown));
     tokio::spawn(supervise_limit(Arc::clone(&state)));
+    tokio::spawn(watch_health(Arc::clone(&state)));
     let sweeper = Arc::clone(&state);
     let every = Duration::from_millis(state.args.ticket_lease_ms.clamp(10, 1000));
     tokio::spawn(async move {
@@ -202,7 +203,9 @@ async fn signal() {
 }
 
 /// Reads Discord's word (or takes the static limit), starts the queue with it, and
-/// keeps it fresh. Until a limit is known nothing is granted.
+/// keeps it fresh. Until a limit is known nothing is granted; once one is, a refresh
+/// that fails leaves it in force (`/readyz` stays 200; the status shows the word's age
+/// and the error).
 async fn supervise_limit(state: Arc<Shared>) {
     let args = state.args.clone();
     let redis = args
@@ -211,7 +214,7 @@ async fn supervise_limit(state: Arc<Shared>) {
         .map(|url| (url, args.namespace.as_str()));
     let discord = match &args.discord_token {
         Some(token) => match Discord::new(&args.discord_api, token) {
-            Ok(discord) => Some(discord),
+            Ok(discord) => Some(Arc::new(discord)),
             Err(error) => {
                 state.set_not_ready(&format!("cannot make an HTTP client: {error}"));
                 return;
@@ -225,45 +228,107 @@ async fn supervise_limit(state: Arc<Shared>) {
             Some(discord) => discord.read().await.map(|word| (word.limit, word.sent)),
             None => Ok((args.static_limit(), Instant::now())),
         };
-        let (limit, sent) = match word {
-            Ok(word) => word,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read Discord's limit");
-                state.set_not_ready(&format!("waiting for Discord's /gateway/bot: {error}"));
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        let backend = state.backend.borrow().clone();
-        let applied = match backend {
-            Some(backend) => backend.update(limit, sent.elapsed()).await,
-            None => match Backend::start(limit, discord.is_some(), args.config(), redis).await {
-                Ok(backend) => {
-                    state.backend_tx.send_replace(Some(Arc::new(backend)));
-                    Ok(())
-                }
-                Err(error) => Err(error),
+        let failed = match word {
+            Ok((limit, sent)) => match apply(&state, limit, sent, discord.clone(), redis).await {
+                Ok(()) => None,
+                Err(error) => Some((format!("cannot apply the limit: {error}"), None)),
             },
+            Err(failed) => Some((
+                format!("cannot read Discord's /gateway/bot: {}", failed.reason),
+                failed.retry_after,
+            )),
         };
-        if let Err(error) = applied {
-            tracing::warn!(%error, "cannot apply the limit");
-            state.set_not_ready(&format!("cannot apply the limit: {error}"));
-            tokio::time::sleep(backoff).await;
+        if let Some((reason, retry_after)) = failed {
+            tracing::warn!(%reason, "no fresh limit");
+            if state.backend.borrow().is_none() {
+                state.set_not_ready(&reason);
+            } else {
+                // The limit in force stays: grants flow on it.
+                lock(&state.word).error = Some(reason);
+            }
+            // Discord's `Retry-After`, when it said one, else a backoff.
+            tokio::time::sleep(backoff.max(retry_after.unwrap_or_default())).await;
             backoff = (backoff * 2).min(Duration::from_secs(30));
             continue;
         }
         backoff = Duration::from_secs(1);
-        tracing::info!(?limit, "limit applied");
-        *lock(&state.limit) = Some(limit);
-        state.clear_not_ready();
         if discord.is_none() {
             return;
         }
+        let limit = lock(&state.limit).unwrap_or_else(|| args.static_limit());
         // Again every few minutes, and just after the reset.
         let after_reset = limit.reset_after.saturating_add(Duration::from_secs(1));
         tokio::time::sleep(discord::REFRESH.min(after_reset)).await;
     }
+}
+
+/// Applies a limit read at `sent`: starts the queue with it, or updates the queue.
+async fn apply(
+    state: &Shared,
+    limit: SessionStartLimit,
+    sent: Instant,
+    discord: Option<Arc<Discord>>,
+    redis: Option<(&str, &str)>,
+) -> Result<(), backend::Failure> {
+    let from_discord = discord.is_some();
+    let backend = state.backend.borrow().clone();
+    match backend {
+        Some(backend) => backend.update(limit, sent.elapsed()).await?,
+        None => {
+            let backend = Backend::start(limit, discord, state.args.config(), redis).await?;
+            state.backend_tx.send_replace(Some(Arc::new(backend)));
+        }
+    }
+    tracing::info!(?limit, "limit applied");
+    *lock(&state.limit) = Some(limit);
+    *lock(&state.word) = Word {
+        read: from_discord.then_some(sent),
+        error: None,
+    };
+    state.clear_not_ready();
+    Ok(())
+}
+
+/// Watches whether grants can flow, every second: counts the seconds they cannot
+/// (`identify_queue_unready_seconds_total`) and logs each change, an ERROR when only
+/// an operator can help (a static limit in cluster mode after Redis lost the state).
+async fn watch_health(state: Arc<Shared>) {
+    const EVERY: Duration = Duration::from_secs(1);
+    let mut was: Option<String> = None;
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let reason = state.not_ready();
+        if reason.is_some() {
+            state.metrics.unready_seconds.inc_by(EVERY.as_secs_f64());
+        }
+        if reason == was {
+            continue;
+        }
+        match &reason {
+            Some(reason) if reason.contains(NEEDS_AN_OPERATOR) => {
+                tracing::error!(%reason, "no grants until an operator acts");
+            }
+            Some(reason) => tracing::warn!(%reason, "not ready: no grants"),
+            None => tracing::info!("ready: grants flow"),
+        }
+        was = reason;
+    }
+}
+
+/// What `/readyz` and the log say when a static limit cannot go on: Redis lost the
+/// namespace's state, and only Discord's word (or an operator's) may seed it again.
+const NEEDS_AN_OPERATOR: &str = "Redis lost the namespace's state and this server has \
+    no `--discord-token` to read Discord's word: restart one server of the namespace \
+    with `--remaining` set to the session starts Discord says are left (`GET \
+    /gateway/bot`), or run the servers with `--discord-token`";
+
+/// Discord's word in force: when it was read, and why the last refresh failed.
+#[derive(Clone, Default)]
+struct Word {
+    /// When the word in force was asked for (`None`: a static limit, or none yet).
+    read: Option<Instant>,
+    /// Why the last refresh failed, while it is the last.
+    error: Option<String>,
 }
 
 /// A request waiting for its grant, for the status routes.
@@ -283,6 +348,8 @@ struct Shared {
     limit: Mutex<Option<SessionStartLimit>>,
     /// Why grants cannot flow, while they cannot (besides the queue's own health).
     not_ready: Mutex<Option<String>>,
+    /// Discord's word in force.
+    word: Mutex<Word>,
     metrics: Metrics,
     /// The native API's requests, by idempotency key.
     tickets: tickets::Tickets,
@@ -311,6 +378,7 @@ impl Shared {
             backend_tx,
             limit: Mutex::new(None),
             not_ready: Mutex::new(Some("reading the limit".to_owned())),
+            word: Mutex::new(Word::default()),
             metrics,
             tickets,
             waiting: Mutex::new(BTreeMap::new()),
@@ -350,7 +418,17 @@ impl Shared {
         if let Some(reason) = lock(&self.not_ready).clone() {
             return Some(reason);
         }
-        self.backend.borrow().as_ref().and_then(|b| b.not_ready())
+        let backend = self.backend.borrow().clone()?;
+        let reason = backend.not_ready()?;
+        if self.args.discord_token.is_none() && backend.needs_an_operator() {
+            return Some(format!("{reason}: {NEEDS_AN_OPERATOR}"));
+        }
+        Some(reason)
+    }
+
+    /// Discord's word in force.
+    fn word(&self) -> Word {
+        lock(&self.word).clone()
     }
 
     fn max_concurrency(&self) -> Option<u32> {

@@ -11,6 +11,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::json;
 
+use super::backend::Duplicate;
 use super::{Shared, page};
 use crate::{Priority, ShardId};
 
@@ -210,7 +211,7 @@ async fn twilight(
     let shutdown = async move {
         let _ = shutdown.wait_for(|down| *down).await;
     };
-    let granted = backend.acquire_until_granted(shard, Priority::Start);
+    let granted = backend.acquire_until_granted(shard, Priority::Start, Duplicate::Replaces);
     tokio::select! {
         granted = granted => {
             granted.keep();
@@ -390,9 +391,10 @@ async fn metrics(State(state): State<Arc<Shared>>) -> Response {
         Some(backend) => Some(backend.budget().await),
         None => None,
     };
+    let word_age = state.word().read.map(|read| read.elapsed());
     let text = state
         .metrics
-        .render(budget.as_ref(), state.not_ready().is_none());
+        .render(budget.as_ref(), state.not_ready().is_none(), word_age);
     (
         [(
             header::CONTENT_TYPE,
@@ -438,6 +440,7 @@ pub(super) async fn status(state: &Shared) -> serde_json::Value {
         None => None,
     };
     let not_ready = state.not_ready();
+    let word = state.word();
     json!({
         "ready": not_ready.is_none(),
         "reason": not_ready,
@@ -450,6 +453,10 @@ pub(super) async fn status(state: &Shared) -> serde_json::Value {
         "bucket_free_in_ms": budget.as_ref().map(|b| {
             b.bucket_free_in.iter().map(|free| free.map(millis)).collect::<Vec<_>>()
         }),
+        "word": {
+            "age_ms": word.read.map(|read| millis(read.elapsed())),
+            "refresh_error": word.error,
+        },
         "granted": state.metrics.grants.get(),
         "cancelled": state.metrics.cancelled.get(),
         "waiting": waiting,

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
-use super::backend::{Backend, Granted};
+use super::backend::{Backend, Duplicate, Granted};
 use super::lock;
 use crate::{Priority, ShardId};
 
@@ -69,7 +69,9 @@ impl Answered {
     fn now() -> Self {
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
         Self {
             instant: Instant::now(),
             unix_ms,
@@ -355,8 +357,11 @@ impl Tickets {
 impl Ticket {
     fn new(shard: ShardId, priority: Priority, backend: &Arc<Backend>) -> Self {
         let backend = Arc::clone(backend);
-        let request: Request =
-            Box::pin(async move { backend.acquire_until_granted(shard, priority).await });
+        let request: Request = Box::pin(async move {
+            backend
+                .acquire_until_granted(shard, priority, Duplicate::WaitsBehind)
+                .await
+        });
         let now = Instant::now();
         Self {
             shard,

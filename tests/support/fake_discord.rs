@@ -64,6 +64,12 @@ struct State {
     changes: Vec<(Instant, u32)>,
     /// Whether `GET /api/v10/gateway/bot` answers (502 when not).
     reachable: bool,
+    /// `reset_after` in its answers.
+    reset_after: Duration,
+    /// While set, `GET /api/v10/gateway/bot` answers `429` with this `Retry-After`.
+    retry_after: Option<u64>,
+    /// When `GET /api/v10/gateway/bot` was asked (authorized).
+    reads: Vec<Instant>,
 }
 
 impl FakeDiscord {
@@ -89,6 +95,9 @@ impl FakeDiscord {
             arrivals: Vec::new(),
             changes: Vec::new(),
             reachable: true,
+            reset_after: RESET_AFTER,
+            retry_after: None,
+            reads: Vec::new(),
         }));
         let other: Arc<Handler> = Arc::new(Box::new(other));
         let served = Arc::clone(&state);
@@ -132,6 +141,22 @@ impl FakeDiscord {
     /// Whether `GET /api/v10/gateway/bot` answers from now on (a Discord outage: 502).
     pub fn set_reachable(&self, reachable: bool) {
         self.state().reachable = reachable;
+    }
+
+    /// The `reset_after` its answers say from now on (a day at start).
+    pub fn set_reset_after(&self, reset_after: Duration) {
+        self.state().reset_after = reset_after;
+    }
+
+    /// While `Some(seconds)`, `GET /api/v10/gateway/bot` answers `429` with
+    /// `Retry-After: seconds` (Discord's rate limit).
+    pub fn set_rate_limited(&self, retry_after: Option<u64>) {
+        self.state().retry_after = retry_after;
+    }
+
+    /// When `GET /api/v10/gateway/bot` was asked with the token, in order.
+    pub fn reads(&self) -> Vec<Instant> {
+        self.state().reads.clone()
     }
 
     /// Every rule Discord enforces, judged on arrivals by the one judge: no more than
@@ -242,13 +267,26 @@ fn gateway_bot(reader: &mut impl BufRead, path: &str, state: &Mutex<State>, budg
             r#"{"message": "401: Unauthorized", "code": 0}"#,
         );
     }
-    if !state.lock().unwrap().reachable {
+    let (reachable, reset_after, retry_after) = {
+        let mut state = state.lock().unwrap();
+        state.reads.push(Instant::now());
+        (state.reachable, state.reset_after, state.retry_after)
+    };
+    if !reachable {
         return answer("502 Bad Gateway", r#"{"message": "upstream down"}"#);
+    }
+    if let Some(seconds) = retry_after {
+        let body = r#"{"message": "You are being rate limited.", "global": false}"#;
+        return answer("429 Too Many Requests", body).replacen(
+            "\r\n\r\n",
+            &format!("\r\nretry-after: {seconds}\r\n\r\n"),
+            1,
+        );
     }
     let (remaining, max_concurrency) = session_start_limit(state, budget);
     let body = format!(
         r#"{{"url": "wss://gateway.discord.gg", "shards": 2, "session_start_limit": {{"total": 1000, "remaining": {remaining}, "reset_after": {}, "max_concurrency": {max_concurrency}}}}}"#,
-        RESET_AFTER.as_millis()
+        reset_after.as_millis()
     );
     answer("200 OK", &body)
 }
