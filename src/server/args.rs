@@ -91,6 +91,16 @@ pub struct Args {
     /// cannot be made to hold memory without bound.
     #[arg(long, env = "MAX_TICKETS", default_value_t = 65_536)]
     pub max_tickets: usize,
+    /// The most connections served at once (default: the open-files limit, raised to
+    /// its hard limit at start, less 288 for Redis, Discord and the health checks).
+    /// Past it a connection is closed unanswered; a few more are kept for `/livez` and
+    /// `/readyz` only.
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// The most connections served at once from one client address (default: half of
+    /// `--max-connections`), so that one client cannot take them all.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_CLIENT")]
+    pub max_connections_per_client: Option<usize>,
     /// When set, every route but `/livez` and `/readyz` wants
     /// `Authorization: Bearer <token>`. It must be visible ASCII (what a client can
     /// send in a header); a trailing newline (a token read from a file) is trimmed.
@@ -147,6 +157,12 @@ impl Args {
                     "`{flag}` must be at most {MAX_DURATION_MS} (an hour)"
                 ));
             }
+        }
+        if self.max_connections == Some(0) || self.max_connections_per_client == Some(0) {
+            return Err(
+                "`--max-connections` and `--max-connections-per-client` must be at least 1"
+                    .to_owned(),
+            );
         }
         if self.ticket_lease_ms == 0 {
             return Err("`--ticket-lease-ms` must be at least 1".to_owned());

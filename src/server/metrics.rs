@@ -27,6 +27,8 @@ pub(super) struct Metrics {
     pub(super) cancelled: Counter,
     pub(super) bad_requests: Counter,
     pub(super) anonymous_grants: Counter,
+    pub(super) refused_connections: Counter,
+    pub(super) accept_errors: Counter,
     pub(super) waiting: Gauge,
     remaining: Gauge,
     reset_seconds: Gauge<f64, AtomicU64>,
@@ -61,6 +63,19 @@ impl Metrics {
             "anonymous_grants",
             "Grants to `GET /` without a shard (one bucket): each spent a unit",
             anonymous_grants.clone(),
+        );
+        let refused_connections = Counter::default();
+        registry.register(
+            "refused_connections",
+            "Connections past a cap (--max-connections, --max-connections-per-client): \
+             closed unanswered, or served the health routes only",
+            refused_connections.clone(),
+        );
+        let accept_errors = Counter::default();
+        registry.register(
+            "accept_errors",
+            "Connections that could not be accepted (the open-files limit, mostly)",
+            accept_errors.clone(),
         );
         let waiting = Gauge::default();
         registry.register(
@@ -127,6 +142,8 @@ impl Metrics {
             cancelled,
             bad_requests,
             anonymous_grants,
+            refused_connections,
+            accept_errors,
             waiting,
             remaining,
             reset_seconds,

@@ -79,6 +79,7 @@
 mod args;
 mod backend;
 mod discord;
+mod listen;
 mod metrics;
 mod page;
 mod routes;
@@ -169,11 +170,20 @@ pub async fn run(args: Args) -> Result<(), String> {
     // Tests and scripts read the address from this line (with `--port 0`).
     println!("identify-queue-server listening on {address}");
     tracing::info!(%address, "listening");
-    let serve = axum::serve(listener, app);
-    tokio::select! {
-        result = serve => return result.map_err(|e| e.to_string()),
-        () = signal() => {}
-    }
+    let caps = listen::Caps::of(
+        state.args.max_connections,
+        state.args.max_connections_per_client,
+    );
+    tracing::info!(
+        total = caps.total,
+        per_client = caps.per_client,
+        "connection caps"
+    );
+    let counters = listen::Counters {
+        refused: state.metrics.refused_connections.clone(),
+        accept_errors: state.metrics.accept_errors.clone(),
+    };
+    listen::serve(listener, app, caps, counters, signal()).await;
     tracing::info!("shutting down: cancelling every waiting request");
     state.set_not_ready("shutting down");
     let _ = shutdown_tx.send(true);
