@@ -18,7 +18,9 @@
 //! - only a `200` is a grant; a server out of reach, a `5xx` or a closed connection
 //!   is retried with backoff (100 ms doubling to 5 s), on the next URL of the list;
 //! - a `400` or `401` (a request that can never be served) ends the acquire with
-//!   [`AcquireError::Server`];
+//!   [`AcquireError::Server`]; as a twilight queue, it is asked again with backoff
+//!   (100 ms doubling to 30 s) and the shard's channel stays open (closing it would
+//!   make the shard enqueue again at once, a tight loop on a stale token);
 //! - with feature `twilight`, a shard that drops its receiver (it disconnected while
 //!   waiting) drops the request: the server cancels it, nothing spent.
 
@@ -31,6 +33,9 @@ use crate::{AcquireError, Error, ShardId};
 /// The first wait before asking again after a failure; it doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest wait before asking again after a refusal, as a twilight queue.
+#[cfg(feature = "twilight")]
+const MAX_REFUSED_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A queue on one or several servers. Cheap to clone: clones share the connections.
 #[derive(Clone, Debug)]
@@ -150,16 +155,27 @@ impl twilight_gateway_queue::Queue for Queue {
         let (mut sender, receiver) = tokio::sync::oneshot::channel();
         let queue = self.clone();
         tokio::spawn(async move {
+            // A refusal (a stale token, say) is asked again with backoff: closing the
+            // channel would make the shard enqueue again at once, a tight loop.
+            let mut backoff = FIRST_BACKOFF;
+            let asked = async {
+                loop {
+                    match queue.acquire(shard).await {
+                        Ok(()) => return,
+                        Err(error) => {
+                            tracing::warn!(shard, %error, ?backoff, "identify refused; asking again");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_REFUSED_BACKOFF);
+                        }
+                    }
+                }
+            };
             tokio::select! {
                 // The shard gave up: the request is dropped, the server cancels it.
                 () = sender.closed() => {}
-                granted = queue.acquire(shard) => match granted {
-                    Ok(()) => {
-                        let _ = sender.send(());
-                    }
-                    // Closing the channel makes the shard enqueue again.
-                    Err(error) => tracing::warn!(shard, %error, "identify refused"),
-                },
+                () = asked => {
+                    let _ = sender.send(());
+                }
             }
         });
         receiver

@@ -643,6 +643,21 @@ async fn the_client_is_a_twilight_queue() {
     panic!("the server never saw the request go");
 }
 
+/// Review 20: as a twilight queue the client never closes a shard's channel on a
+/// refusal (a stale token): it asks again with backoff, and the channel stays open
+/// (before: closed at once, so twilight's shard enqueued again at once, a tight loop).
+#[cfg(feature = "twilight")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_20_the_twilight_client_backs_off_on_a_refusal() {
+    use twilight_gateway_queue::Queue as _;
+    let server = ServerProcess::start(&["--auth-token", "t0ken", "--interval-ms", "100"]);
+    ready(&server).await;
+    let queue = identify_queue::http::Queue::new([server.url()]).unwrap();
+    let receiver = queue.enqueue(0);
+    let waited = timeout(Duration::from_millis(1500), receiver).await;
+    assert!(waited.is_err(), "the channel stays open: {waited:?}");
+}
+
 #[cfg(feature = "twilight")]
 #[allow(dead_code)]
 #[path = "gateway/mod.rs"]
@@ -1330,6 +1345,73 @@ async fn review_6_a_client_filling_the_connections_leaves_the_health_checks() {
     );
 }
 
+/// `POST path` from the loopback address `from` (Linux routes all of 127/8 to `lo`).
+async fn post_from(from: [u8; 4], address: SocketAddr, path: &str) -> Answer {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("a loopback source address");
+    let mut stream = socket.connect(address).await.expect("connect");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_answer(&mut stream).await.expect("an answer")
+}
+
+/// Review 12: the native API's keys are capped per client address (before: one
+/// client's keys took the global cap, then every other client got `429`); a shard
+/// waits under one key (a second: `409`); its place counts every waiter of its bucket,
+/// twilight's route's too (review 20: before, `place` 0 with 5,000 ahead); the status
+/// lists the oldest waiters and counts them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_12_keys_are_capped_per_client_and_places_count_every_waiter() {
+    let server = ServerProcess::start(&[
+        "--interval-ms",
+        "1000",
+        "--margin-ms",
+        "0",
+        "--max-tickets-per-client",
+        "3",
+    ]);
+    ready(&server).await;
+    let at = server.address;
+    // Three waiters on twilight's route, in the busy bucket.
+    let mut twilight = Vec::new();
+    for shard in 10..13 {
+        twilight.push(tokio::spawn(async move {
+            get(at, &format!("/?shard={shard}"), &[]).await
+        }));
+        sleep(Duration::from_millis(20)).await;
+    }
+    for (key, shard) in [("a", 1), ("b", 2), ("c", 3)] {
+        let path = format!("/v1/identify?shard={shard}&key={key}&wait_ms=0");
+        let answer = post_from([127, 0, 0, 1], at, &path).await;
+        assert_eq!(answer.status, 202, "{answer:?}");
+    }
+    let answer = post_from([127, 0, 0, 1], at, "/v1/identify?shard=4&key=d&wait_ms=0").await;
+    assert_eq!(answer.status, 429, "{answer:?}");
+    assert!(
+        answer.body.contains("--max-tickets-per-client"),
+        "{answer:?}"
+    );
+    // Another client still gets its key.
+    let answer = post_from([127, 0, 0, 2], at, "/v1/identify?shard=5&key=e&wait_ms=0").await;
+    assert_eq!(answer.status, 202, "{answer:?}");
+    // Its place: the three on twilight's route and the three keys before it.
+    let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert!(body["place"].as_u64().unwrap() >= 6, "{body}");
+    // A shard waits under one key.
+    let answer = post_from([127, 0, 0, 2], at, "/v1/identify?shard=5&key=f&wait_ms=0").await;
+    assert_eq!(answer.status, 409, "{answer:?}");
+    assert!(answer.body.contains("DELETE /v1/identify/e"), "{answer:?}");
+    let seen = status(&server).await;
+    assert_eq!(seen["waiting_count"], 7, "{seen}");
+    for task in twilight {
+        task.abort();
+    }
+}
+
 /// A ticket nobody polls for within its lease is cancelled: nothing spent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_ticket_is_cancelled_after_its_lease() {
@@ -1407,7 +1489,14 @@ async fn hold_mode_frees_a_bucket_at_its_release_or_its_timeout() {
 /// a freed place takes a new key again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_keys_past_the_cap_get_429_and_change_nothing() {
-    let server = ServerProcess::start(&["--interval-ms", "60000", "--max-tickets", "2"]);
+    let server = ServerProcess::start(&[
+        "--interval-ms",
+        "60000",
+        "--max-tickets",
+        "2",
+        "--max-tickets-per-client",
+        "2",
+    ]);
     ready(&server).await;
     let at = server.address;
     // The bucket is busy for a minute (a fresh server's first interval).

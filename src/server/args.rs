@@ -91,6 +91,11 @@ pub struct Args {
     /// cannot be made to hold memory without bound.
     #[arg(long, env = "MAX_TICKETS", default_value_t = 65_536)]
     pub max_tickets: usize,
+    /// The native API: the most request keys one client address keeps at once
+    /// (default: a quarter of `--max-tickets`), so that one client cannot take them
+    /// all. Clients behind one proxy share an address.
+    #[arg(long, env = "MAX_TICKETS_PER_CLIENT")]
+    pub max_tickets_per_client: Option<usize>,
     /// The most connections served at once (default: the open-files limit, raised to
     /// its hard limit at start, less 288 for Redis, Discord and the health checks).
     /// Past it a connection is closed unanswered; a few more are kept for `/livez` and
@@ -158,6 +163,9 @@ impl Args {
                 ));
             }
         }
+        if self.max_tickets_per_client == Some(0) {
+            return Err("`--max-tickets-per-client` must be at least 1".to_owned());
+        }
         if self.max_connections == Some(0) || self.max_connections_per_client == Some(0) {
             return Err(
                 "`--max-connections` and `--max-connections-per-client` must be at least 1"
@@ -178,6 +186,13 @@ impl Args {
             }
         }
         Ok(self)
+    }
+
+    /// The native API's key cap per client address.
+    pub fn max_tickets_per_client(&self) -> usize {
+        self.max_tickets_per_client
+            .unwrap_or((self.max_tickets / 4).max(1))
+            .min(self.max_tickets)
     }
 
     /// The queue's configuration: a bucket's grants are `--interval-ms` and

@@ -244,8 +244,12 @@ fn keep_alive(stream: &TcpStream) {
 /// on anything else without an answer.
 async fn connection(stream: TcpStream, peer: SocketAddr, app: Router, slot: Slot) {
     let health_only = slot.client.is_none();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let mut app = app.clone();
+        // The client's address, for its caps on the routes (axum's `ConnectInfo`).
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         async move {
             if health_only && !matches!(request.uri().path(), "/livez" | "/readyz") {
                 // An error of the service: hyper closes the connection unanswered.

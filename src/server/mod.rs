@@ -378,7 +378,7 @@ impl Shared {
         let lease = Duration::from_millis(args.ticket_lease_ms);
         let tickets = tickets::Tickets::new(
             lease,
-            args.max_tickets,
+            (args.max_tickets, args.max_tickets_per_client()),
             metrics.grants.clone(),
             metrics.cancelled.clone(),
         );

@@ -63,7 +63,7 @@ pub(super) fn render(status: &Value) -> String {
         show(&status["max_concurrency"]),
         show(&status["granted"]),
         show(&status["cancelled"]),
-        status["waiting"].as_array().map_or(0, Vec::len),
+        status["waiting_count"].as_u64().unwrap_or(0),
     );
     if let Some(buckets) = status["bucket_free_in_ms"].as_array() {
         if !buckets.is_empty() {

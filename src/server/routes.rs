@@ -1,10 +1,11 @@
 //! The routes: twilight's protocol on every path not taken, the operations routes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -232,7 +233,11 @@ async fn twilight(
 }
 
 /// The native API's request: see the module docs.
-async fn identify_v1(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
+async fn identify_v1(
+    State(state): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+) -> Response {
     use super::tickets::{MAX_WAIT, Polled, Refused};
     let came = Instant::now();
     let query = query.as_deref();
@@ -290,7 +295,7 @@ async fn identify_v1(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery
     };
     let polled = state
         .tickets
-        .poll(&key, shard, priority, wait, &backend)
+        .poll(&key, (shard, priority), peer.ip(), wait, &backend)
         .await;
     state
         .metrics
@@ -325,19 +330,22 @@ async fn identify_v1(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery
             });
             (StatusCode::GONE, axum::Json(body)).into_response()
         }
-        Ok(Polled::Waiting { since }) => {
-            let max_concurrency = state.max_concurrency().unwrap_or(1);
+        Ok(Polled::Waiting) => {
             let eta = backend
                 .eta(shard)
-                .map(|eta| millis(eta.saturating_duration_since(Instant::now())));
+                .map(|eta| eta.saturating_duration_since(Instant::now()));
+            // The grants of its bucket before its own, every route's waiters counted,
+            // read off its estimated wait (O(log n) in the queue).
+            let spacing = state.args.config().get_interval().as_millis().max(1);
+            let place = eta.map(|eta| eta.as_millis() / spacing);
             (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({
                     "granted": false,
                     "shard": shard,
                     "key": key,
-                    "place": state.tickets.place(shard, since, max_concurrency),
-                    "eta_ms": eta,
+                    "place": place,
+                    "eta_ms": eta.map(millis),
                 })),
             )
                 .into_response()
@@ -360,6 +368,17 @@ async fn identify_v1(State(state): State<Arc<Shared>>, RawQuery(query): RawQuery
                 "error": format!(
                     "`key` {key:?} is new and {kept} keys are kept, the most allowed \
                      (`--max-tickets`): ask again later, or cancel keys no longer needed"
+                )
+            });
+            let retry = [(header::RETRY_AFTER, "1")];
+            (StatusCode::TOO_MANY_REQUESTS, retry, axum::Json(body)).into_response()
+        }
+        Err(Refused::ClientFull(kept)) => {
+            let body = json!({
+                "error": format!(
+                    "`key` {key:?} is new and this client keeps {kept} keys, the most one \
+                     client address may (`--max-tickets-per-client`): cancel keys no \
+                     longer needed, or ask again later"
                 )
             });
             let retry = [(header::RETRY_AFTER, "1")];
@@ -405,6 +424,9 @@ async fn metrics(State(state): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// The most waiting requests a status lists (the oldest); `waiting_count` has them all.
+const MAX_WAITING_SHOWN: usize = 1000;
+
 /// What both status routes show.
 pub(super) async fn status(state: &Shared) -> serde_json::Value {
     let backend = state.backend.borrow().clone();
@@ -419,9 +441,12 @@ pub(super) async fn status(state: &Shared) -> serde_json::Value {
             .map(|(shard, since)| super::Waiting { shard, since }),
     );
     waiting.sort_by_key(|w| w.since);
+    let waiting_count = waiting.len();
     let max_concurrency = state.max_concurrency();
+    // The oldest only: the status stays small (and cheap) however many wait.
     let waiting: Vec<_> = waiting
         .iter()
+        .take(MAX_WAITING_SHOWN)
         .map(|w| {
             let eta = backend
                 .as_ref()
@@ -459,6 +484,7 @@ pub(super) async fn status(state: &Shared) -> serde_json::Value {
         },
         "granted": state.metrics.grants.get(),
         "cancelled": state.metrics.cancelled.get(),
+        "waiting_count": waiting_count,
         "waiting": waiting,
     })
 }

@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -82,7 +83,8 @@ impl Answered {
 /// One key's ticket, shared by its polls.
 struct Ticket {
     shard: ShardId,
-    priority: Priority,
+    /// The address of the client that made it, for its cap.
+    client: IpAddr,
     since: Instant,
     /// Taken by the poll that polls the request.
     stage: tokio::sync::Mutex<Stage>,
@@ -125,8 +127,9 @@ pub(super) struct Tickets {
     state: Mutex<State>,
     /// How long a ticket lives with no poll open.
     lease: Duration,
-    /// The most tickets kept at once.
+    /// The most tickets kept at once, in all and per client address.
     max: usize,
+    max_per_client: usize,
     /// Counts each grant once.
     grants: Counter,
     /// Counts each waiting ticket dropped for want of a poll.
@@ -138,6 +141,8 @@ struct State {
     tickets: HashMap<String, Arc<Ticket>>,
     /// The key of each shard's waiting ticket: one at most.
     waiting: HashMap<ShardId, String>,
+    /// Tickets kept per client address.
+    by_client: HashMap<IpAddr, usize>,
     polls: u64,
 }
 
@@ -146,7 +151,7 @@ pub(super) enum Polled {
     /// Granted: this answer is the delivery.
     Granted { since: Instant, at: Answered },
     /// Not yet: ask again with the same key.
-    Waiting { since: Instant },
+    Waiting,
     /// Answered before, to an earlier poll.
     AnsweredBefore(Answered),
 }
@@ -159,6 +164,8 @@ pub(super) enum Refused {
     ShardWaits(String),
     /// A new key while this many tickets are kept, the most allowed.
     Full(usize),
+    /// A new key while this client keeps this many tickets, the most it may.
+    ClientFull(usize),
 }
 
 /// An open poll: its ticket's lease runs again from its end.
@@ -175,11 +182,17 @@ impl Drop for Open<'_> {
 }
 
 impl Tickets {
-    pub(super) fn new(lease: Duration, max: usize, grants: Counter, cancelled: Counter) -> Self {
+    pub(super) fn new(
+        lease: Duration,
+        (max, max_per_client): (usize, usize),
+        grants: Counter,
+        cancelled: Counter,
+    ) -> Self {
         Self {
             state: Mutex::new(State::default()),
             lease,
             max,
+            max_per_client,
             grants,
             cancelled,
         }
@@ -193,8 +206,8 @@ impl Tickets {
     pub(super) async fn poll(
         &self,
         key: &str,
-        shard: ShardId,
-        priority: Priority,
+        (shard, priority): (ShardId, Priority),
+        client: IpAddr,
         wait: Duration,
         backend: &Arc<Backend>,
     ) -> Result<Polled, Refused> {
@@ -215,9 +228,14 @@ impl Tickets {
                     if state.tickets.len() >= self.max {
                         return Err(Refused::Full(state.tickets.len()));
                     }
-                    let ticket = Arc::new(Ticket::new(shard, priority, backend));
+                    let from_client = state.by_client.get(&client).copied().unwrap_or(0);
+                    if from_client >= self.max_per_client {
+                        return Err(Refused::ClientFull(from_client));
+                    }
+                    let ticket = Arc::new(Ticket::new(shard, priority, client, backend));
                     state.tickets.insert(key.to_owned(), Arc::clone(&ticket));
                     state.waiting.insert(shard, key.to_owned());
+                    *state.by_client.entry(client).or_default() += 1;
                     ticket
                 }
             };
@@ -258,8 +276,8 @@ impl Tickets {
             // also for a poll whose wait is zero.
             biased;
             polled = polled => Ok(polled),
-            () = tokio::time::sleep_until(deadline) => Ok(Polled::Waiting { since }),
-            () = gave_way => Ok(Polled::Waiting { since }),
+            () = tokio::time::sleep_until(deadline) => Ok(Polled::Waiting),
+            () = gave_way => Ok(Polled::Waiting),
         }
     }
 
@@ -269,10 +287,7 @@ impl Tickets {
         let (ticket, was_waiting) = {
             let mut state = lock(&self.state);
             let ticket = state.tickets.remove(key)?;
-            let was_waiting = state.waiting.get(&ticket.shard).map(String::as_str) == Some(key);
-            if was_waiting {
-                state.waiting.remove(&ticket.shard);
-            }
+            let was_waiting = state.forget(key, &ticket);
             (ticket, was_waiting)
         };
         // A poll still open on it holds the stage: it answers without the grant once
@@ -293,10 +308,8 @@ impl Tickets {
         let now = Instant::now();
         let expired: Vec<Arc<Ticket>> = {
             let mut state = lock(&self.state);
-            let State {
-                tickets, waiting, ..
-            } = &mut *state;
-            let keys: Vec<String> = tickets
+            let keys: Vec<String> = state
+                .tickets
                 .iter()
                 .filter(|(_, ticket)| {
                     let lease = *lock(&ticket.lease);
@@ -311,9 +324,8 @@ impl Tickets {
                 .collect();
             keys.iter()
                 .filter_map(|key| {
-                    let ticket = tickets.remove(key)?;
-                    if waiting.get(&ticket.shard) == Some(key) {
-                        waiting.remove(&ticket.shard);
+                    let ticket = state.tickets.remove(key)?;
+                    if state.forget(key, &ticket) {
                         self.cancelled.inc();
                     }
                     Some(ticket)
@@ -321,25 +333,6 @@ impl Tickets {
                 .collect()
         };
         drop(expired);
-    }
-
-    /// Waiting tickets ahead of a ticket of `shard` asked at `since` in its bucket
-    /// (`max_concurrency` buckets), by priority then age.
-    pub(super) fn place(&self, shard: ShardId, since: Instant, max_concurrency: u32) -> usize {
-        let state = lock(&self.state);
-        let bucket = |s: ShardId| s % max_concurrency.max(1);
-        let own = state
-            .waiting
-            .get(&shard)
-            .and_then(|key| state.tickets.get(key))
-            .map_or(Priority::Start.rank(), |t| t.priority.rank());
-        state
-            .waiting
-            .values()
-            .filter_map(|key| state.tickets.get(key))
-            .filter(|t| bucket(t.shard) == bucket(shard) && t.shard != shard)
-            .filter(|t| (t.priority.rank(), t.since) < (own, since))
-            .count()
     }
 
     /// Tickets still waiting.
@@ -354,8 +347,26 @@ impl Tickets {
     }
 }
 
+impl State {
+    /// Forgets `key`'s `ticket`, removed from `tickets`: its shard's waiting key (if it
+    /// is this one) and its client's count. Whether it was waiting.
+    fn forget(&mut self, key: &str, ticket: &Ticket) -> bool {
+        if let Some(count) = self.by_client.get_mut(&ticket.client) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_client.remove(&ticket.client);
+            }
+        }
+        let waiting = self.waiting.get(&ticket.shard).map(String::as_str) == Some(key);
+        if waiting {
+            self.waiting.remove(&ticket.shard);
+        }
+        waiting
+    }
+}
+
 impl Ticket {
-    fn new(shard: ShardId, priority: Priority, backend: &Arc<Backend>) -> Self {
+    fn new(shard: ShardId, priority: Priority, client: IpAddr, backend: &Arc<Backend>) -> Self {
         let backend = Arc::clone(backend);
         let request: Request = Box::pin(async move {
             backend
@@ -365,7 +376,7 @@ impl Ticket {
         let now = Instant::now();
         Self {
             shard,
-            priority,
+            client,
             since: now,
             stage: tokio::sync::Mutex::new(Stage::Waiting(request)),
             newest: watch::Sender::new(0),
