@@ -1412,6 +1412,64 @@ async fn review_12_keys_are_capped_per_client_and_places_count_every_waiter() {
     }
 }
 
+/// Review 4: two servers on one namespace, each shard's client polling its key on
+/// them in turn (a load balancer without sticky sessions): every shard is granted once,
+/// one unit each (before: 8 units for 4 shards), a retry anywhere learns its key was
+/// answered, and a `DELETE` at the server not holding a key cancels it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_4_a_key_spends_once_across_the_servers_of_a_namespace() {
+    let redis = redis_server::Server::start(false);
+    let servers = [on_redis(&redis, 99, 200), on_redis(&redis, 99, 200)];
+    for server in &servers {
+        ready(server).await;
+    }
+    let at = [servers[0].address, servers[1].address];
+    let mut tasks = Vec::new();
+    for shard in 0..4u32 {
+        tasks.push(tokio::spawn(async move {
+            for poll in 0usize.. {
+                let path = format!("/v1/identify?shard={shard}&key=s{shard}&wait_ms=300");
+                let (code, body) = v1(at[(poll + shard as usize) % 2], "POST", &path).await;
+                if code == 200 {
+                    return (shard, body["granted_at"].as_u64().unwrap());
+                }
+                assert_eq!(code, 202, "{body}");
+                assert!(poll < 200, "never granted");
+            }
+            unreachable!()
+        }));
+    }
+    let mut granted = Vec::new();
+    for task in tasks {
+        granted.push(task.await.unwrap());
+    }
+    // Long enough for any second ticket of a key to be granted.
+    sleep(Duration::from_millis(1500)).await;
+    let remaining = status(&servers[0]).await["remaining"].as_u64().unwrap();
+    assert_eq!(remaining, 95, "one unit per shard: {granted:?}");
+    // A retry of an answered key, at either server: 410 with its instant.
+    for server in at {
+        let (code, body) = v1(server, "POST", "/v1/identify?shard=0&key=s0&wait_ms=0").await;
+        assert_eq!(code, 410, "{body}");
+        assert_eq!(body["granted_at"], granted[0].1, "{body}");
+    }
+    // A key waiting on one server (the bucket busy) is cancelled by a DELETE at the
+    // other.
+    identify(at[0], 6).await;
+    let (code, _) = v1(at[0], "POST", "/v1/identify?shard=7&key=late&wait_ms=0").await;
+    assert_eq!(code, 202);
+    assert_eq!(v1(at[1], "DELETE", "/v1/identify/late").await.0, 204);
+    sleep(Duration::from_millis(1500)).await;
+    let seen = status(&servers[0]).await;
+    let waiting: Vec<u64> = seen["waiting"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["shard"].as_u64().unwrap())
+        .collect();
+    assert!(!waiting.contains(&7), "{seen}");
+}
+
 /// A ticket nobody polls for within its lease is cancelled: nothing spent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_ticket_is_cancelled_after_its_lease() {

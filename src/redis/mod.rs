@@ -174,6 +174,8 @@ mod local;
 mod options;
 mod permit;
 mod queue;
+#[cfg(feature = "server")]
+pub(crate) mod request_keys;
 mod round_trip;
 mod scripts;
 mod shared;

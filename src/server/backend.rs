@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 
 use super::discord::Discord;
 use super::lock;
+pub(super) use crate::redis::request_keys::{Holder, KeyOp};
 use crate::{AcquireError, Config, Error, Priority, SessionStartLimit, ShardId};
 
 /// Why the queue could not start or take Discord's word (bad input, Redis out of
@@ -179,6 +180,33 @@ impl Backend {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Whether request keys are shared with other servers (cluster mode).
+    pub(super) fn shares_keys(&self) -> bool {
+        matches!(self.queue, Kind::Cluster(_))
+    }
+
+    /// `op` on the native API's request key `key`, shared with the other servers of
+    /// the namespace; in memory every key is this server's.
+    pub(super) async fn request_key(
+        &self,
+        op: KeyOp,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Holder, String> {
+        match &self.queue {
+            Kind::Memory(_) => Ok(Holder::Us),
+            Kind::Cluster(queue) => queue.request_key(op, key, ttl).await,
+        }
+    }
+
+    /// Who holds each of `keys` (all this server's, in memory).
+    pub(super) async fn request_key_holders(&self, keys: &[&str]) -> Result<Vec<Holder>, String> {
+        match &self.queue {
+            Kind::Memory(_) => Ok(vec![Holder::Us; keys.len()]),
+            Kind::Cluster(queue) => queue.request_key_holders(keys).await,
         }
     }
 

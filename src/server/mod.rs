@@ -163,7 +163,8 @@ pub async fn run(args: Args) -> Result<(), String> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            sweeper.tickets.sweep();
+            let backend = sweeper.backend.borrow().clone();
+            sweeper.tickets.sweep(backend.as_ref()).await;
         }
     });
     let app = routes::router(Arc::clone(&state));

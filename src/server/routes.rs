@@ -12,7 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::json;
 
-use super::backend::Duplicate;
+use super::backend::{Duplicate, Holder, KeyOp};
 use super::{Shared, page};
 use crate::{Priority, ShardId};
 
@@ -320,15 +320,30 @@ async fn identify_v1(
         Ok(Polled::AnsweredBefore(at)) => {
             let body = json!({
                 "error": format!(
-                    "`key` {key:?}'s grant was answered already, {} ms ago: a key is one \
-                     attempt; to IDENTIFY again, ask with a new key",
-                    millis(at.instant.elapsed())
+                    "`key` {key:?}'s grant was answered already (`granted_at`, Unix ms): a \
+                     key is one attempt; to IDENTIFY again, ask with a new key"
                 ),
                 "shard": shard,
                 "key": key,
-                "granted_at": at.unix_ms,
+                "granted_at": at,
             });
             (StatusCode::GONE, axum::Json(body)).into_response()
+        }
+        Ok(Polled::HeldElsewhere) => {
+            // Answered at once: the client's next poll may reach the server that holds
+            // its key (its place is kept there).
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({
+                    "granted": false,
+                    "shard": shard,
+                    "key": key,
+                    "place": null,
+                    "eta_ms": null,
+                    "held_by_another_server": true,
+                })),
+            )
+                .into_response()
         }
         Ok(Polled::Waiting) => {
             let eta = backend
@@ -373,6 +388,13 @@ async fn identify_v1(
             let retry = [(header::RETRY_AFTER, "1")];
             (StatusCode::TOO_MANY_REQUESTS, retry, axum::Json(body)).into_response()
         }
+        Err(Refused::Unavailable(reason)) => {
+            let body = json!({
+                "error": format!("cannot learn which server holds `key` {key:?}: {reason}"),
+            });
+            let retry = [(header::RETRY_AFTER, "1")];
+            (StatusCode::SERVICE_UNAVAILABLE, retry, axum::Json(body)).into_response()
+        }
         Err(Refused::ClientFull(kept)) => {
             let body = json!({
                 "error": format!(
@@ -393,14 +415,52 @@ async fn cancel_v1(State(state): State<Arc<Shared>>, Path(key): Path<String>) ->
         Ok(key) => key,
         Err(reason) => return bad_request(&state, reason),
     };
+    let backend = state.backend.borrow().clone();
+    let shares = backend
+        .as_ref()
+        .is_some_and(|backend| backend.shares_keys());
     if let Some(was_waiting) = state.tickets.cancel(&key) {
         if was_waiting {
             state.metrics.cancelled.inc();
         }
-        StatusCode::NO_CONTENT.into_response()
-    } else {
+        if let Some(backend) = backend.filter(|_| shares) {
+            let _ = backend
+                .request_key(KeyOp::Release, &key, Duration::ZERO)
+                .await;
+        }
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let not_found = || {
         let body = json!({ "error": format!("no request with `key` {key:?}") });
         (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    };
+    let Some(backend) = backend.filter(|_| shares) else {
+        return not_found();
+    };
+    // Another server of the namespace may hold it: a waiting key goes from Redis, and
+    // its server cancels its ticket at its next sweep (within a second).
+    match backend
+        .request_key(KeyOp::Cancel, &key, Duration::ZERO)
+        .await
+    {
+        Ok(Holder::Other) => {
+            state.metrics.cancelled.inc();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(Holder::Answered { .. }) => {
+            let body = json!({
+                "error": format!(
+                    "`key` {key:?} was granted by another server: release its hold there"
+                )
+            });
+            (StatusCode::CONFLICT, axum::Json(body)).into_response()
+        }
+        Ok(_) => not_found(),
+        Err(reason) => {
+            let body = json!({ "error": format!("cannot reach Redis: {reason}") });
+            let retry = [(header::RETRY_AFTER, "1")];
+            (StatusCode::SERVICE_UNAVAILABLE, retry, axum::Json(body)).into_response()
+        }
     }
 }
 

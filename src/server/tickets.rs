@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
-use super::backend::{Backend, Duplicate, Granted};
+use super::backend::{Backend, Duplicate, Granted, Holder, KeyOp};
 use super::lock;
 use crate::{Priority, ShardId};
 
@@ -42,6 +42,9 @@ pub(super) const MAX_WAIT: Duration = Duration::from_secs(25);
 /// How long a key whose grant was answered is remembered, so that a retry of the
 /// answered poll learns it was answered (`410`) rather than starting a new attempt.
 const ANSWERED_KEPT: Duration = Duration::from_secs(60);
+
+/// How long a poll of a key another server holds waits before its answer.
+const HELD_ELSEWHERE_PAUSE: Duration = Duration::from_millis(100);
 
 /// A shard's request, polled only by polls of its key.
 type Request = Pin<Box<dyn Future<Output = Granted> + Send>>;
@@ -152,8 +155,12 @@ pub(super) enum Polled {
     Granted { since: Instant, at: Answered },
     /// Not yet: ask again with the same key.
     Waiting,
-    /// Answered before, to an earlier poll.
-    AnsweredBefore(Answered),
+    /// Answered before, to an earlier poll (of this server or another): when, in Unix
+    /// milliseconds.
+    AnsweredBefore(u64),
+    /// Another server of the namespace holds the key's ticket: nothing to wait for
+    /// here, the client asks again (and reaches it, or this server once it let go).
+    HeldElsewhere,
 }
 
 /// Why a poll found no ticket.
@@ -166,6 +173,8 @@ pub(super) enum Refused {
     Full(usize),
     /// A new key while this client keeps this many tickets, the most it may.
     ClientFull(usize),
+    /// Cluster mode: Redis could not say who holds the key (why).
+    Unavailable(String),
 }
 
 /// An open poll: its ticket's lease runs again from its end.
@@ -199,7 +208,8 @@ impl Tickets {
     }
 
     /// A poll of `key` for `shard`: its ticket, made (its request started) if new and
-    /// there is room, then polled for at most `wait`.
+    /// there is room, then polled for at most `wait`. In cluster mode the key is first
+    /// claimed in Redis: a key another server holds, or answered, is not made here.
     ///
     /// Cancel safe: dropped (its client gone), the ticket keeps its request and its
     /// lease runs from then.
@@ -212,37 +222,41 @@ impl Tickets {
         backend: &Arc<Backend>,
     ) -> Result<Polled, Refused> {
         let deadline = tokio::time::Instant::now() + wait;
-        let (ticket, me) = {
-            let mut state = lock(&self.state);
-            state.polls += 1;
-            let me = state.polls;
-            let ticket = match state.tickets.get(key) {
-                Some(ticket) if ticket.shard != shard => {
-                    return Err(Refused::KeyTaken(ticket.shard));
+        let shares = backend.shares_keys();
+        if shares {
+            // The key's holder among the namespace's servers: taken if nobody holds
+            // it, kept alive for this poll and a lease after it wherever it is held.
+            let holder = backend
+                .request_key(KeyOp::Claim, key, wait + self.lease)
+                .await
+                .map_err(Refused::Unavailable)?;
+            match holder {
+                Holder::Us | Holder::Nobody => {}
+                Holder::Answered { us: true, .. } if self.holds(key) => {}
+                Holder::Answered { at_ms, .. } => {
+                    self.drop_local(key);
+                    return Ok(Polled::AnsweredBefore(at_ms));
                 }
-                Some(ticket) => Arc::clone(ticket),
-                None => {
-                    if let Some(other) = state.waiting.get(&shard) {
-                        return Err(Refused::ShardWaits(other.clone()));
-                    }
-                    if state.tickets.len() >= self.max {
-                        return Err(Refused::Full(state.tickets.len()));
-                    }
-                    let from_client = state.by_client.get(&client).copied().unwrap_or(0);
-                    if from_client >= self.max_per_client {
-                        return Err(Refused::ClientFull(from_client));
-                    }
-                    let ticket = Arc::new(Ticket::new(shard, priority, client, backend));
-                    state.tickets.insert(key.to_owned(), Arc::clone(&ticket));
-                    state.waiting.insert(shard, key.to_owned());
-                    *state.by_client.entry(client).or_default() += 1;
-                    ticket
+                Holder::Other => {
+                    // A ticket here too can only be left from before Redis lost the
+                    // key: the other server's is the one.
+                    self.drop_local(key);
+                    // A moment before the answer, so that a client whose polls keep
+                    // landing here does not spin.
+                    tokio::time::sleep_until(
+                        deadline.min(tokio::time::Instant::now() + HELD_ELSEWHERE_PAUSE),
+                    )
+                    .await;
+                    return Ok(Polled::HeldElsewhere);
                 }
-            };
-            lock(&ticket.lease).open += 1;
-            ticket.newest.send_replace(me);
-            (ticket, me)
-        };
+            }
+        }
+        let made = self.ticket(key, (shard, priority), client, backend);
+        if made.is_err() && shares && !self.holds(key) {
+            // Claimed for a ticket this server would not make: let go at once.
+            release_later(backend, key);
+        }
+        let (ticket, me) = made?;
         let _open = Open { ticket: &ticket };
         let since = ticket.since;
         let mut newest = ticket.newest.subscribe();
@@ -252,7 +266,7 @@ impl Tickets {
         let polled = async {
             let mut stage = ticket.stage.lock().await;
             match &mut *stage {
-                Stage::Answered { at, .. } => Polled::AnsweredBefore(*at),
+                Stage::Answered { at, .. } => Polled::AnsweredBefore(at.unix_ms),
                 Stage::Waiting(request) => {
                     let permit = request.as_mut().await;
                     // From here this poll's answer is the delivery.
@@ -267,6 +281,17 @@ impl Tickets {
                     if state.waiting.get(&shard).map(String::as_str) == Some(key) {
                         state.waiting.remove(&shard);
                     }
+                    if shares {
+                        // Every server answers a retry of the key with `410` now.
+                        let (backend, key) = (Arc::clone(backend), key.to_owned());
+                        tokio::spawn(async move {
+                            let answered = KeyOp::Answered(at.unix_ms);
+                            let kept = backend.request_key(answered, &key, ANSWERED_KEPT).await;
+                            if let Err(error) = kept {
+                                tracing::warn!(key, %error, "cannot mark the key answered in Redis");
+                            }
+                        });
+                    }
                     Polled::Granted { since, at }
                 }
             }
@@ -279,6 +304,65 @@ impl Tickets {
             () = tokio::time::sleep_until(deadline) => Ok(Polled::Waiting),
             () = gave_way => Ok(Polled::Waiting),
         }
+    }
+
+    /// The ticket of `key`, made (its request started) if new and there is room, with
+    /// this poll counted open and made the newest (its number returned).
+    fn ticket(
+        &self,
+        key: &str,
+        (shard, priority): (ShardId, Priority),
+        client: IpAddr,
+        backend: &Arc<Backend>,
+    ) -> Result<(Arc<Ticket>, u64), Refused> {
+        let mut state = lock(&self.state);
+        state.polls += 1;
+        let me = state.polls;
+        let ticket = match state.tickets.get(key) {
+            Some(ticket) if ticket.shard != shard => {
+                return Err(Refused::KeyTaken(ticket.shard));
+            }
+            Some(ticket) => Arc::clone(ticket),
+            None => {
+                if let Some(other) = state.waiting.get(&shard) {
+                    return Err(Refused::ShardWaits(other.clone()));
+                }
+                if state.tickets.len() >= self.max {
+                    return Err(Refused::Full(state.tickets.len()));
+                }
+                let from_client = state.by_client.get(&client).copied().unwrap_or(0);
+                if from_client >= self.max_per_client {
+                    return Err(Refused::ClientFull(from_client));
+                }
+                let ticket = Arc::new(Ticket::new(shard, priority, client, backend));
+                state.tickets.insert(key.to_owned(), Arc::clone(&ticket));
+                state.waiting.insert(shard, key.to_owned());
+                *state.by_client.entry(client).or_default() += 1;
+                ticket
+            }
+        };
+        lock(&ticket.lease).open += 1;
+        ticket.newest.send_replace(me);
+        Ok((ticket, me))
+    }
+
+    /// Whether this server keeps `key`'s ticket.
+    pub(super) fn holds(&self, key: &str) -> bool {
+        lock(&self.state).tickets.contains_key(key)
+    }
+
+    /// Drops this server's ticket of `key`, if any (another server holds the key):
+    /// a waiting request is cancelled, nothing spent.
+    fn drop_local(&self, key: &str) {
+        let ticket = {
+            let mut state = lock(&self.state);
+            let Some(ticket) = state.tickets.remove(key) else {
+                return;
+            };
+            state.forget(key, &ticket);
+            ticket
+        };
+        ticket.newest.send_replace(u64::MAX);
     }
 
     /// Cancels `key`'s ticket: a waiting one spends nothing; an answered one releases
@@ -303,16 +387,33 @@ impl Tickets {
     }
 
     /// Drops the tickets with no poll open and none within their lease (an answered
-    /// one is kept [`ANSWERED_KEPT`], to answer a retry with `410`).
-    pub(super) fn sweep(&self) {
+    /// one is kept [`ANSWERED_KEPT`], to answer a retry with `410`). In cluster mode a
+    /// waiting ticket lives as long as its key in Redis is this server's: polls at
+    /// other servers keep it alive, and a `DELETE` at any server ends it.
+    pub(super) async fn sweep(&self, backend: Option<&Arc<Backend>>) {
+        let backend = backend.filter(|backend| backend.shares_keys());
+        // The waiting keys Redis says are ours (`true`) or not (`false`).
+        let mut in_redis: HashMap<String, bool> = HashMap::new();
+        if let Some(backend) = backend {
+            let keys: Vec<String> = lock(&self.state).waiting.values().cloned().collect();
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            if let Ok(holders) = backend.request_key_holders(&refs).await {
+                for (key, holder) in keys.into_iter().zip(holders) {
+                    in_redis.insert(key, holder == Holder::Us);
+                }
+            }
+        }
         let now = Instant::now();
-        let expired: Vec<Arc<Ticket>> = {
+        let expired: Vec<(String, Arc<Ticket>)> = {
             let mut state = lock(&self.state);
             let keys: Vec<String> = state
                 .tickets
                 .iter()
-                .filter(|(_, ticket)| {
+                .filter(|(key, ticket)| {
                     let lease = *lock(&ticket.lease);
+                    if let Some(&ours) = in_redis.get(*key) {
+                        return !ours;
+                    }
                     let kept = if lease.answered {
                         ANSWERED_KEPT.max(self.lease)
                     } else {
@@ -322,17 +423,22 @@ impl Tickets {
                 })
                 .map(|(key, _)| key.clone())
                 .collect();
-            keys.iter()
+            keys.into_iter()
                 .filter_map(|key| {
-                    let ticket = state.tickets.remove(key)?;
-                    if state.forget(key, &ticket) {
+                    let ticket = state.tickets.remove(&key)?;
+                    if state.forget(&key, &ticket) {
                         self.cancelled.inc();
                     }
-                    Some(ticket)
+                    Some((key, ticket))
                 })
                 .collect()
         };
-        drop(expired);
+        for (key, ticket) in expired {
+            ticket.newest.send_replace(u64::MAX);
+            if let Some(backend) = backend {
+                release_later(backend, &key);
+            }
+        }
     }
 
     /// Tickets still waiting.
@@ -345,6 +451,16 @@ impl Tickets {
             .map(|t| (t.shard, t.since))
             .collect()
     }
+}
+
+/// Lets go of `key` in Redis (if this server still holds it), in the background.
+fn release_later(backend: &Arc<Backend>, key: &str) {
+    let (backend, key) = (Arc::clone(backend), key.to_owned());
+    tokio::spawn(async move {
+        let _ = backend
+            .request_key(KeyOp::Release, &key, ANSWERED_KEPT)
+            .await;
+    });
 }
 
 impl State {
