@@ -13,8 +13,9 @@
 //! - **a word** sets the budget to its `remaining`, less the deliveries within `grace`
 //!   before it was read, less the grants not delivered yet (either may arrive after
 //!   the read);
-//! - **a reset** is taken at the latest instant it may be (a word's read plus its
-//!   `reset_after`; a day and a grace after the delivery that opened the window), and
+//! - **a reset** is taken at the latest instant it may be (a word's *application*
+//!   plus its `reset_after`, since Discord computed the word at some instant between
+//!   its read and now; a day and a grace after the delivery that opened the window), and
 //!   refills to `total` less every delivery that may arrive at or after Discord's
 //!   earliest reset (from `count_from` on, that instant included: an IDENTIFY that
 //!   arrives at the reset counts in the new window) and less the undelivered grants;
@@ -111,13 +112,18 @@ impl Budget {
             self.next = Next::Never;
         } else if limit.remaining >= limit.total {
             // Nothing counted: Discord's window is not open, its `reset_after` says
-            // nothing. That is a refill at the read. (A read before the clock's origin
-            // counts every delivery, and is taken as `now`: later, so safe.)
-            self.refill(count_from, read.unwrap_or(now));
+            // nothing. That is a refill now (the latest instant Discord may have
+            // computed the word), counting from the read.
+            self.refill(count_from, now);
         } else {
             self.remaining = self.less_uncounted(limit.remaining, count_from);
-            let at = Moment::after(read.unwrap_or(now), limit.reset_after);
-            self.next = reset_at(at, at, self.grace, false);
+            // Discord computed `reset_after` at some instant between the read and now:
+            // its reset is at most `reset_after` after now, so that is where ours goes.
+            // The deliveries that may count in its next window are those from its
+            // earliest reset on (`reset_after` after the read), less a grace.
+            let at = Moment::after(now, limit.reset_after);
+            let earliest = Moment::after(read.unwrap_or(now), limit.reset_after);
+            self.next = reset_at(at, earliest, self.grace, false);
         }
         self.refresh(now);
     }

@@ -117,10 +117,11 @@ fn a_delivery_at_the_earliest_reset_counts_in_the_new_window() {
     );
 }
 
-/// A word's age: its `reset_after` counts from the read, and the grace reaches back
-/// from the read.
+/// A word's age: the grace reaches back from the read, and its `reset_after` counts
+/// from its application (Discord may have computed it as late as that: a reset placed
+/// from the read may come before Discord's).
 #[test]
-fn a_word_with_an_age_counts_from_its_read() {
+fn a_word_with_an_age_counts_from_its_read_and_resets_from_its_application() {
     let start = Instant::now();
     let mut scheduler = scheduler(TEN, GRACE, start);
     grant_all(&mut scheduler, 0..2, start);
@@ -135,9 +136,9 @@ fn a_word_with_an_age_counts_from_its_read() {
     scheduler.update_with_age(word, 40 * SECOND, now).unwrap();
     // The two were within a grace before the read: Discord may not count them yet.
     assert_eq!(scheduler.remaining(now), 6);
-    assert_eq!(scheduler.resets_at(), Some(start + 120 * SECOND));
-    // Applied as fresh, the reset would be 40 s late (safe) but the grants of the
-    // 40 s before would be missed; an hour is the oldest word taken.
+    assert_eq!(scheduler.resets_at(), Some(start + 160 * SECOND));
+    // Applied as fresh, the grants of the 40 s before would be missed; an hour is the
+    // oldest word taken.
     assert_eq!(
         scheduler.update_with_age(word, Duration::from_secs(3601), now),
         Err(Error::WordTooOld(Duration::from_secs(3601)))
@@ -348,11 +349,14 @@ enum Fate {
 enum Action {
     /// Ask for this many new shards.
     Request(u32),
-    /// Read Discord's word `age` ago and apply it, telling the age (`told`) or not (then
-    /// the grace covers it). `closed_reset`: what Discord says while no window is open.
+    /// Ask for Discord's word `age` ago and apply it now, telling the age (`told`) or
+    /// not (then the grace covers it). Discord computes it at some instant between the
+    /// ask and now: `computed` percent of the way. `closed_reset`: what Discord says
+    /// while no window is open.
     Word {
         age: Duration,
         told: bool,
+        computed: u32,
         closed_reset: Duration,
     },
     /// Let time pass.
@@ -389,8 +393,18 @@ fn step() -> impl Strategy<Value = Duration> {
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         4 => (1u32..4).prop_map(Action::Request),
-        2 => (span(Duration::from_secs(2 * 3600)), any::<bool>(), prop_oneof![Just(Duration::ZERO), Just(DAY), span(DAY)])
-            .prop_map(|(age, told, closed_reset)| Action::Word { age, told, closed_reset }),
+        2 => (
+            span(Duration::from_secs(2 * 3600)),
+            any::<bool>(),
+            prop_oneof![Just(0u32), Just(100), 0u32..=100],
+            prop_oneof![Just(Duration::ZERO), Just(DAY), span(DAY)],
+        )
+            .prop_map(|(age, told, computed, closed_reset)| Action::Word {
+                age,
+                told,
+                computed,
+                closed_reset,
+            }),
         2 => Just(Action::Wait),
     ]
 }
@@ -514,12 +528,15 @@ fn run(trace: &Trace, grace: Duration) -> (DiscordBudget, usize) {
                 Action::Word {
                     age,
                     told,
+                    computed,
                     closed_reset,
                 } => {
                     // An untold age is within what the grace leaves after the travel.
                     let untold_most = trace.grace - trace.travel;
                     let age = if told { age } else { age.min(untold_most) };
-                    let word = discord.word(now - age, max_concurrency, closed_reset);
+                    // Discord computes its word at an instant within the age.
+                    let at = now - age + age * computed / 100;
+                    let word = discord.word(at, max_concurrency, closed_reset);
                     let applied = if told {
                         scheduler.update_with_age(word, age, now)
                     } else {
@@ -591,6 +608,7 @@ fn without_a_grace_the_judge_sees_an_overspend() {
                 Action::Word {
                     age: Duration::from_millis(200),
                     told: false,
+                    computed: 0,
                     closed_reset: DAY,
                 },
             ),

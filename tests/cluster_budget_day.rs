@@ -497,6 +497,40 @@ fn f4_a_refill_counts_from_the_earliest_delivery_not_the_end_of_its_window() {
     assert_within_budget(&discord);
 }
 
+/// Issue 25: Discord computes its word at some instant between the request's send and
+/// the answer's receipt, so a word's `reset_after` counts from its application, its age
+/// moving back only where it counts from. Here Discord computes it 800 ms after the
+/// send (its window resets 200 ms later), and the word is applied 900 ms after the send
+/// with that age. Before (the reset at the send plus `reset_after`): Redis refilled at
+/// once, 800 ms before Discord, and Discord's window counted 11 of 10.
+#[test]
+fn a_words_reset_counts_from_its_application_not_its_read() {
+    let settings = Settings {
+        max_concurrency: 1,
+        interval: 20,
+        grace: 300,
+        day: 3000,
+    };
+    let mut cluster = Cluster::start(settings);
+    let start = cluster.now();
+    let mut discord = cluster.discord(10, Some((start + 1000, 9)));
+    cluster.sleep_until(start + 900);
+    let age = cluster.now() - start;
+    cluster.word(10, 1, 200, age);
+    let reset_at: i64 = redis::cmd("HGET")
+        .arg(format!("{KEYS}state"))
+        .arg("reset_at")
+        .query(&mut cluster.connection)
+        .unwrap();
+    cluster.serve(&mut discord, 0..4, start + 2 * settings.day + 1000);
+    assert_within_budget(&discord);
+    assert!(
+        reset_at >= start + 1100,
+        "reset at {} after the send",
+        reset_at - start
+    );
+}
+
 /// The review's D3, removed: while Discord says the budget never resets, no refill will
 /// count the log, so a grant prunes what no word can count any more (older than 25 h),
 /// as it does otherwise. Before: the refill's count-from point stayed at 0, and the log

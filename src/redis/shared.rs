@@ -59,11 +59,6 @@ pub(super) struct Inner {
     pub(super) connection: Mutex<Option<MultiplexedConnection>>,
 }
 
-/// `duration` in whole ms of the wire, rounded down, "never" at most.
-fn millis_down(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis().min(u128::from(NEVER_MS))).unwrap_or(NEVER_MS)
-}
-
 /// `duration` in whole ms of the wire, rounded up, "never" at most.
 fn millis_up(duration: Duration) -> u64 {
     let millis = duration.as_nanos().div_ceil(1_000_000);
@@ -152,7 +147,9 @@ impl Inner {
             .arg(millis_up(WINDOW))
             .arg(self.options.reserve)
             .arg(millis_up(self.options.head_grace))
-            .arg(millis_down(age))
+            // Rounded up: the age moves back only where the word counts from, and
+            // earlier counts more.
+            .arg(millis_up(age))
             .arg(u8::from(word == Word::Seed))
             .invoke_async(connection)
             .await

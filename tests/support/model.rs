@@ -201,17 +201,24 @@ impl Model {
             self.remaining = limit.remaining.saturating_sub(uncounted);
             self.window = Window::Never;
         } else if limit.remaining == limit.total {
-            // Discord counted nothing: its window is not open. A refill at the read.
-            self.refill(read_at, from);
+            // Discord counted nothing: its window is not open. A refill now (Discord
+            // may have computed the word as late as its application).
+            self.refill(self.clock, from);
         } else {
             self.remaining = limit.remaining.saturating_sub(uncounted);
-            self.window = match read_at.checked_add(limit.reset_after) {
-                Some(at) => Window::Refill {
+            // The reset: `reset_after` from the application (the latest Discord may
+            // have computed it); counting from `reset_after` after the read, less a
+            // grace.
+            self.window = match (
+                self.clock.checked_add(limit.reset_after),
+                read_at.checked_add(limit.reset_after),
+            ) {
+                (Some(at), Some(earliest)) => Window::Refill {
                     at,
-                    from: at.checked_sub(self.grace),
+                    from: earliest.checked_sub(self.grace),
                     maybe_unopened: false,
                 },
-                None => Window::Never,
+                _ => Window::Never,
             };
         }
         self.refresh();

@@ -2,9 +2,11 @@
 -- less the grants that may reach Discord after the word was read: those whose permit
 -- reached its shard within `grace` before the read, and those not delivered yet
 -- (Discord may not have counted them: they are subtracted twice rather than counted as
--- available twice). Discord's reset is at `reset_after` from the read, so at the latest
--- that from now less the age; the refill then subtracts the grants near it (see
--- `open`). Creates the state when missing (or partly lost).
+-- available twice). Discord computed `reset_after` at some instant between the read
+-- and now, so its reset is `reset_after` from now at the latest: the budget refills
+-- there, and that refill subtracts the grants from Discord's earliest reset (the read
+-- plus `reset_after`) less the grace on (see `open`). Creates the state when missing
+-- (or partly lost).
 --
 -- After a loss (the state missing or partly lost where a process had used it, a new
 -- server process), the grants made before it are unknown: each may reach its shard up
@@ -99,11 +101,12 @@ if reset_after < 0 then
   budget.cfrom = budget.reset_at
 elseif remaining >= total then
   -- Discord counted nothing: its window is not open, and `reset_after` says nothing.
-  -- That is a refill at the read.
-  refill(budget, read, read - grace)
+  -- That is a refill now (the latest instant Discord may have computed the word),
+  -- counting from the read.
+  refill(budget, now, read - grace)
 else
-  budget.rem, budget.reset_at = math.max(remaining - recent, 0), read + reset_after
-  budget.cfrom = budget.reset_at - grace
+  budget.rem, budget.reset_at = math.max(remaining - recent, 0), now + reset_after
+  budget.cfrom = read + reset_after - grace
   refresh(budget, now)
 end
 local rem, reset_at = budget.rem, budget.reset_at
