@@ -215,6 +215,12 @@
 //! "go": it is held until its client leaves; without a shard only `GET /` is served,
 //! with one bucket, and any other method or path gets `404`, spending nothing), a
 //! native API with priorities, places, cancels, releases and idempotent retries (each
-//! poll answered within its wait), and the operations routes. In cluster mode a static
-//! limit only seeds a namespace that holds no state. The `server` module's
-//! docs are its contract; `tests/server.rs` runs the real binary.
+//! poll answered within its wait), and the operations routes. On the native API the
+//! answer is the delivery (rule 5's "spacing counts from delivery"): a key is granted
+//! only inside a poll of it, its grant answered once (later polls: `410`), and a key no
+//! poll holds for its lease is dropped (nothing spent, or its grant void). In cluster
+//! mode every server of a namespace knows every key (Redis), so a key spends one unit
+//! wherever its polls land, and a static limit only seeds a namespace that holds no
+//! state. A bucket's grants are the interval and a margin apart (Discord counts
+//! arrivals), and a fresh in-memory server treats every bucket as granted at its start.
+//! The `server` module's docs are its contract; `tests/server.rs` runs the real binary.

@@ -1304,7 +1304,7 @@ async fn review_6_a_client_filling_the_connections_leaves_the_health_checks() {
         .find(|l| l.starts_with("Max open files"))
         .unwrap();
     assert_eq!(files.split_whitespace().nth(3), Some("512"), "{files}");
-    // 512 less 288: 224 connections, 112 from one address. The hog opens 300.
+    // 512 less 288: 224 connections, 168 from one address. The hog opens 300.
     let mut hog = Vec::new();
     for _ in 0..300 {
         match TcpStream::connect(server.address).await {

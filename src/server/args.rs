@@ -102,8 +102,8 @@ pub struct Args {
     /// `/readyz` only.
     #[arg(long, env = "MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// The most connections served at once from one client address (default: half of
-    /// `--max-connections`), so that one client cannot take them all.
+    /// The most connections served at once from one client address (default: three
+    /// quarters of `--max-connections`), so that one client cannot take them all.
     #[arg(long, env = "MAX_CONNECTIONS_PER_CLIENT")]
     pub max_connections_per_client: Option<usize>,
     /// When set, every route but `/livez` and `/readyz` wants

@@ -15,6 +15,7 @@
 //!   taken for the health routes only (`/livez`, `/readyz`), so that a probe sees a full
 //!   server as alive rather than restarting it; any other request on them is closed
 //!   unanswered.
+//! - **A long listen queue** (4,096, as the kernel allows), for a start-up's burst.
 //! - **Accept errors are logged** (at most once a second), and the loop goes on.
 //! - **TCP keepalive** on every connection: a client host that vanishes without a word
 //!   has its waiting requests cancelled (nothing spent) within about a minute, instead
@@ -52,6 +53,23 @@ const HEALTH_ROOM: usize = 32;
 /// logs, the health room).
 const RESERVED_FDS: u64 = 256;
 
+/// The listen queue asked of the kernel (it caps it at `net.core.somaxconn`): a big
+/// bot's shards connect at once, and a short queue drops their handshakes, which
+/// clients retry only after seconds.
+const BACKLOG: u32 = 4096;
+
+/// A listener on `address` with a listen queue of [`BACKLOG`].
+pub(super) fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
+}
+
 /// The connection caps.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Caps {
@@ -63,15 +81,16 @@ pub(super) struct Caps {
 
 impl Caps {
     /// The caps of the flags, or the defaults: the total below the file-descriptor
-    /// limit (raised first), and half of it for one client, so that one client alone
-    /// (or a bot behind one address) never takes every connection.
+    /// limit (raised first), and three quarters of it for one client address, so that
+    /// one client alone never takes every connection while a bot whose shards all run
+    /// behind one address (a task per shard on twilight's route) still has most.
     pub(super) fn of(total: Option<usize>, per_client: Option<usize>) -> Self {
         let fds = raise_fd_limit();
         let room = fds
             .saturating_sub(RESERVED_FDS + HEALTH_ROOM as u64)
             .max(16);
         let total = total.unwrap_or(usize::try_from(room).unwrap_or(usize::MAX));
-        let per_client = per_client.unwrap_or((total / 2).max(1)).min(total);
+        let per_client = per_client.unwrap_or((total - total / 4).max(1)).min(total);
         Self { total, per_client }
     }
 }

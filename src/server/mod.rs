@@ -15,14 +15,19 @@
 //!   answers nothing else while a request can still be served: waiting for Discord's
 //!   word, for Redis or for the budget's reset is a wait. A client that closes its
 //!   connection while waiting cancels its request: nothing is spent. A request that can
-//!   never be served gets `400` with a JSON body saying why: a `shard` that is not a
-//!   number in `0..2^32`, or none while `max_concurrency` is above 1 (its bucket would
-//!   be a guess). With `max_concurrency` 1 a request without a shard is served in turn.
+//!   never be served (a `shard` that is not a number in `0..2^32`, or none while
+//!   `max_concurrency` is above 1) gets no answer at all: it is held until its client
+//!   leaves, and counted. Without a shard only `GET /` is served (one bucket, counted
+//!   as an anonymous grant); other methods and paths get `404` and spend nothing. The
+//!   same shard asked again takes its earlier request's place (a client asks again only
+//!   once it gave the earlier one up), which is never answered.
 //! - `GET /livez`: `200` while the process runs.
-//! - `GET /readyz`: `200` when grants can flow, else `503` with the reason (the limit
-//!   not read from Discord yet, Redis out of reach).
+//! - `GET /readyz`: `200` while grants can flow (a limit in force, even a stale one),
+//!   else `503` with the reason (the limit not read from Discord yet, Redis out of
+//!   reach, an operator needed, requests meeting an error).
 //! - `GET /metrics`: Prometheus's text format (grants, cancels, waiting requests, the
-//!   budget left, seconds to the reset, wait durations).
+//!   budget left, seconds to the reset, wait durations, seconds without grants, the
+//!   word's age, connections refused and accept errors).
 //! - **The native API**, for clients that want more than "go":
 //!   `POST /v1/identify?shard=N&key=K[&priority=reconnect][&wait_ms=M]` asks for shard
 //!   N under an idempotency key K of the client's choosing (1 to 128 characters of
@@ -44,9 +49,16 @@
 //!   `priority=reconnect` goes before the shards still starting up in its bucket.
 //!   `DELETE /v1/identify/K` cancels a waiting request, or releases a granted one's
 //!   hold (hold mode); `204`, or `404` for an unknown key. A key used for another shard
-//!   gets `409`; a new key while `--max-tickets` keys are kept (65 536 by default) gets
-//!   `429` with `Retry-After`.
-//! - `GET /v1/status`: the budget, its reset, each bucket's next free instant and the waiting shards with their estimated waits, as JSON.
+//!   gets `409`; a new key while `--max-tickets` keys are kept (65 536 by default), or
+//!   `--max-tickets-per-client` from its client's address, gets `429` with
+//!   `Retry-After`. `place` is read off `eta_ms` (the grants of its bucket before it,
+//!   every route's waiters counted). In cluster mode each key is claimed in Redis, so
+//!   every server of the namespace knows it: a poll at a server that does not hold it
+//!   gets `202` with `"held_by_another_server": true` (its next poll may reach the
+//!   holder), one that was answered gets `410` anywhere, and `DELETE` works anywhere.
+//! - `GET /v1/status`: the budget, its reset, Discord's word (its age and the last
+//!   refresh's error), each bucket's next free instant and the oldest 1,000 waiting
+//!   shards with their estimated waits (`waiting_count`: all of them), as JSON.
 //! - `GET /status`: the same as a small HTML page that refreshes itself, for a person
 //!   watching a start-up (no JavaScript).
 //!
@@ -57,18 +69,37 @@
 //!
 //! The server listens on `127.0.0.1` by default (`--host`): anyone who reaches it can
 //! spend the bot's budget, so listening beyond loopback without a token logs a
-//! warning. Redis URLs appear in answers and logs without their password.
+//! warning. Redis URLs appear in answers and logs without their password. The first
+//! line of standard output is `identify-queue-server listening on ADDRESS:PORT`
+//! (`--port 0` picks a free port). Connections are served by an accept loop with a
+//! head and idle timeout, a small head buffer, caps in all and per client address, and
+//! TCP keepalive (`listen.rs`).
+//!
+//! # Spacing
+//!
+//! A bucket's grants are `--interval-ms` plus `--margin-ms` apart (250 ms by default:
+//! Discord counts an IDENTIFY on arrival, up to 75 ms after its grant in a cold start
+//! of @discordjs/ws, and the network adds its jitter). A fresh in-memory server treats
+//! every bucket as granted at its start, so its first grants come an interval and the
+//! margin after it starts: a restart (a crash, a liveness probe) never brings two
+//! IDENTIFYs of a bucket closer. Cluster mode keeps the last grants in Redis.
 //!
 //! # The limit
 //!
 //! With `--discord-token` the server reads `GET /gateway/bot` at start, every five
-//! minutes and just after each reset, and applies it with its age (the time since the
-//! request was sent, [rules 3.11](crate::rules)). Until the first read succeeds nothing
-//! is granted and
-//! `/readyz` says why; requests wait. Without a token, the static limit of the flags;
-//! in cluster mode it only seeds a namespace that holds no state: a server joining a
-//! namespace with state (other servers', or its own before a restart) takes it as it
-//! is, since the static flags are not Discord's word and the budget there was spent.
+//! minutes and just after each reset (honouring Discord's `Retry-After`), and applies
+//! it with its age (the time since the request was sent): the grants within the grace
+//! before the send are subtracted, and its reset counts from its application, the
+//! latest instant Discord can have computed it ([rules 3.11](crate::rules)). Until the
+//! first read succeeds nothing is granted and `/readyz` says why; requests wait. A
+//! refresh that fails later keeps the limit in force. In cluster mode the reader is
+//! also the queue's limit source: after Redis loses its state, grants resume once the
+//! loss's quarantine is over (10 s and `--grace-ms`). Without a token, the static limit
+//! of the flags; in cluster mode it only seeds a namespace that holds no state: a
+//! server joining a namespace with state (other servers', or its own before a restart)
+//! takes it as it is, since the static flags are not Discord's word and the budget
+//! there was spent; and after Redis loses the state nothing is granted until an
+//! operator seeds it again (`/readyz` and an ERROR log say how).
 //!
 //! # Shutdown
 //!
@@ -143,8 +174,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     if args.max_tickets == 0 {
         return Err("`--max-tickets` must be at least 1".to_owned());
     }
-    let listener = tokio::net::TcpListener::bind((args.host, args.port))
-        .await
+    let listener = listen::bind(SocketAddr::new(args.host, args.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     if !address.ip().is_loopback() && args.auth_token.is_none() {
