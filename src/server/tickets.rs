@@ -43,6 +43,9 @@ pub(super) const MAX_WAIT: Duration = Duration::from_secs(25);
 /// answered poll learns it was answered (`410`) rather than starting a new attempt.
 const ANSWERED_KEPT: Duration = Duration::from_secs(60);
 
+/// The longest a claim of a key in Redis may hold a poll with a shorter wait.
+const MAX_CLAIM: Duration = Duration::from_secs(1);
+
 /// How long a poll of a key another server holds waits before its answer.
 const HELD_ELSEWHERE_PAUSE: Duration = Duration::from_millis(100);
 
@@ -226,10 +229,15 @@ impl Tickets {
         if shares {
             // The key's holder among the namespace's servers: taken if nobody holds
             // it, kept alive for this poll and a lease after it wherever it is held.
-            let holder = backend
-                .request_key(KeyOp::Claim, key, wait + self.lease)
-                .await
-                .map_err(Refused::Unavailable)?;
+            // Within the poll's wait, like every answer of the native API (a poll with
+            // no wait still needs the claim's round trip: a stalled Redis holds it a
+            // second at most).
+            let claim = backend.request_key(KeyOp::Claim, key, wait + self.lease);
+            let claim_by = deadline.max(tokio::time::Instant::now() + MAX_CLAIM);
+            let holder = match tokio::time::timeout_at(claim_by, claim).await {
+                Ok(claimed) => claimed.map_err(Refused::Unavailable)?,
+                Err(_) => return Ok(Polled::Waiting),
+            };
             match holder {
                 Holder::Us | Holder::Nobody => {}
                 Holder::Answered { us: true, .. } if self.holds(key) => {}
