@@ -1470,6 +1470,54 @@ async fn review_4_a_key_spends_once_across_the_servers_of_a_namespace() {
     assert!(!waiting.contains(&7), "{seen}");
 }
 
+/// Review 4, a server's death: a key held by a server that is killed is taken over by
+/// another server of the namespace within seconds (the holder renews its keys in Redis
+/// while their polls are open, and they lapse shortly after it stops), and the shard
+/// is served there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_4_a_key_held_by_a_killed_server_is_taken_over_within_seconds() {
+    let redis = redis_server::Server::start(false);
+    let mut a = on_redis(&redis, 50, 3000);
+    let b = on_redis(&redis, 50, 3000);
+    ready(&a).await;
+    ready(&b).await;
+    identify(a.address, 9).await;
+    // Shard 0 long-polls its key on A, behind the busy bucket; A is killed.
+    let at_a = a.address;
+    let polled = tokio::spawn(async move {
+        send(
+            at_a,
+            "POST",
+            "/v1/identify?shard=0&key=k&wait_ms=20000",
+            &[],
+        )
+        .await
+    });
+    sleep(Duration::from_millis(300)).await;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert_eq!(polled.await.unwrap(), None, "A died before its answer");
+    // Its client asks B with the same key until served.
+    let asked = Instant::now();
+    loop {
+        let (code, body) = v1(b.address, "POST", "/v1/identify?shard=0&key=k&wait_ms=2000").await;
+        if code == 200 {
+            break;
+        }
+        assert_eq!(code, 202, "{body}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(12),
+            "still not served: {body}"
+        );
+    }
+    sleep(Duration::from_millis(500)).await;
+    let remaining = status(&b).await["remaining"].as_u64().unwrap();
+    assert!(
+        remaining >= 47,
+        "shard 9, shard 0, and at most A's void grant: {remaining}"
+    );
+}
+
 /// A ticket nobody polls for within its lease is cancelled: nothing spent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_ticket_is_cancelled_after_its_lease() {

@@ -89,6 +89,35 @@ impl Queue {
             .collect())
     }
 
+    /// Keeps each of `keys` alive for at least `ttl` (its holder has a poll open on
+    /// it), in one round trip; a key gone (cancelled) stays gone.
+    pub(crate) async fn renew_request_keys(
+        &self,
+        keys: &[&str],
+        ttl: Duration,
+    ) -> Result<(), String> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let Some(mut connection) = self.inner.connection() else {
+            return Err("Redis is not connected".to_owned());
+        };
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipeline = redis::pipe();
+        for key in keys {
+            pipeline
+                .cmd("PEXPIRE")
+                .arg(self.request_key_name(key))
+                .arg(ttl_ms)
+                .arg("GT")
+                .ignore();
+        }
+        pipeline
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     fn request_key_name(&self, key: &str) -> String {
         format!("{}key:{key}", self.inner.prefix)
     }

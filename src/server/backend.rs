@@ -210,6 +210,18 @@ impl Backend {
         }
     }
 
+    /// Keeps `keys` alive in Redis for `ttl` (nothing to do in memory).
+    pub(super) async fn renew_request_keys(
+        &self,
+        keys: &[&str],
+        ttl: Duration,
+    ) -> Result<(), String> {
+        match &self.queue {
+            Kind::Memory(_) => Ok(()),
+            Kind::Cluster(queue) => queue.renew_request_keys(keys, ttl).await,
+        }
+    }
+
     /// The notification of `shard`'s request ends, made if new.
     fn ends_of(&self, shard: ShardId) -> Arc<Notify> {
         Arc::clone(lock(&self.ends).entry(shard).or_default())

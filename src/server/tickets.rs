@@ -43,6 +43,9 @@ pub(super) const MAX_WAIT: Duration = Duration::from_secs(25);
 /// answered poll learns it was answered (`410`) rather than starting a new attempt.
 const ANSWERED_KEPT: Duration = Duration::from_secs(60);
 
+/// The shortest life of a key in Redis past its last renewal (see `Tickets::key_ttl`).
+const MIN_KEY_TTL: Duration = Duration::from_secs(3);
+
 /// The longest a claim of a key in Redis may hold a poll with a shorter wait.
 const MAX_CLAIM: Duration = Duration::from_secs(1);
 
@@ -228,11 +231,11 @@ impl Tickets {
         let shares = backend.shares_keys();
         if shares {
             // The key's holder among the namespace's servers: taken if nobody holds
-            // it, kept alive for this poll and a lease after it wherever it is held.
+            // it (or its holder died and it lapsed), its life extended if it is ours.
             // Within the poll's wait, like every answer of the native API (a poll with
             // no wait still needs the claim's round trip: a stalled Redis holds it a
             // second at most).
-            let claim = backend.request_key(KeyOp::Claim, key, wait + self.lease);
+            let claim = backend.request_key(KeyOp::Claim, key, self.key_ttl());
             let claim_by = deadline.max(tokio::time::Instant::now() + MAX_CLAIM);
             let holder = match tokio::time::timeout_at(claim_by, claim).await {
                 Ok(claimed) => claimed.map_err(Refused::Unavailable)?,
@@ -354,6 +357,12 @@ impl Tickets {
         Ok((ticket, me))
     }
 
+    /// How long a key lives in Redis past its last claim or renewal: the lease, and
+    /// a few sweeps (a sweep runs at least every second) so that a renewal is never late.
+    fn key_ttl(&self) -> Duration {
+        self.lease.max(MIN_KEY_TTL)
+    }
+
     /// Whether this server keeps `key`'s ticket.
     pub(super) fn holds(&self, key: &str) -> bool {
         lock(&self.state).tickets.contains_key(key)
@@ -396,13 +405,27 @@ impl Tickets {
 
     /// Drops the tickets with no poll open and none within their lease (an answered
     /// one is kept [`ANSWERED_KEPT`], to answer a retry with `410`). In cluster mode a
-    /// waiting ticket lives as long as its key in Redis is this server's: polls at
-    /// other servers keep it alive, and a `DELETE` at any server ends it.
+    /// waiting ticket lives as long as its key in Redis is this server's (renewed by
+    /// its polls here), and a `DELETE` at any server ends it.
     pub(super) async fn sweep(&self, backend: Option<&Arc<Backend>>) {
         let backend = backend.filter(|backend| backend.shares_keys());
         // The waiting keys Redis says are ours (`true`) or not (`false`).
         let mut in_redis: HashMap<String, bool> = HashMap::new();
         if let Some(backend) = backend {
+            // A key lives in Redis a short while past its last renewal, so that another
+            // server takes it over within seconds if this one dies: renewed here while
+            // a poll of it is open (a poll elsewhere renews it too).
+            let polled: Vec<String> = {
+                let state = lock(&self.state);
+                state
+                    .tickets
+                    .iter()
+                    .filter(|(_, ticket)| lock(&ticket.lease).open > 0)
+                    .map(|(key, _)| key.clone())
+                    .collect()
+            };
+            let refs: Vec<&str> = polled.iter().map(String::as_str).collect();
+            let _ = backend.renew_request_keys(&refs, self.key_ttl()).await;
             let keys: Vec<String> = lock(&self.state).waiting.values().cloned().collect();
             let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
             if let Ok(holders) = backend.request_key_holders(&refs).await {

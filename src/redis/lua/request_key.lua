@@ -5,8 +5,9 @@
 -- ticket ("<owner>"), or that answered its grant ("<owner> <unix ms>").
 -- ARGV: the operation, the calling server, a time to live in ms, the answer's instant.
 --
--- claim     take the key if nobody holds it; a waiting key's life is extended (a
---           poll at any server keeps the holder's ticket); returns the holder.
+-- claim     take the key if nobody holds it, or extend its life if the caller holds
+--           it (a poll elsewhere does not: a key whose holder died lapses within its
+--           time to live, and another server takes it); returns the holder.
 -- answered  the holder answered the grant: kept a while, so that a retry anywhere
 --           learns it was answered.
 -- release   the holder dropped the ticket.
@@ -21,7 +22,7 @@ if op == 'claim' then
     redis.call('SET', KEYS[1], owner, 'PX', ttl)
     return owner
   end
-  if not answered then
+  if held == owner then
     redis.call('PEXPIRE', KEYS[1], ttl, 'GT')
   end
   return held
