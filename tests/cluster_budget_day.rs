@@ -205,9 +205,14 @@ impl Cluster {
 
     /// The shared budget's units left.
     fn remaining(&mut self) -> u32 {
+        self.state_field("rem")
+    }
+
+    /// A field of the shared state.
+    fn state_field<T: redis::FromRedisValue>(&mut self, field: &str) -> T {
         redis::cmd("HGET")
             .arg(format!("{KEYS}state"))
-            .arg("rem")
+            .arg(field)
             .query(&mut self.connection)
             .unwrap()
     }
@@ -517,11 +522,7 @@ fn a_words_reset_counts_from_its_application_not_its_read() {
     cluster.sleep_until(start + 900);
     let age = cluster.now() - start;
     cluster.word(10, 1, 200, age);
-    let reset_at: i64 = redis::cmd("HGET")
-        .arg(format!("{KEYS}state"))
-        .arg("reset_at")
-        .query(&mut cluster.connection)
-        .unwrap();
+    let reset_at: i64 = cluster.state_field("reset_at");
     cluster.serve(&mut discord, 0..4, start + 2 * settings.day + 1000);
     assert_within_budget(&discord);
     assert!(

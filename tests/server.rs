@@ -157,6 +157,14 @@ async fn identify(address: SocketAddr, shard: u32) -> Instant {
     at
 }
 
+/// Shards 0 and 1 asked on twilight's route one after the other: the time between
+/// their grants (one bucket, `max_concurrency` 1).
+async fn gap_between_two_grants(server: &ServerProcess) -> Duration {
+    let first = identify(server.address, 0).await;
+    let second = identify(server.address, 1).await;
+    second - first
+}
+
 async fn status(server: &ServerProcess) -> serde_json::Value {
     let answer = get(server.address, "/v1/status", &[])
         .await
@@ -994,22 +1002,12 @@ async fn review_11_a_restarted_server_keeps_each_bucket_an_interval() {
 async fn f3_grants_are_spaced_at_the_interval_and_the_margin() {
     let server = ServerProcess::start(&["--interval-ms", "400"]);
     ready(&server).await;
-    let first = identify(server.address, 0).await;
-    let second = identify(server.address, 1).await;
-    assert!(
-        second - first >= Duration::from_millis(645),
-        "{:?}",
-        second - first
-    );
+    let gap = gap_between_two_grants(&server).await;
+    assert!(gap >= Duration::from_millis(645), "{gap:?}");
     let server = ServerProcess::start(&["--interval-ms", "400", "--margin-ms", "100"]);
     ready(&server).await;
-    let first = identify(server.address, 0).await;
-    let second = identify(server.address, 1).await;
-    assert!(
-        second - first >= Duration::from_millis(495),
-        "{:?}",
-        second - first
-    );
+    let gap = gap_between_two_grants(&server).await;
+    assert!(gap >= Duration::from_millis(495), "{gap:?}");
     // The margin is a duration like the others: at most an hour.
     let out = Command::new(env!("CARGO_BIN_EXE_identify-queue-server"))
         .args(["--port", "0", "--margin-ms", "3600001"])
@@ -1581,13 +1579,8 @@ async fn hold_mode_frees_a_bucket_at_its_release_or_its_timeout() {
     // twilight's route cannot release: its hold runs to the timeout.
     let server = ServerProcess::start(&["--interval-ms", "100", "--hold-timeout-ms", "700"]);
     ready(&server).await;
-    let first = identify(server.address, 0).await;
-    let second = identify(server.address, 1).await;
-    assert!(
-        second - first >= Duration::from_millis(690),
-        "{:?}",
-        second - first
-    );
+    let gap = gap_between_two_grants(&server).await;
+    assert!(gap >= Duration::from_millis(690), "{gap:?}");
 }
 
 /// An open server cannot be made to keep request keys without bound: a new key past

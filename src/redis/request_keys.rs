@@ -11,10 +11,10 @@ use super::Queue;
 /// An operation on a request key (see `lua/request_key.lua`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum KeyOp {
-    /// Take the key if nobody holds it; keep a waiting one alive.
-    Claim,
-    /// The holder answered the grant, at this instant (Unix ms).
-    Answered(u64),
+    /// Take the key if nobody holds it, or extend it if we do, for `ttl`.
+    Claim { ttl: Duration },
+    /// The holder answered the grant at `at_ms` (Unix ms): kept `ttl`.
+    Answered { at_ms: u64, ttl: Duration },
     /// The holder dropped the ticket.
     Release,
     /// A `DELETE` at any server.
@@ -38,21 +38,16 @@ impl Queue {
     /// The key `key` of the native API: `op` on it, and who held it before (after, for
     /// a claim). Errors: Redis out of reach (the error says why, without the URL's
     /// password).
-    pub(crate) async fn request_key(
-        &self,
-        op: KeyOp,
-        key: &str,
-        ttl: Duration,
-    ) -> Result<Holder, String> {
+    pub(crate) async fn request_key(&self, op: KeyOp, key: &str) -> Result<Holder, String> {
         let inner = &self.inner;
         let Some(mut connection) = inner.connection() else {
             return Err("Redis is not connected".to_owned());
         };
-        let (name, answered_ms) = match op {
-            KeyOp::Claim => ("claim", 0),
-            KeyOp::Answered(at) => ("answered", at),
-            KeyOp::Release => ("release", 0),
-            KeyOp::Cancel => ("cancel", 0),
+        let (name, answered_ms, ttl) = match op {
+            KeyOp::Claim { ttl } => ("claim", 0, ttl),
+            KeyOp::Answered { at_ms, ttl } => ("answered", at_ms, ttl),
+            KeyOp::Release => ("release", 0, Duration::ZERO),
+            KeyOp::Cancel => ("cancel", 0, Duration::ZERO),
         };
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let held: Option<String> = script()

@@ -190,15 +190,10 @@ impl Backend {
 
     /// `op` on the native API's request key `key`, shared with the other servers of
     /// the namespace; in memory every key is this server's.
-    pub(super) async fn request_key(
-        &self,
-        op: KeyOp,
-        key: &str,
-        ttl: Duration,
-    ) -> Result<Holder, String> {
+    pub(super) async fn request_key(&self, op: KeyOp, key: &str) -> Result<Holder, String> {
         match &self.queue {
             Kind::Memory(_) => Ok(Holder::Us),
-            Kind::Cluster(queue) => queue.request_key(op, key, ttl).await,
+            Kind::Cluster(queue) => queue.request_key(op, key).await,
         }
     }
 

@@ -269,34 +269,36 @@ async fn supervise_limit(state: Arc<Shared>) {
             Some(discord) => discord.read().await.map(|word| (word.limit, word.sent)),
             None => Ok((args.static_limit(), Instant::now())),
         };
-        let failed = match word {
+        let applied = match word {
             Ok((limit, sent)) => match apply(&state, limit, sent, discord.clone(), redis).await {
-                Ok(()) => None,
-                Err(error) => Some((format!("cannot apply the limit: {error}"), None)),
+                Ok(()) => Ok(limit),
+                Err(error) => Err((format!("cannot apply the limit: {error}"), None)),
             },
-            Err(failed) => Some((
+            Err(failed) => Err((
                 format!("cannot read Discord's /gateway/bot: {}", failed.reason),
                 failed.retry_after,
             )),
         };
-        if let Some((reason, retry_after)) = failed {
-            tracing::warn!(%reason, "no fresh limit");
-            if state.backend.borrow().is_none() {
-                state.set_not_ready(&reason);
-            } else {
-                // The limit in force stays: grants flow on it.
-                lock(&state.word).error = Some(reason);
+        let limit = match applied {
+            Ok(limit) => limit,
+            Err((reason, retry_after)) => {
+                tracing::warn!(%reason, "no fresh limit");
+                if state.backend.borrow().is_none() {
+                    state.set_not_ready(&reason);
+                } else {
+                    // The limit in force stays: grants flow on it.
+                    lock(&state.word).error = Some(reason);
+                }
+                // Discord's `Retry-After`, when it said one, else a backoff.
+                tokio::time::sleep(backoff.max(retry_after.unwrap_or_default())).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
             }
-            // Discord's `Retry-After`, when it said one, else a backoff.
-            tokio::time::sleep(backoff.max(retry_after.unwrap_or_default())).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-            continue;
-        }
+        };
         backoff = Duration::from_secs(1);
         if discord.is_none() {
             return;
         }
-        let limit = lock(&state.limit).unwrap_or_else(|| args.static_limit());
         // Again every few minutes, and just after the reset.
         let after_reset = limit.reset_after.saturating_add(Duration::from_secs(1));
         tokio::time::sleep(discord::REFRESH.min(after_reset)).await;

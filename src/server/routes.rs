@@ -98,11 +98,18 @@ async fn never_answered(state: &Shared, reason: String) -> Response {
 
 fn bad_request(state: &Shared, reason: String) -> Response {
     state.metrics.bad_requests.inc();
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(json!({ "error": reason })),
-    )
-        .into_response()
+    error(StatusCode::BAD_REQUEST, reason)
+}
+
+/// A JSON error answer of the native API: `{"error": reason}`.
+fn error(status: StatusCode, reason: String) -> Response {
+    (status, axum::Json(json!({ "error": reason }))).into_response()
+}
+
+/// [`error`], with `Retry-After: 1`: asking again later may succeed.
+fn error_retry_later(status: StatusCode, reason: String) -> Response {
+    let retry = [(header::RETRY_AFTER, "1")];
+    (status, retry, axum::Json(json!({ "error": reason }))).into_response()
 }
 
 /// The value of `name` in a query string.
@@ -365,47 +372,36 @@ async fn identify_v1(
             )
                 .into_response()
         }
-        Err(Refused::KeyTaken(other)) => {
-            let body = json!({ "error": format!("`key` {key:?} is shard {other}'s") });
-            (StatusCode::CONFLICT, axum::Json(body)).into_response()
-        }
-        Err(Refused::ShardWaits(other)) => {
-            let body = json!({
-                "error": format!(
-                    "shard {shard} waits already under `key` {other:?}: poll with it, or \
-                     cancel it (`DELETE /v1/identify/{other}`) before asking with another"
-                )
-            });
-            (StatusCode::CONFLICT, axum::Json(body)).into_response()
-        }
-        Err(Refused::Full(kept)) => {
-            let body = json!({
-                "error": format!(
-                    "`key` {key:?} is new and {kept} keys are kept, the most allowed \
-                     (`--max-tickets`): ask again later, or cancel keys no longer needed"
-                )
-            });
-            let retry = [(header::RETRY_AFTER, "1")];
-            (StatusCode::TOO_MANY_REQUESTS, retry, axum::Json(body)).into_response()
-        }
-        Err(Refused::Unavailable(reason)) => {
-            let body = json!({
-                "error": format!("cannot learn which server holds `key` {key:?}: {reason}"),
-            });
-            let retry = [(header::RETRY_AFTER, "1")];
-            (StatusCode::SERVICE_UNAVAILABLE, retry, axum::Json(body)).into_response()
-        }
-        Err(Refused::ClientFull(kept)) => {
-            let body = json!({
-                "error": format!(
-                    "`key` {key:?} is new and this client keeps {kept} keys, the most one \
-                     client address may (`--max-tickets-per-client`): cancel keys no \
-                     longer needed, or ask again later"
-                )
-            });
-            let retry = [(header::RETRY_AFTER, "1")];
-            (StatusCode::TOO_MANY_REQUESTS, retry, axum::Json(body)).into_response()
-        }
+        Err(Refused::KeyTaken(other)) => error(
+            StatusCode::CONFLICT,
+            format!("`key` {key:?} is shard {other}'s"),
+        ),
+        Err(Refused::ShardWaits(other)) => error(
+            StatusCode::CONFLICT,
+            format!(
+                "shard {shard} waits already under `key` {other:?}: poll with it, or \
+                 cancel it (`DELETE /v1/identify/{other}`) before asking with another"
+            ),
+        ),
+        Err(Refused::Full(kept)) => error_retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "`key` {key:?} is new and {kept} keys are kept, the most allowed \
+                 (`--max-tickets`): ask again later, or cancel keys no longer needed"
+            ),
+        ),
+        Err(Refused::Unavailable(reason)) => error_retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot learn which server holds `key` {key:?}: {reason}"),
+        ),
+        Err(Refused::ClientFull(kept)) => error_retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "`key` {key:?} is new and this client keeps {kept} keys, the most one \
+                 client address may (`--max-tickets-per-client`): cancel keys no longer \
+                 needed, or ask again later"
+            ),
+        ),
     }
 }
 
@@ -424,43 +420,35 @@ async fn cancel_v1(State(state): State<Arc<Shared>>, Path(key): Path<String>) ->
             state.metrics.cancelled.inc();
         }
         if let Some(backend) = backend.filter(|_| shares) {
-            let _ = backend
-                .request_key(KeyOp::Release, &key, Duration::ZERO)
-                .await;
+            let _ = backend.request_key(KeyOp::Release, &key).await;
         }
         return StatusCode::NO_CONTENT.into_response();
     }
     let not_found = || {
-        let body = json!({ "error": format!("no request with `key` {key:?}") });
-        (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+        error(
+            StatusCode::NOT_FOUND,
+            format!("no request with `key` {key:?}"),
+        )
     };
     let Some(backend) = backend.filter(|_| shares) else {
         return not_found();
     };
     // Another server of the namespace may hold it: a waiting key goes from Redis, and
     // its server cancels its ticket at its next sweep (within a second).
-    match backend
-        .request_key(KeyOp::Cancel, &key, Duration::ZERO)
-        .await
-    {
+    match backend.request_key(KeyOp::Cancel, &key).await {
         Ok(Holder::Other) => {
             state.metrics.cancelled.inc();
             StatusCode::NO_CONTENT.into_response()
         }
-        Ok(Holder::Answered { .. }) => {
-            let body = json!({
-                "error": format!(
-                    "`key` {key:?} was granted by another server: release its hold there"
-                )
-            });
-            (StatusCode::CONFLICT, axum::Json(body)).into_response()
-        }
+        Ok(Holder::Answered { .. }) => error(
+            StatusCode::CONFLICT,
+            format!("`key` {key:?} was granted by another server: release its hold there"),
+        ),
         Ok(_) => not_found(),
-        Err(reason) => {
-            let body = json!({ "error": format!("cannot reach Redis: {reason}") });
-            let retry = [(header::RETRY_AFTER, "1")];
-            (StatusCode::SERVICE_UNAVAILABLE, retry, axum::Json(body)).into_response()
-        }
+        Err(reason) => error_retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot reach Redis: {reason}"),
+        ),
     }
 }
 

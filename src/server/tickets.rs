@@ -116,18 +116,18 @@ impl Drop for Ticket {
         // Waiting: the request is dropped (cancelled, nothing spent; a grant not taken
         // is void). Answered and never released (the client went): in hold mode the
         // hold runs to its timeout.
-        if let Stage::Answered {
-            permit: Some(permit),
-            ..
-        } = std::mem::replace(
-            self.stage.get_mut(),
-            Stage::Answered {
-                permit: None,
-                at: Answered::now(),
-            },
-        ) {
-            permit.keep();
+        if let Stage::Answered { permit, .. } = self.stage.get_mut() {
+            if let Some(permit) = permit.take() {
+                permit.keep();
+            }
         }
+    }
+}
+
+impl Ticket {
+    /// Tells a poll still open on this ticket, which is gone, to give way.
+    fn close(&self) {
+        self.newest.send_replace(u64::MAX);
     }
 }
 
@@ -235,7 +235,12 @@ impl Tickets {
             // Within the poll's wait, like every answer of the native API (a poll with
             // no wait still needs the claim's round trip: a stalled Redis holds it a
             // second at most).
-            let claim = backend.request_key(KeyOp::Claim, key, self.key_ttl());
+            let claim = backend.request_key(
+                KeyOp::Claim {
+                    ttl: self.key_ttl(),
+                },
+                key,
+            );
             let claim_by = deadline.max(tokio::time::Instant::now() + MAX_CLAIM);
             let holder = match tokio::time::timeout_at(claim_by, claim).await {
                 Ok(claimed) => claimed.map_err(Refused::Unavailable)?,
@@ -288,16 +293,16 @@ impl Tickets {
                     };
                     lock(&ticket.lease).answered = true;
                     self.grants.inc();
-                    let mut state = lock(&self.state);
-                    if state.waiting.get(&shard).map(String::as_str) == Some(key) {
-                        state.waiting.remove(&shard);
-                    }
+                    lock(&self.state).unwait(shard, key);
                     if shares {
                         // Every server answers a retry of the key with `410` now.
                         let (backend, key) = (Arc::clone(backend), key.to_owned());
                         tokio::spawn(async move {
-                            let answered = KeyOp::Answered(at.unix_ms);
-                            let kept = backend.request_key(answered, &key, ANSWERED_KEPT).await;
+                            let answered = KeyOp::Answered {
+                                at_ms: at.unix_ms,
+                                ttl: ANSWERED_KEPT,
+                            };
+                            let kept = backend.request_key(answered, &key).await;
                             if let Err(error) = kept {
                                 tracing::warn!(key, %error, "cannot mark the key answered in Redis");
                             }
@@ -371,26 +376,17 @@ impl Tickets {
     /// Drops this server's ticket of `key`, if any (another server holds the key):
     /// a waiting request is cancelled, nothing spent.
     fn drop_local(&self, key: &str) {
-        let ticket = {
-            let mut state = lock(&self.state);
-            let Some(ticket) = state.tickets.remove(key) else {
-                return;
-            };
-            state.forget(key, &ticket);
-            ticket
-        };
-        ticket.newest.send_replace(u64::MAX);
+        let taken = lock(&self.state).take(key);
+        if let Some((ticket, _)) = taken {
+            ticket.close();
+        }
     }
 
     /// Cancels `key`'s ticket: a waiting one spends nothing; an answered one releases
     /// its hold (hold mode). `None` if there was none, else whether it was waiting.
     pub(super) fn cancel(&self, key: &str) -> Option<bool> {
-        let (ticket, was_waiting) = {
-            let mut state = lock(&self.state);
-            let ticket = state.tickets.remove(key)?;
-            let was_waiting = state.forget(key, &ticket);
-            (ticket, was_waiting)
-        };
+        let taken = lock(&self.state).take(key);
+        let (ticket, was_waiting) = taken?;
         // A poll still open on it holds the stage: it answers without the grant once
         // it sees the ticket gone (its request is dropped with the last reference).
         if let Ok(mut stage) = ticket.stage.try_lock() {
@@ -399,7 +395,7 @@ impl Tickets {
                 drop(permit.take());
             }
         }
-        ticket.newest.send_replace(u64::MAX);
+        ticket.close();
         Some(was_waiting)
     }
 
@@ -414,7 +410,7 @@ impl Tickets {
         if let Some(backend) = backend {
             // A key lives in Redis a short while past its last renewal, so that another
             // server takes it over within seconds if this one dies: renewed here while
-            // a poll of it is open (a poll elsewhere renews it too).
+            // a poll of it is open (only its holder renews it).
             let polled: Vec<String> = {
                 let state = lock(&self.state);
                 state
@@ -456,8 +452,8 @@ impl Tickets {
                 .collect();
             keys.into_iter()
                 .filter_map(|key| {
-                    let ticket = state.tickets.remove(&key)?;
-                    if state.forget(&key, &ticket) {
+                    let (ticket, was_waiting) = state.take(&key)?;
+                    if was_waiting {
                         self.cancelled.inc();
                     }
                     Some((key, ticket))
@@ -465,7 +461,7 @@ impl Tickets {
                 .collect()
         };
         for (key, ticket) in expired {
-            ticket.newest.send_replace(u64::MAX);
+            ticket.close();
             if let Some(backend) = backend {
                 release_later(backend, &key);
             }
@@ -488,27 +484,32 @@ impl Tickets {
 fn release_later(backend: &Arc<Backend>, key: &str) {
     let (backend, key) = (Arc::clone(backend), key.to_owned());
     tokio::spawn(async move {
-        let _ = backend
-            .request_key(KeyOp::Release, &key, ANSWERED_KEPT)
-            .await;
+        let _ = backend.request_key(KeyOp::Release, &key).await;
     });
 }
 
 impl State {
-    /// Forgets `key`'s `ticket`, removed from `tickets`: its shard's waiting key (if it
-    /// is this one) and its client's count. Whether it was waiting.
-    fn forget(&mut self, key: &str, ticket: &Ticket) -> bool {
+    /// Takes `key`'s ticket out, with its client's count and its shard's waiting key
+    /// (if it is this one); and whether it was waiting.
+    fn take(&mut self, key: &str) -> Option<(Arc<Ticket>, bool)> {
+        let ticket = self.tickets.remove(key)?;
         if let Some(count) = self.by_client.get_mut(&ticket.client) {
             *count -= 1;
             if *count == 0 {
                 self.by_client.remove(&ticket.client);
             }
         }
-        let waiting = self.waiting.get(&ticket.shard).map(String::as_str) == Some(key);
-        if waiting {
-            self.waiting.remove(&ticket.shard);
+        let was_waiting = self.unwait(ticket.shard, key);
+        Some((ticket, was_waiting))
+    }
+
+    /// `shard` no longer waits under `key` (granted, or gone); whether it did.
+    fn unwait(&mut self, shard: ShardId, key: &str) -> bool {
+        let waited = self.waiting.get(&shard).map(String::as_str) == Some(key);
+        if waited {
+            self.waiting.remove(&shard);
         }
-        waiting
+        waited
     }
 }
 
