@@ -1,0 +1,34 @@
+// A bot on @discordjs/ws's WebSocketManager with identify-queue as its throttler, the
+// way its README says. Env: FAKE (the fake Discord's URL), QUEUE (server URLs, comma
+// separated), SHARDS (the shard count), SHARD_IDS (`a-b`, all by default).
+// Prints a JSON line per READY; SIGTERM runs manager.destroy(), and the process ends on its own.
+import { REST } from '@discordjs/rest';
+import { WebSocketManager, WebSocketShardEvents } from '@discordjs/ws';
+import { identifyQueue } from 'identify-queue';
+
+const shardCount = Number(process.env.SHARDS);
+const [first, last] = (process.env.SHARD_IDS ?? `0-${shardCount - 1}`).split('-').map(Number);
+const rest = new REST({ api: `${process.env.FAKE}/api`, version: '10' }).setToken('fake-token');
+const log = (level, message, fields) => {
+  if (level !== 'debug') console.error(JSON.stringify({ level, message, ...fields }));
+};
+const manager = new WebSocketManager({
+  token: 'fake-token',
+  intents: 0,
+  rest,
+  shardCount,
+  shardIds: { start: first, end: last },
+  buildIdentifyThrottler: () => identifyQueue(process.env.QUEUE.split(','), { log }),
+});
+manager.on(WebSocketShardEvents.Ready, (_data, shardId) => console.log(JSON.stringify({ ready: shardId })));
+process.on('SIGTERM', async () => {
+  await manager.destroy();
+  // No process.exit(): the process ends once nothing is pending, the throttler's
+  // cancels (DELETE) of the aborted waits included.
+  console.log(JSON.stringify({ stopped: true }));
+});
+// Not awaited at the top level: a start-up stopped midway never settles it.
+manager.connect().catch((error) => {
+  console.error(error);
+  process.exitCode = 1;
+});
