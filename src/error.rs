@@ -132,8 +132,9 @@ pub enum AcquireError {
     /// expected: a grant that cannot be delivered in time is spent and asked again by
     /// the queue itself, and its `acquire` keeps waiting. Ask again.
     GrantLost(ShardId),
-    /// The HTTP client: the server refused the request (`400`: a bad shard; `401`: a
-    /// missing or wrong token). Asking again the same way cannot help.
+    /// The HTTP client: the server refused the request (`400`: a bad shard; `401` or
+    /// `403`: a missing or wrong token; `404`: no native API there). Asking again the
+    /// same way cannot help.
     Server {
         /// The server's URL.
         url: String,

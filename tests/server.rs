@@ -9,6 +9,8 @@
 
 #[path = "support/fake_discord.rs"]
 mod fake_discord;
+#[path = "support/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "support/judge.rs"]
 mod judge;
 #[path = "support/redis_server.rs"]
@@ -618,6 +620,122 @@ async fn the_client_moves_on_from_a_dead_server_and_stops_at_a_refusal() {
     queue.acquire(0).await.unwrap();
     assert!(identify_queue::http::Queue::new(Vec::<String>::new()).is_err());
     assert!(identify_queue::http::Queue::new(["ftp://x"]).is_err());
+}
+
+/// The client asks under one key per attempt: a poll cut by the network is asked again
+/// under the same key, and the shard keeps its place (before, on twilight's route, the
+/// cut cancelled the request and the retry went to the back of its bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_keeps_its_place_across_a_cut() {
+    let server = ServerProcess::start(&[
+        "--max-concurrency",
+        "1",
+        "--interval-ms",
+        "1000",
+        "--margin-ms",
+        "0",
+    ]);
+    ready(&server).await;
+    let proxy = fault_proxy::FaultProxy::start(server.address.port());
+    let through_proxy = format!("http://127.0.0.1:{}", proxy.port);
+    let direct = identify_queue::http::Queue::new([server.url()]).unwrap();
+    direct.acquire(9).await.unwrap(); // the bucket is busy for a second
+    let client = identify_queue::http::Queue::new([through_proxy]).unwrap();
+    let first = tokio::spawn(async move {
+        client.acquire(1).await.unwrap();
+        Instant::now()
+    });
+    sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(async move {
+        direct.acquire(2).await.unwrap();
+        Instant::now()
+    });
+    sleep(Duration::from_millis(100)).await;
+    proxy.cut(); // shard 1's poll is closed under it
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert!(first < second, "shard 1 kept its place ahead of shard 2");
+    assert_eq!(status(&server).await["granted"], 3);
+}
+
+/// A grant whose answer the network lost is not used: the client's next poll of that key
+/// gets `410`, and it asks again under a new key, an interval after the lost grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_asks_again_when_a_grant_is_lost_on_the_way() {
+    let server = ServerProcess::start(&[
+        "--max-concurrency",
+        "1",
+        "--interval-ms",
+        "1000",
+        "--margin-ms",
+        "0",
+    ]);
+    ready(&server).await;
+    let proxy = fault_proxy::FaultProxy::start(server.address.port());
+    let direct = identify_queue::http::Queue::new([server.url()]).unwrap();
+    direct.acquire(9).await.unwrap();
+    let occupied = Instant::now(); // the next grant comes about a second after this
+    let client =
+        identify_queue::http::Queue::new([format!("http://127.0.0.1:{}", proxy.port)]).unwrap();
+    let asked = tokio::spawn(async move {
+        client.acquire(1).await.unwrap();
+        Instant::now()
+    });
+    sleep(Duration::from_millis(500)).await;
+    // The grant (about 500 ms from now) is held in the proxy, then the connection cut.
+    proxy.stall(Duration::from_millis(1000));
+    sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        status(&server).await["granted"],
+        2,
+        "shard 1's first grant was made"
+    );
+    proxy.cut();
+    let granted_at = asked.await.unwrap();
+    assert!(
+        granted_at >= occupied + Duration::from_millis(1950),
+        "granted {:?} after the bucket's first grant: the lost grant's turn was not used",
+        granted_at - occupied
+    );
+    assert_eq!(
+        status(&server).await["granted"],
+        3,
+        "the lost grant and a new one"
+    );
+}
+
+/// A shard the client granted before asks as a reconnect: ahead of its bucket's
+/// start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_asks_as_a_reconnect_after_a_grant() {
+    let server = ServerProcess::start(&[
+        "--max-concurrency",
+        "1",
+        "--interval-ms",
+        "500",
+        "--margin-ms",
+        "0",
+    ]);
+    ready(&server).await;
+    let client = identify_queue::http::Queue::new([server.url()]).unwrap();
+    client.acquire(0).await.unwrap();
+    let others = identify_queue::http::Queue::new([server.url()]).unwrap();
+    let mut start_ups = Vec::new();
+    for shard in 1..=3 {
+        let others = others.clone();
+        start_ups.push(tokio::spawn(async move {
+            others.acquire(shard).await.unwrap();
+            Instant::now()
+        }));
+        sleep(Duration::from_millis(20)).await;
+    }
+    client.acquire(0).await.unwrap();
+    let reconnected = Instant::now();
+    for start_up in start_ups {
+        assert!(
+            start_up.await.unwrap() > reconnected,
+            "the reconnect went first"
+        );
+    }
 }
 
 /// twilight's contract through the client: `()` when granted; a receiver dropped while
