@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional
 import aiohttp
 
 from fake_discord import FakeDiscord
+from fault_proxy import FaultProxy
 
 HERE = Path(__file__).resolve().parent
 SERVER = os.environ.get("IDENTIFY_QUEUE_SERVER", str(HERE.parents[1] / "target/debug/identify-queue-server"))
@@ -312,6 +313,33 @@ async def invalidated(kind: str) -> dict:
         await fake.stop()
 
 
+async def through_a_network(kind: str) -> dict:
+    """The bot reaches the server through a network of 100 ms round trip (50 ms each
+    way, 10 ms of jitter), which stalls for 1 s and then cuts every connection
+    mid-start-up: every shard READY, 0 violations; a grant lost in the cut is asked
+    again under a new key, never used."""
+    fake = await FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, shards=16, max_concurrency=4,
+                             interval=INTERVAL).start()
+    server = await Server(fake).start()
+    proxy = await FaultProxy(server.port, delay=0.05, jitter=0.01).start()
+    bot = await Bot(kind, fake, proxy.url, 16, "0-15").start()
+    try:
+        await bot.wait_ready(5)
+        proxy.stall(1.0)
+        await asyncio.sleep(0.9)
+        proxy.cut()
+        await bot.wait_ready(16)
+        status = await server.status()
+        check(status["granted"] >= len(fake.identifies) == 16,
+              f"granted {status['granted']}, IDENTIFYs {len(fake.identifies)}")
+        return row(fake, granted=status["granted"], lost_in_the_cut=status["granted"] - len(fake.identifies))
+    finally:
+        await bot.stop()
+        await proxy.stop()
+        await server.stop()
+        await fake.stop()
+
+
 async def heartbeat(heartbeat_timeout: float) -> dict:
     """Four discord.py processes of 2 shards on one bucket (max_concurrency 1): the
     later waits pass a 2 s heartbeat_timeout (60 s at 1:30). Measured: grants wasted,
@@ -370,6 +398,9 @@ SCENARIOS: Dict[str, Callable[[], "asyncio.Future[dict]"]] = {
     "ws-invalidated": lambda: invalidated("ws"),
     "djs-invalidated": lambda: invalidated("djs"),
     "py-invalidated": lambda: invalidated("py"),
+    "ws-through-a-network": lambda: through_a_network("ws"),
+    "djs-through-a-network": lambda: through_a_network("djs"),
+    "py-through-a-network": lambda: through_a_network("py"),
     "py-heartbeat-2s": heartbeat_default,
     "py-heartbeat-raised": heartbeat_raised,
 }
