@@ -175,11 +175,11 @@ def row(fake: FakeDiscord, **more) -> dict:
             "makespan_s": None if makespan is None else round(makespan, 3), **more}
 
 
-async def sixteen(kind: str) -> dict:
+async def sixteen(kind: str, env: Optional[Dict[str, str]] = None) -> dict:
     """16 shards, max_concurrency 4: every shard READY, 0 violations, makespan near the optimum."""
     fake = await FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, shards=16, max_concurrency=4, interval=INTERVAL).start()
     server = await Server(fake).start()
-    bot = await Bot(kind, fake, server.url, 16, "0-15").start()
+    bot = await Bot(kind, fake, server.url, 16, "0-15", env).start()
     try:
         await bot.wait_ready(16)
         status = await server.status()
@@ -210,15 +210,18 @@ async def both_libraries() -> dict:
         await fake.stop()
 
 
-async def unreachable_first(kind: str) -> dict:
+async def unreachable_first(kind: str, env: Optional[Dict[str, str]] = None) -> dict:
     """The server is unreachable for the first 3 s, then up: every shard READY, 0 violations."""
     fake = await FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, shards=16, max_concurrency=4, interval=INTERVAL).start()
     port = free_port()
-    bot = await Bot(kind, fake, f"http://127.0.0.1:{port}", 16, "0-15").start()
+    bot = await Bot(kind, fake, f"http://127.0.0.1:{port}", 16, "0-15", env).start()
     await asyncio.sleep(3)
     before = len(fake.identifies)
     server = await Server(fake, port).start()
     try:
+        if env and env.get("NAIVE"):
+            await asyncio.sleep(5)
+            return row(fake, identifies_while_down=before, connections=fake.connections)
         check(before == 0, f"{before} IDENTIFYs while the server was down")
         await bot.wait_ready(16)
         return row(fake, identifies_while_down=before, connections=fake.connections)
@@ -382,10 +385,15 @@ async def heartbeat_raised() -> dict:
 
 SCENARIOS: Dict[str, Callable[[], "asyncio.Future[dict]"]] = {
     "ws-16": lambda: sixteen("ws"),
+    "ws-workers-16": lambda: sixteen("ws", {"WORKERS": "4"}),
     "djs-16": lambda: sixteen("djs"),
     "py-16": lambda: sixteen("py"),
     "both-libraries": both_libraries,
     "ws-unreachable-3s": lambda: unreachable_first("ws"),
+    "ws-workers-unreachable-3s": lambda: unreachable_first("ws", {"WORKERS": "4"}),
+    # The control: the few lines a user writes without the package, in the same
+    # scenario. The judge must see violations here, or it could not see them above.
+    "ws-unreachable-3s-naive-control": lambda: unreachable_first("ws", {"NAIVE": "1"}),
     "djs-unreachable-3s": lambda: unreachable_first("djs"),
     "py-unreachable-3s": lambda: unreachable_first("py"),
     "ws-server-restarted": lambda: server_restarted("ws"),
@@ -412,13 +420,16 @@ async def main(names: List[str]) -> int:
         start = time.monotonic()
         try:
             result = await SCENARIOS[name]()
-            # Every scenario: no IDENTIFY broke a rule.
-            check(result["violations"] == 0, f"{result['violations']} violations")
+            if name.endswith("-control"):
+                check(result["violations"] > 0, "the control broke no rule: the judge sees nothing")
+            else:
+                # Every scenario: no IDENTIFY broke a rule.
+                check(result["violations"] == 0, f"{result['violations']} violations")
             verdict = "ok"
         except Exception as error:  # a failed scenario is reported, the others still run
             failed += 1
             result, verdict = {"error": f"{type(error).__name__}: {error}"}, "FAILED"
-        print(f"{verdict:6} {name:22} {time.monotonic() - start:5.1f} s  {json.dumps(result)}", flush=True)
+        print(f"{verdict:6} {name:31} {time.monotonic() - start:5.1f} s  {json.dumps(result)}", flush=True)
     return 1 if failed else 0
 
 

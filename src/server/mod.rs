@@ -75,6 +75,15 @@
 //! head and idle timeout, a small head buffer, caps in all and per client address, and
 //! TCP keepalive (`listen.rs`).
 //!
+//! # Clients
+//!
+//! Each speaks the native API (a key per attempt, polls of at most 20 s, `DELETE` on
+//! cancel) and never lets its library IDENTIFY without a grant: the Rust client
+//! [`http::Queue`](crate::http::Queue) (a twilight queue with feature `twilight`), the
+//! npm package `identify-queue` for @discordjs/ws and discord.js (`clients/js`), and
+//! the PyPI package `identify-queue` for discord.py (`clients/python`). twilight's
+//! own HTTP client speaks twilight's route.
+//!
 //! # Spacing
 //!
 //! A bucket's grants are `--interval-ms` plus `--margin-ms` apart (250 ms by default:

@@ -38,7 +38,7 @@ export interface IdentifyQueueOptions {
   token?: string;
   /**
    * How long one poll may wait at the server, in ms (the native API's `wait_ms`).
-   * 20 000 by default and at most: below Node's and proxies' idle timeouts.
+   * 20 000 by default and at most (below Node's and proxies' idle timeouts), 1 000 at least.
    */
   waitMs?: number;
   /** The longest pause between two attempts after a failure, in ms (5 000 by default). */
@@ -56,6 +56,8 @@ const FIRST_BACKOFF_MS = 100;
 const MAX_REFUSED_BACKOFF_MS = 30_000;
 /** The server's own longest `wait_ms` is 25 s; the client keeps below Node's and proxies' limits. */
 const MAX_WAIT_MS = 20_000;
+/** Shorter polls would ask the server again and again for nothing. */
+const MIN_WAIT_MS = 1_000;
 /** A poll's answer is due by its `wait_ms`; past it by this much the request is given up as lost. */
 const ANSWER_SLACK_MS = 10_000;
 /** A cancel (`DELETE`) is fire and forget, bounded by this. */
@@ -127,8 +129,8 @@ export class IdentifyQueue implements IdentifyThrottler {
       }
     }
     const waitMs = options.waitMs ?? MAX_WAIT_MS;
-    if (!Number.isInteger(waitMs) || waitMs < 0 || waitMs > MAX_WAIT_MS) {
-      throw new RangeError(`identifyQueue: \`waitMs\` is a whole number of ms from 0 to ${MAX_WAIT_MS}, got ${waitMs}`);
+    if (!Number.isInteger(waitMs) || waitMs < MIN_WAIT_MS || waitMs > MAX_WAIT_MS) {
+      throw new RangeError(`identifyQueue: \`waitMs\` is a whole number of ms from ${MIN_WAIT_MS} to ${MAX_WAIT_MS}, got ${waitMs}`);
     }
     const maxBackoffMs = options.maxBackoffMs ?? 5_000;
     if (!Number.isFinite(maxBackoffMs) || maxBackoffMs < FIRST_BACKOFF_MS) {

@@ -171,6 +171,7 @@ test('bad options throw, naming the option', () => {
   assert.throws(() => identifyQueue('not a url'), /not a URL/);
   assert.throws(() => identifyQueue('http://q', { waitMs: 25_000 }), /`waitMs`/);
   assert.throws(() => identifyQueue('http://q', { waitMs: 1.5 }), /`waitMs`/);
+  assert.throws(() => identifyQueue('http://q', { waitMs: 0 }), /`waitMs`/);
   assert.throws(() => identifyQueue('http://q', { maxBackoffMs: 0 }), /`maxBackoffMs`/);
   assert.throws(() => identifyQueue('http://q', { token: 'a b' }), /`token`/);
   assert.ok(identifyQueue('http://q/') instanceof IdentifyQueue);

@@ -206,6 +206,8 @@ def test_bad_arguments_raise_naming_the_argument():
         IdentifyQueue("http://q", wait_ms=25_000)
     with pytest.raises(ValueError, match="wait_ms"):
         IdentifyQueue("http://q", wait_ms=True)
+    with pytest.raises(ValueError, match="wait_ms"):
+        IdentifyQueue("http://q", wait_ms=0)
     with pytest.raises(ValueError, match="max_backoff"):
         IdentifyQueue("http://q", max_backoff=0)
     with pytest.raises(ValueError, match="token"):

@@ -26,6 +26,8 @@ FIRST_BACKOFF = 0.1
 MAX_REFUSED_BACKOFF = 30.0
 #: The server's longest ``wait_ms`` is 25 s; the client stays below clients' and proxies' limits.
 MAX_WAIT_MS = 20_000
+#: Shorter polls would ask the server again and again for nothing.
+MIN_WAIT_MS = 1_000
 #: A poll's answer is due by its ``wait_ms``; past it by this much the request is given up as lost.
 ANSWER_SLACK = 10.0
 #: A cancel (``DELETE``) is bounded by this: a key nobody polls lapses within seconds anyway.
@@ -100,8 +102,8 @@ class IdentifyQueue:
                 parsed = None
             if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
                 raise ValueError(f"urls: {url!r} is not an http:// or https:// URL")
-        if isinstance(wait_ms, bool) or not isinstance(wait_ms, int) or not 0 <= wait_ms <= MAX_WAIT_MS:
-            raise ValueError(f"wait_ms: a whole number of ms from 0 to {MAX_WAIT_MS}, got {wait_ms!r}")
+        if isinstance(wait_ms, bool) or not isinstance(wait_ms, int) or not MIN_WAIT_MS <= wait_ms <= MAX_WAIT_MS:
+            raise ValueError(f"wait_ms: a whole number of ms from {MIN_WAIT_MS} to {MAX_WAIT_MS}, got {wait_ms!r}")
         if not isinstance(max_backoff, (int, float)) or not max_backoff >= FIRST_BACKOFF:
             raise ValueError(f"max_backoff: at least {FIRST_BACKOFF} s, got {max_backoff!r}")
         if token is not None and (token == "" or _TOKEN_FORBIDDEN.search(token)):
