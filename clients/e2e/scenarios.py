@@ -60,8 +60,8 @@ def free_port() -> int:
 class Server:
     """The real binary, reading its limit from the fake's `GET /gateway/bot`."""
 
-    def __init__(self, fake: FakeDiscord, port: int = 0, name: str = "server") -> None:
-        self.fake, self.port, self.name = fake, port, name
+    def __init__(self, fake: FakeDiscord, port: int = 0, name: str = "server", token: Optional[str] = None) -> None:
+        self.fake, self.port, self.name, self.token = fake, port, name, token
 
     async def start(self) -> "Server":
         LOGS.mkdir(parents=True, exist_ok=True)
@@ -70,6 +70,7 @@ class Server:
             SERVER, "--host", "127.0.0.1", "--port", str(self.port),
             "--discord-token", "fake-token", "--discord-api", f"{self.fake.url}/api/v10",
             "--interval-ms", str(int(INTERVAL * 1000)), "--margin-ms", str(int(MARGIN * 1000)),
+            *(["--auth-token", self.token] if self.token else []),
             stdout=asyncio.subprocess.PIPE, stderr=self.log,
         )
         line = (await asyncio.wait_for(self.process.stdout.readline(), 30)).decode()
@@ -79,7 +80,8 @@ class Server:
         return self
 
     async def status(self) -> dict:
-        async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with aiohttp.ClientSession(headers=headers) as http:
             async with http.get(f"{self.url}/v1/status") as response:
                 return await response.json()
 
@@ -194,11 +196,13 @@ async def sixteen(kind: str, env: Optional[Dict[str, str]] = None) -> dict:
 
 
 async def both_libraries() -> dict:
-    """@discordjs/ws (shards 0-15) and discord.py (16-31) of one bot on one server."""
+    """@discordjs/ws (shards 0-15) and discord.py (16-31) of one bot on one server,
+    which wants a token (`--auth-token`; each client sends it)."""
     fake = await FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, shards=32, max_concurrency=4, interval=INTERVAL).start()
-    server = await Server(fake).start()
-    js = await Bot("ws", fake, server.url, 32, "0-15").start()
-    py = await Bot("py", fake, server.url, 32, "16-31").start()
+    server = await Server(fake, token="e2e-s3cret").start()
+    token = {"QUEUE_TOKEN": "e2e-s3cret"}
+    js = await Bot("ws", fake, server.url, 32, "0-15", token).start()
+    py = await Bot("py", fake, server.url, 32, "16-31", token).start()
     try:
         await asyncio.gather(js.wait_ready(16), py.wait_ready(16))
         best = optimum(32, 4)

@@ -15,7 +15,7 @@ const client = new Client({
   shards,
   shardCount,
   rest: { api: `${process.env.FAKE}/api` },
-  ws: { buildIdentifyThrottler: () => identifyQueue(process.env.QUEUE.split(','), { log }) },
+  ws: { buildIdentifyThrottler: () => identifyQueue(process.env.QUEUE.split(','), { log, token: process.env.QUEUE_TOKEN }) },
 });
 client.on(Events.ShardReady, (shardId) => console.log(JSON.stringify({ ready: shardId })));
 process.on('SIGTERM', async () => {

@@ -1,11 +1,12 @@
 // A bot on @discordjs/ws's WebSocketManager with identify-queue as its throttler, the
 // way its README says. Env: FAKE (the fake Discord's URL), QUEUE (server URLs, comma
-// separated), SHARDS (the shard count), SHARD_IDS (`a-b`, all by default), WORKERS
-// (`4`: WorkerShardingStrategy, 4 shards per worker thread; the throttler stays in the
-// main thread), NAIVE (`1`: the few lines of fetch a user would write instead of the
-// package, which reject when the server is out of reach: the control that shows the
-// judge catches what the package prevents).
-// Prints a JSON line per READY; SIGTERM runs manager.destroy(), and the process ends on its own.
+// separated), QUEUE_TOKEN (the server's --auth-token, if any), SHARDS (the shard
+// count), SHARD_IDS (`a-b`, all by default), WORKERS (`4`: WorkerShardingStrategy, 4
+// shards per worker thread; the throttler stays in the main thread), NAIVE (`1`: the
+// few lines of fetch a user would write instead of the package, which reject when the
+// server is out of reach: the control that shows the judge catches what the package
+// prevents). Prints a JSON line per READY; SIGTERM runs manager.destroy(), and the
+// process ends on its own.
 import { REST } from '@discordjs/rest';
 import { WebSocketManager, WebSocketShardEvents, WorkerShardingStrategy } from '@discordjs/ws';
 import { identifyQueue } from 'identify-queue';
@@ -29,7 +30,7 @@ const manager = new WebSocketManager({
   rest,
   shardCount,
   shardIds: { start: first, end: last },
-  buildIdentifyThrottler: () => (process.env.NAIVE ? naive : identifyQueue(process.env.QUEUE.split(','), { log })),
+  buildIdentifyThrottler: () => (process.env.NAIVE ? naive : identifyQueue(process.env.QUEUE.split(','), { log, token: process.env.QUEUE_TOKEN })),
   ...(process.env.WORKERS
     ? { buildStrategy: (manager) => new WorkerShardingStrategy(manager, { shardsPerWorker: Number(process.env.WORKERS) }) }
     : {}),

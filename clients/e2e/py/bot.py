@@ -1,5 +1,5 @@
 """A bot on discord.py's AutoShardedClient with identify-queue's mixin, the way its
-README says. Env: FAKE, QUEUE (comma separated), SHARDS, SHARD_IDS (`a-b`),
+README says. Env: FAKE, QUEUE (comma separated), QUEUE_TOKEN, SHARDS, SHARD_IDS (`a-b`),
 HEARTBEAT_TIMEOUT (seconds). Prints a JSON line per shard READY. SIGTERM calls
 close(); SIGINT is Ctrl-C (discord.py's run() handles it)."""
 
@@ -25,6 +25,7 @@ first, last = map(int, os.environ.get("SHARD_IDS", f"0-{shard_count - 1}").split
 
 class Bot(IdentifyQueueMixin, discord.AutoShardedClient):
     identify_queue_url = os.environ["QUEUE"].split(",")
+    identify_queue_token = os.environ.get("QUEUE_TOKEN")
 
     async def setup_hook(self):
         loop = asyncio.get_running_loop()
