@@ -63,7 +63,7 @@
 //!   interval, the asking process's window and its round trip (the wait it is told
 //!   arrives half a round trip late, its request arrives half a round trip after it is
 //!   sent): at a 100 ms interval, 4 processes, `max_concurrency` 16, the bench measures
-//!   rounds of about the interval plus 2.5 round trips (see the README's table). No
+//!   rounds of about the interval plus 2.5 round trips (see `benches/README.md`). No
 //!   round trip stalls a bucket. A grant that cannot be delivered in time (a stall
 //!   longer than the interval, a partition) is spent, counted
 //!   ([`ClusterStats::undelivered`]), and its shard asks again by itself: its `acquire`
