@@ -11,6 +11,14 @@ use crate::time::Moment;
 /// A bucket's key: `shard % max_concurrency`.
 pub(crate) type BucketId = u32;
 
+/// The bucket of `shard` ([rules 1](crate::rules)), the one place it is computed: the
+/// core, the queues' gates, the cluster's process side and the server all ask here.
+/// `max_concurrency` is never 0 (a limit with 0 is refused before it is applied).
+#[inline]
+pub(crate) fn bucket_of(shard: ShardId, max_concurrency: u32) -> BucketId {
+    shard % max_concurrency
+}
+
 /// A request's place in line ([rules 3.10](crate::rules)): its priority's rank in the
 /// high 32 bits, its sequence number in the low ones, so that comparing two orders
 /// compares the priority first and the sequence number second.

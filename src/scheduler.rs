@@ -582,7 +582,7 @@ impl Scheduler {
 
     /// The bucket `shard` is in under the current `max_concurrency`.
     pub fn bucket_of(&self, shard: ShardId) -> u32 {
-        shard % self.max_concurrency
+        crate::buckets::bucket_of(shard, self.max_concurrency)
     }
 
     /// The `max_concurrency` in force.

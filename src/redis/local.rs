@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use super::round_trip::RoundTrip;
 use super::scripts::{Answer, NEVER_MS, NeedLimit, Token};
 use super::status::{ClusterStats, Health};
+use crate::buckets::bucket_of;
 use crate::{OnConflict, Priority, ShardId};
 
 /// A touch whose answer keeps coming back after its window: after this many in a row
@@ -263,7 +264,7 @@ impl Local {
     }
 
     pub(super) fn bucket_of(&self, shard: ShardId) -> u32 {
-        shard % self.max_concurrency
+        bucket_of(shard, self.max_concurrency)
     }
 
     /// The delivery window this process's calls carry now.
@@ -372,7 +373,7 @@ impl Local {
     fn insert(&mut self, key: Key, now: Instant) {
         let bucket = self
             .buckets
-            .entry(key.2 % self.max_concurrency)
+            .entry(bucket_of(key.2, self.max_concurrency))
             .or_default();
         if bucket.queue.first().is_none_or(|head| key < *head) {
             bucket.next_try = Some(now);
@@ -394,7 +395,7 @@ impl Local {
         match waiter.phase {
             Phase::Waiting => {
                 let key = waiter.key(shard);
-                let index = shard % self.max_concurrency;
+                let index = bucket_of(shard, self.max_concurrency);
                 if let Some(bucket) = self.buckets.get_mut(&index) {
                     bucket.queue.remove(&key);
                     if bucket.queue.is_empty() {
@@ -431,7 +432,10 @@ impl Local {
         self.buckets.clear();
         for (&shard, waiter) in &self.waiters {
             if let Phase::Waiting = waiter.phase {
-                let bucket = self.buckets.entry(shard % max_concurrency).or_default();
+                let bucket = self
+                    .buckets
+                    .entry(bucket_of(shard, max_concurrency))
+                    .or_default();
                 bucket.queue.insert(waiter.key(shard));
                 bucket.next_try = Some(now);
             }

@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 
 use super::stats::QueueStats;
 use super::waiters::{Grant, Waiter, WaiterId, Waiters};
+use crate::buckets::bucket_of;
 use crate::scheduler::{Answer, Requested};
 use crate::shard_map::ShardIndex;
 use crate::{
@@ -434,8 +435,9 @@ impl Shared {
             return None;
         }
         let max_concurrency = self.scheduler.max_concurrency();
-        let bucket = grant.shard % max_concurrency;
-        let other = |shard: ShardId| shard != grant.shard && shard % max_concurrency == bucket;
+        let bucket = bucket_of(grant.shard, max_concurrency);
+        let other =
+            |shard: ShardId| shard != grant.shard && bucket_of(shard, max_concurrency) == bucket;
         let interval = self.scheduler.config().get_interval();
         let intervals = self
             .recent_deliveries

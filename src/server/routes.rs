@@ -502,7 +502,7 @@ pub(super) async fn status(state: &Shared) -> serde_json::Value {
                 .map(|eta| millis(eta.saturating_duration_since(now)));
             json!({
                 "shard": w.shard,
-                "bucket": max_concurrency.map(|mc| w.shard % mc.max(1)),
+                "bucket": max_concurrency.map(|mc| crate::buckets::bucket_of(w.shard, mc.max(1))),
                 "waiting_ms": millis(now - w.since),
                 "eta_ms": eta,
             })
