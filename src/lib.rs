@@ -105,7 +105,7 @@
 //! | `twilight` | `twilight` | implies `tokio`: the tokio queue as a twilight-gateway `Queue` |
 //! | `redis` | `redis` | implies `tokio`: cluster mode, one budget for every process, on Redis |
 //! | `http` | `http` | implies `tokio`: the client of `identify-queue-server` (a twilight `Queue` with `twilight`) |
-//! | `server` | `server` | implies `redis` and `http`: the `identify-queue-server` binary, the queues over HTTP |
+//! | `server` | (the binary's) | implies `redis` and `http`: the `identify-queue-server` binary, the queues over HTTP |
 //!
 //! The runtime modules are the generic `runtime::Queue` over a small
 //! `runtime::Runtime` trait (a clock, a timer, a spawner for the queue's own driver
@@ -140,8 +140,11 @@ pub mod rules;
     doc(cfg(any(feature = "tokio", feature = "smol", feature = "async-std")))
 )]
 pub mod runtime;
+/// The `identify-queue-server` binary's code: public only for the binary and its
+/// tests, not part of the library's API (its contract is the binary's flags and
+/// routes, documented in `src/server/mod.rs` and the README).
 #[cfg(feature = "server")]
-#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+#[doc(hidden)]
 pub mod server;
 #[cfg(any(feature = "smol", feature = "async-std"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "smol", feature = "async-std"))))]
