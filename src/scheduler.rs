@@ -154,6 +154,7 @@ pub struct Scheduler {
     recent_grants: VecDeque<(Moment, ShardId)>,
 }
 
+// # Construction
 impl Scheduler {
     /// A scheduler in timer mode with Discord's 5 s interval.
     pub fn new(limit: SessionStartLimit, now: Instant) -> Result<Self, Error> {
@@ -183,7 +184,13 @@ impl Scheduler {
             recent_grants: VecDeque::new(),
         })
     }
+}
 
+// # Inputs
+//
+// A time-dependent one takes `now`, the caller's clock (the scheduler reads none). One
+// that errs changes nothing. After any of them, `poll`.
+impl Scheduler {
     /// Queue `shard`; `Grant(shard)` if it may identify right now, else `Wait(t)`.
     /// The same as [`request_with`](Self::request_with) and [`Priority::Start`].
     ///
@@ -219,100 +226,6 @@ impl Scheduler {
             Requested::Granted => Decision::Grant(shard),
             Requested::Queued(_) => self.wait_decision(),
         })
-    }
-
-    /// [`request_with`](Self::request_with) for a driver that keeps the scheduler's
-    /// last answer: a shard queued behind another of its bucket, with nothing come due
-    /// since that answer, leaves it standing ([`Requested::Queued`]`(`[`Answer::Holds`]`)`),
-    /// and the work of answering again is saved. In a start-up that is nearly every
-    /// request.
-    pub(crate) fn request_queueing(
-        &mut self,
-        shard: ShardId,
-        priority: Priority,
-        now: Instant,
-    ) -> Result<Requested, Error> {
-        // A lookup before any change: even an insert undone would rehash the map.
-        if self.queued.contains_key(shard) {
-            return Err(Error::AlreadyQueued(shard));
-        }
-        if self.next_seq == Seq::MAX {
-            self.renumber();
-            if self.next_seq == Seq::MAX {
-                return Err(Error::QueueFull);
-            }
-        }
-        let came_due = self.advance(now);
-        let rank = usize::from(priority.rank());
-        let id = self.bucket_of(shard);
-        let clock = self.clock;
-        // Eligible shards ahead of this one: the ready heads of its class and above.
-        let ahead: usize = self.ready_counts[..=rank].iter().sum();
-        let budget_covers = self.budget.remaining() as usize > ahead;
-        let bucket = self.buckets.get_or_insert(id, clock);
-        let goes_first = bucket.is_clear_for(rank);
-        // The cheap tests first: in a start-up the bucket has a line.
-        if goes_first && budget_covers && bucket.free_at().is_none_or(|free| free.has_passed(clock))
-        {
-            let behind = !bucket.is_empty();
-            self.record_grant(id, shard);
-            if behind {
-                // Lower-priority shards were ready here: the grant made them wait.
-                self.reindex(id);
-            }
-            return Ok(Requested::Granted);
-        }
-        let seq = self.next_seq;
-        bucket.push(rank, Entry { seq, shard });
-        self.next_seq += 1;
-        self.queued.insert(shard, seq);
-        if goes_first {
-            self.reindex(id);
-        }
-        // Behind another shard, it changed no bucket's standing (nor the budget): the
-        // answer is what it was, unless the clock brought something due.
-        Ok(Requested::Queued(if goes_first || came_due {
-            Answer::New(self.wait_decision())
-        } else {
-            Answer::Holds
-        }))
-    }
-
-    /// The next shard allowed to identify now, or when to ask again, or `Idle`.
-    ///
-    /// Eligible shards come out oldest request first. After anything but `Grant`, no
-    /// queued shard is eligible at `now`, and `Wait(t)` names the earliest instant at
-    /// which one becomes eligible (at least a year ahead when none ever can).
-    #[must_use = "a Grant means the shard may identify now; a Wait says when to poll"]
-    pub fn poll(&mut self, now: Instant) -> Decision {
-        self.advance(now);
-        if self.budget.remaining() > 0 {
-            while let Some((order, id)) = self.ready.pop() {
-                let Some(bucket) = self.buckets.get_mut(id) else {
-                    continue;
-                };
-                if bucket.standing != Standing::Ready(order) {
-                    continue;
-                }
-                let Some(entry) = bucket.pop_head(&self.queued) else {
-                    continue;
-                };
-                self.queued.remove(entry.shard);
-                // `record_grant` and `reindex`, with the bucket in hand.
-                let clock = self.clock;
-                Booking {
-                    budget: &mut self.budget,
-                    recent_grants: &mut self.recent_grants,
-                    config: &self.config,
-                }
-                .book(bucket, entry.shard, clock);
-                let standing = bucket.standing_at(clock);
-                let old = std::mem::replace(&mut bucket.standing, standing);
-                self.refile(id, old, standing);
-                return Decision::Grant(entry.shard);
-            }
-        }
-        self.wait_decision()
     }
 
     /// Remove a queued shard; true if it was queued. Never consumes budget, and the
@@ -384,18 +297,6 @@ impl Scheduler {
         self.reindex(id);
     }
 
-    /// Hold mode: when `shard`'s hold of its bucket ends if it is not released
-    /// ([`HoldEnd::Never`] without a timeout); `None` if it holds nothing at `now`.
-    pub fn hold_end(&self, shard: ShardId, now: Instant) -> Option<HoldEnd> {
-        let at = self.clock.max(now);
-        let bucket = self.buckets.get(self.bucket_of(shard))?;
-        let index = bucket.live_hold(shard, at)?;
-        Some(match bucket.holders()[index].until {
-            Moment::At(end) => HoldEnd::At(end),
-            Moment::Never => HoldEnd::Never,
-        })
-    }
-
     /// Fresh `session_start_limit` (e.g. after re-reading /gateway/bot).
     ///
     /// The budget becomes `limit.remaining` less the grants Discord may not have
@@ -437,6 +338,60 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Makes room for `additional` more queued shards, so that queueing a big bot's
+    /// shards at once does not grow the index step by step.
+    pub fn reserve(&mut self, additional: usize) {
+        self.queued.reserve(additional);
+    }
+}
+
+// # Decisions
+impl Scheduler {
+    /// The next shard allowed to identify now, or when to ask again, or `Idle`.
+    ///
+    /// Eligible shards come out oldest request first. After anything but `Grant`, no
+    /// queued shard is eligible at `now`, and `Wait(t)` names the earliest instant at
+    /// which one becomes eligible (at least a year ahead when none ever can).
+    #[must_use = "a Grant means the shard may identify now; a Wait says when to poll"]
+    pub fn poll(&mut self, now: Instant) -> Decision {
+        self.advance(now);
+        if self.budget.remaining() > 0 {
+            while let Some((order, id)) = self.ready.pop() {
+                let Some(bucket) = self.buckets.get_mut(id) else {
+                    continue;
+                };
+                if bucket.standing != Standing::Ready(order) {
+                    continue;
+                }
+                let Some(entry) = bucket.pop_head(&self.queued) else {
+                    continue;
+                };
+                self.queued.remove(entry.shard);
+                // `record_grant` and `reindex`, with the bucket in hand.
+                let clock = self.clock;
+                Booking {
+                    budget: &mut self.budget,
+                    recent_grants: &mut self.recent_grants,
+                    config: &self.config,
+                }
+                .book(bucket, entry.shard, clock);
+                let standing = bucket.standing_at(clock);
+                let old = std::mem::replace(&mut bucket.standing, standing);
+                self.refile(id, old, standing);
+                return Decision::Grant(entry.shard);
+            }
+        }
+        self.wait_decision()
+    }
+}
+
+// # The adapters' delivery protocol
+//
+// A runtime queue grants in its driver but delivers at the poll of the waiting
+// future, and Discord counts arrivals: these calls let the scheduler count a grant's
+// spacing from its delivery (rules 5), and the queue's hot path skip
+// what a request behind another shard of its bucket cannot change.
+impl Scheduler {
     /// From now on, a grant counts as delivered (its IDENTIFY on its way to Discord)
     /// only when [`delivered`](Self::delivered) says so, and a word or a reset
     /// subtracts the grants not delivered yet ([rules 3.11](crate::rules)). For
@@ -477,20 +432,73 @@ impl Scheduler {
         self.budget.undelivered()
     }
 
-    /// Number of queued (not yet granted) shards.
-    pub fn len(&self) -> usize {
-        self.queued.len()
+    /// Hold mode: when `shard`'s hold of its bucket ends if it is not released
+    /// ([`HoldEnd::Never`] without a timeout); `None` if it holds nothing at `now`.
+    pub fn hold_end(&self, shard: ShardId, now: Instant) -> Option<HoldEnd> {
+        let at = self.clock.max(now);
+        let bucket = self.buckets.get(self.bucket_of(shard))?;
+        let index = bucket.live_hold(shard, at)?;
+        Some(match bucket.holders()[index].until {
+            Moment::At(end) => HoldEnd::At(end),
+            Moment::Never => HoldEnd::Never,
+        })
     }
 
-    /// Whether no shard is queued.
-    pub fn is_empty(&self) -> bool {
-        self.queued.is_empty()
-    }
-
-    /// Makes room for `additional` more queued shards, so that queueing a big bot's
-    /// shards at once does not grow the index step by step.
-    pub fn reserve(&mut self, additional: usize) {
-        self.queued.reserve(additional);
+    /// [`request_with`](Self::request_with) for a driver that keeps the scheduler's
+    /// last answer: a shard queued behind another of its bucket, with nothing come due
+    /// since that answer, leaves it standing ([`Requested::Queued`]`(`[`Answer::Holds`]`)`),
+    /// and the work of answering again is saved. In a start-up that is nearly every
+    /// request.
+    pub(crate) fn request_queueing(
+        &mut self,
+        shard: ShardId,
+        priority: Priority,
+        now: Instant,
+    ) -> Result<Requested, Error> {
+        // A lookup before any change: even an insert undone would rehash the map.
+        if self.queued.contains_key(shard) {
+            return Err(Error::AlreadyQueued(shard));
+        }
+        if self.next_seq == Seq::MAX {
+            self.renumber();
+            if self.next_seq == Seq::MAX {
+                return Err(Error::QueueFull);
+            }
+        }
+        let came_due = self.advance(now);
+        let rank = usize::from(priority.rank());
+        let id = self.bucket_of(shard);
+        let clock = self.clock;
+        // Eligible shards ahead of this one: the ready heads of its class and above.
+        let ahead: usize = self.ready_counts[..=rank].iter().sum();
+        let budget_covers = self.budget.remaining() as usize > ahead;
+        let bucket = self.buckets.get_or_insert(id, clock);
+        let goes_first = bucket.is_clear_for(rank);
+        // The cheap tests first: in a start-up the bucket has a line.
+        if goes_first && budget_covers && bucket.free_at().is_none_or(|free| free.has_passed(clock))
+        {
+            let behind = !bucket.is_empty();
+            self.record_grant(id, shard);
+            if behind {
+                // Lower-priority shards were ready here: the grant made them wait.
+                self.reindex(id);
+            }
+            return Ok(Requested::Granted);
+        }
+        let seq = self.next_seq;
+        bucket.push(rank, Entry { seq, shard });
+        self.next_seq += 1;
+        self.queued.insert(shard, seq);
+        if goes_first {
+            self.reindex(id);
+        }
+        // Behind another shard, it changed no bucket's standing (nor the budget): the
+        // answer is what it was, unless the clock brought something due.
+        Ok(Requested::Queued(if goes_first || came_due {
+            Answer::New(self.wait_decision())
+        } else {
+            Answer::Holds
+        }))
     }
 
     /// A request that queues `shard` behind another shard of its bucket, made at the
@@ -530,6 +538,19 @@ impl Scheduler {
         }
         self.queued.insert(shard, seq);
         Some(Ok(Requested::Queued(Answer::Holds)))
+    }
+}
+
+// # Getters
+impl Scheduler {
+    /// Number of queued (not yet granted) shards.
+    pub fn len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Whether no shard is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queued.is_empty()
     }
 
     /// Whether `shard` is queued.
@@ -640,7 +661,10 @@ impl Scheduler {
     pub fn now(&self) -> Instant {
         self.clock
     }
+}
 
+// # Internals: the clock, the bucket index and the ready queues
+impl Scheduler {
     /// Moves the clock to `now` (never back) and applies what comes due by then: the
     /// budget reset and the buckets that free up. Whether anything came due (a bucket
     /// became ready, the budget changed): if not, the answer of [`wait_decision`]
