@@ -40,6 +40,8 @@ pub enum Error {
     /// Every sequence number is taken by a queued shard (about 4 billion of them).
     QueueFull,
     /// Cluster mode: the namespace is empty or would break Redis's key layout.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     InvalidNamespace {
         /// The namespace given.
         namespace: String,
@@ -48,6 +50,8 @@ pub enum Error {
     },
     /// A URL cannot be read: Redis's (cluster mode), or an identify-queue server's
     /// (the HTTP client).
+    #[cfg(any(feature = "redis", feature = "http"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "redis", feature = "http"))))]
     InvalidUrl {
         /// The URL given.
         url: String,
@@ -55,6 +59,8 @@ pub enum Error {
         reason: String,
     },
     /// Cluster mode: a bad option.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     InvalidOption {
         /// The option's name.
         option: &'static str,
@@ -99,10 +105,13 @@ impl fmt::Display for Error {
             Self::QueueFull => f.write_str(
                 "too many shards queued: every sequence number is in use, grant or cancel some",
             ),
+            #[cfg(feature = "redis")]
             Self::InvalidNamespace { namespace, reason } => {
                 write!(f, "invalid namespace {namespace:?}: {reason}")
             }
+            #[cfg(any(feature = "redis", feature = "http"))]
             Self::InvalidUrl { url, reason } => write!(f, "invalid URL {url:?}: {reason}"),
+            #[cfg(feature = "redis")]
             Self::InvalidOption { option, reason } => {
                 write!(f, "invalid cluster option `{option}`: {reason}")
             }
@@ -131,10 +140,14 @@ pub enum AcquireError {
     /// Cluster mode: a future polled for a request its queue no longer holds. Not
     /// expected: a grant that cannot be delivered in time is spent and asked again by
     /// the queue itself, and its `acquire` keeps waiting. Ask again.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     GrantLost(ShardId),
     /// The HTTP client: the server refused the request (`400`: a bad shard; `401` or
     /// `403`: a missing or wrong token; `404`: no native API there). Asking again the
     /// same way cannot help.
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     Server {
         /// The server's URL.
         url: String,
@@ -165,10 +178,12 @@ impl fmt::Display for AcquireError {
                  timeout: its session start is spent, request it again (poll the future \
                  sooner, or raise the hold timeout)"
             ),
+            #[cfg(feature = "redis")]
             Self::GrantLost(shard) => write!(
                 f,
                 "shard {shard}: its request is no longer in its queue: request it again"
             ),
+            #[cfg(feature = "http")]
             Self::Server {
                 url,
                 status,
