@@ -45,7 +45,7 @@ impl BucketTable {
     pub(crate) fn new(max_concurrency: u32) -> Self {
         if max_concurrency <= DENSE_MAX {
             // Room for every bucket up front (not touched until used): growing one
-            // bucket at a time cost a start-up of 1,000 shards a reallocation per
+            // bucket at a time costs a start-up of 1,000 shards a reallocation per
             // bucket.
             Self::Dense(Vec::with_capacity(max_concurrency as usize))
         } else {

@@ -6,7 +6,8 @@
 //! (`ready`: buckets freed together are filed in the order their heads asked). So
 //! nearly every push is no smaller than the one before; a binary heap would still
 //! pay `log n` comparisons for each push and pop, and in a big bot's start-up those
-//! were about a quarter of the scheduler's work per grant.
+//! are about a quarter of the scheduler's work per grant (`benches/compare`'s core
+//! scheduler table).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};

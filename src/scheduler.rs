@@ -61,7 +61,7 @@ pub(crate) enum Answer {
     /// The last answer stands: nothing came due since, and the shard queued behind
     /// another. A last answer of `Wait` a year away (nothing eligible ever, by itself)
     /// would now be a little later: waking at the old one only polls once in vain.
-    Holds,
+    Stands,
 }
 
 /// What booking a grant touches besides its bucket: borrowed apart from the bucket
@@ -446,7 +446,7 @@ impl Scheduler {
 
     /// [`request_with`](Self::request_with) for a driver that keeps the scheduler's
     /// last answer: a shard queued behind another of its bucket, with nothing come due
-    /// since that answer, leaves it standing ([`Requested::Queued`]`(`[`Answer::Holds`]`)`),
+    /// since that answer, leaves it standing ([`Requested::Queued`]`(`[`Answer::Stands`]`)`),
     /// and the work of answering again is saved. In a start-up that is nearly every
     /// request.
     pub(crate) fn request_queueing(
@@ -497,7 +497,7 @@ impl Scheduler {
         Ok(Requested::Queued(if goes_first || came_due {
             Answer::New(self.wait_decision())
         } else {
-            Answer::Holds
+            Answer::Stands
         }))
     }
 
@@ -506,7 +506,7 @@ impl Scheduler {
     /// depend on its instant, so the caller need not read a clock. `None`, changing
     /// nothing, when `shard` would not go behind another (make the request at its
     /// instant then); else what [`request_queueing`](Self::request_queueing) at the
-    /// clock answers: [`Answer::Holds`], or an error.
+    /// clock answers: [`Answer::Stands`], or an error.
     // Used by the async adapters only.
     #[cfg_attr(
         not(any(feature = "tokio", feature = "smol", feature = "async-std")),
@@ -537,7 +537,7 @@ impl Scheduler {
             bucket.push(rank, Entry { seq, shard });
         }
         self.queued.insert(shard, seq);
-        Some(Ok(Requested::Queued(Answer::Holds)))
+        Some(Ok(Requested::Queued(Answer::Stands)))
     }
 }
 
@@ -1040,7 +1040,7 @@ mod tests {
                         match at_clock.request_behind(shard, priority) {
                             Some(answer) => {
                                 proptest::prop_assert!(
-                                    matches!(answer, Ok(Requested::Queued(Answer::Holds)) | Err(_)),
+                                    matches!(answer, Ok(Requested::Queued(Answer::Stands)) | Err(_)),
                                     "{answer:?}"
                                 );
                                 proptest::prop_assert_eq!(
@@ -1062,7 +1062,7 @@ mod tests {
                             Ok(Requested::Queued(Answer::New(answer))) => {
                                 proptest::prop_assert_eq!(expected, Ok(answer));
                             }
-                            Ok(Requested::Queued(Answer::Holds)) => {
+                            Ok(Requested::Queued(Answer::Stands)) => {
                                 let fresh = scheduler.clone().poll(now);
                                 proptest::prop_assert_eq!(expected, Ok(fresh));
                                 let drifted = matches!(

@@ -9,7 +9,7 @@
 //!    bucket's queue, under the `max_concurrency` in force) or `Granted` (not in any
 //!    queue, its token on its way to its future). Nothing else: a grant that cannot be
 //!    delivered goes back to `Waiting` with the key it had, so it keeps its place.
-//! 2. **A permit is handed over only within its window.** `Granted::fresh_until` is the
+//! 2. **A permit is handed over only within its window.** `InFlight::fresh_until` is the
 //!    send instant of the call that made (or last touched) the grant plus the window
 //!    that call carried; Redis kept the bucket busy for the interval after that window,
 //!    so a delivery within it is an interval from every other delivery of the bucket,
@@ -70,11 +70,11 @@ pub(super) enum Phase {
     /// In its bucket's queue.
     Waiting,
     /// Granted in Redis; not yet taken by its future.
-    Granted(Granted),
+    Granted(InFlight),
 }
 
 /// A grant on its way to its future.
-pub(super) struct Granted {
+pub(super) struct InFlight {
     pub(super) token: Token,
     /// Taken by then, the permit goes straight to its shard.
     pub(super) fresh_until: Instant,
@@ -87,7 +87,7 @@ pub(super) struct Granted {
     pub(super) opens: bool,
 }
 
-impl Granted {
+impl InFlight {
     /// A grant (or a touch) whose call was sent at `sent` carrying `window`: Redis keeps
     /// its bucket busy until `spacing` after `sent + window`.
     fn new(token: Token, sent: Instant, window: Duration, spacing: Duration) -> Self {
@@ -646,7 +646,7 @@ impl Local {
                 self.stats.grants += 1;
                 self.remaining = remaining;
                 self.set_health(Health::Ready);
-                let mut granted = Granted::new(token, sent, window, self.settings.spacing);
+                let mut granted = InFlight::new(token, sent, window, self.settings.spacing);
                 granted.opens = opens;
                 let key = self.waiters.get(&shard).map(|w| w.key(shard));
                 if let Some(bucket) = self.buckets.get_mut(&index) {
@@ -764,7 +764,7 @@ impl Local {
             self.undelivered(shard, now);
             return;
         }
-        let mut touched = Granted::new(token, sent, window, spacing);
+        let mut touched = InFlight::new(token, sent, window, spacing);
         // Woken, its future takes the permit if the answer came within the window, or
         // asks for another touch (whose window the late answer widened).
         touched.late_touches = late_touches;

@@ -16,10 +16,9 @@ use super::local::{Local, Ticket};
 use super::options::Options;
 use super::scripts::{NEVER_MS, Scripts};
 use super::status::Health;
+use crate::budget::DAY;
 use crate::{Config, SessionStartLimit, ShardId};
 
-/// The length of Discord's budget window.
-const WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 /// Round trips measured on each new link before it is used.
 const PINGS: usize = 4;
 
@@ -144,7 +143,7 @@ impl Inner {
             .arg(millis_up(self.interval))
             .arg(hold)
             .arg(millis_up(self.config.get_grace()))
-            .arg(millis_up(WINDOW))
+            .arg(millis_up(DAY))
             .arg(self.options.reserve)
             .arg(millis_up(self.options.head_grace))
             // Rounded up: the age moves back only where the word counts from, and

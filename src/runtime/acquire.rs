@@ -93,8 +93,8 @@ impl<R: Runtime> Future for Acquire<R> {
                     // Queued behind another shard of its bucket, a request is made at
                     // the latest instant the queue has seen: it is not granted, and
                     // nothing it does depends on the time (what came due since is the
-                    // driver's). That saves reading the runtime's clock, which cost a
-                    // third of the request.
+                    // driver's). That saves reading the runtime's clock, a third of a
+                    // request's cost (`benches/compare`'s `--profile ours`).
                     let (requested, now, behind) =
                         match shared.scheduler.request_behind(shard, *priority) {
                             Some(requested) => (requested, shared.scheduler.now(), true),

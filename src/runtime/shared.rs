@@ -144,9 +144,9 @@ pub(super) struct Shared {
     /// Deliveries (instant, shard), oldest first: every one within the last interval
     /// (invariant 4), and older ones until the log is next pruned.
     recent_deliveries: VecDeque<(Instant, ShardId)>,
-    /// Prune `recent_deliveries` once it is this long: pruning at every delivery was
-    /// a tenth of a delivery's cost, and this keeps the log within about twice the
-    /// deliveries of an interval.
+    /// Prune `recent_deliveries` once it is this long: pruning at every delivery costs
+    /// a tenth of a delivery (`benches/compare`'s `--profile ours`), and this keeps the
+    /// log within about twice the deliveries of an interval.
     prune_deliveries_at: usize,
     /// Waiters holding a grant that may not be delivered before its gate ends
     /// (invariant 4), to wake then; `Never`: not before a release.
@@ -246,7 +246,7 @@ impl Shared {
             self.undelivered.push_back((cooldown_end, id, grant.number));
         }
         let waiter = self.waiters.get_mut(id)?;
-        waiter.granted.push_back(grant);
+        waiter.undelivered.push_back(grant);
         Some(waiter)
     }
 
@@ -273,7 +273,7 @@ impl Shared {
             }
             self.undelivered.pop_front();
             let waiting = self.waiters.get_mut(id);
-            if let Some(grant) = waiting.and_then(|waiter| waiter.granted.find_mut(number)) {
+            if let Some(grant) = waiting.and_then(|waiter| waiter.undelivered.find_mut(number)) {
                 grant.occupies = true;
                 self.scheduler.occupy(grant.shard, None, now);
             }
@@ -520,7 +520,7 @@ impl Shared {
             Answer::New(Decision::Wait(until)) => Some(until),
             // The deadline stands (made sure of a driver: one whose runtime went may
             // have left it without), unless it has come: nothing due may wait.
-            Answer::Holds => match self.deadline {
+            Answer::Stands => match self.deadline {
                 Some(deadline) if deadline > now => Some(deadline),
                 _ => None,
             },
@@ -707,17 +707,17 @@ impl Shared {
         let Some(waiter) = self.waiters.get_mut(id) else {
             return Found::Nothing;
         };
-        match waiter.granted.front().copied() {
+        match waiter.undelivered.front().copied() {
             // Made since the latest update that changed `max_concurrency`: no gate
             // (invariant 4), the common case.
             Some(grant) if grant.rekeys == self.rekeys => {
-                waiter.granted.pop_front();
+                waiter.undelivered.pop_front();
                 return Found::Grant(grant);
             }
             Some(grant) => match self.gate(&grant, now) {
                 None => {
                     if let Some(waiter) = self.waiters.get_mut(id) {
-                        waiter.granted.pop_front();
+                        waiter.undelivered.pop_front();
                     }
                     return Found::Grant(grant);
                 }
@@ -766,7 +766,7 @@ impl Shared {
                 }
             }
         }
-        for grant in waiter.granted {
+        for grant in waiter.undelivered {
             self.abandon(grant, now, wakeups);
         }
         self.settle(now, wakeups);

@@ -32,21 +32,21 @@ pub(super) struct Waiter {
     /// Its shards still queued in the scheduler.
     pub(super) queued: usize,
     /// Its grants not yet delivered (taken by a poll), oldest first.
-    pub(super) granted: Granted,
+    pub(super) undelivered: Undelivered,
 }
 
 /// A waiter's undelivered grants, oldest first. An `Acquire` has one at most: it is
 /// kept inline, so handing a grant over allocates nothing, and the rest (a `Grants`
 /// stream's) are boxed, so that every waiter's slot stays small.
 #[derive(Default)]
-pub(super) struct Granted {
+pub(super) struct Undelivered {
     first: Option<Grant>,
     // Boxed on purpose: 8 bytes in every waiter's slot instead of a `VecDeque`'s 32.
     #[allow(clippy::box_collection)]
     rest: Option<Box<VecDeque<Grant>>>,
 }
 
-impl Granted {
+impl Undelivered {
     #[inline]
     pub(super) fn push_back(&mut self, grant: Grant) {
         if self.first.is_none() {
@@ -77,7 +77,7 @@ impl Granted {
     }
 }
 
-impl IntoIterator for Granted {
+impl IntoIterator for Undelivered {
     type Item = Grant;
     type IntoIter = std::iter::Chain<
         std::option::IntoIter<Grant>,
@@ -114,7 +114,7 @@ impl Waiters {
         self.insert_waiter(Waiter {
             waker: None,
             queued: 0,
-            granted: Granted::default(),
+            undelivered: Undelivered::default(),
         })
     }
 
@@ -124,7 +124,7 @@ impl Waiters {
         self.insert_waiter(Waiter {
             waker: Some(waker.clone()),
             queued: 1,
-            granted: Granted::default(),
+            undelivered: Undelivered::default(),
         })
     }
 

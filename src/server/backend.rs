@@ -37,12 +37,12 @@ enum Kind {
 }
 
 /// A grant, kept until the response is written.
-pub(super) enum Granted {
+pub(super) enum Permit {
     Memory(crate::tokio::Permit),
     Cluster(crate::redis::Permit),
 }
 
-impl Granted {
+impl Permit {
     /// The response carries no release: in hold mode the hold runs to its timeout.
     pub(super) fn keep(self) {
         match self {
@@ -111,21 +111,21 @@ impl Backend {
         shard: ShardId,
         priority: Priority,
         duplicate: Duplicate,
-    ) -> Result<Granted, AcquireError> {
+    ) -> Result<Permit, AcquireError> {
         match (&self.queue, duplicate) {
             (Kind::Memory(queue), Duplicate::WaitsBehind) => queue
                 .acquire_with(shard, priority)
                 .await
-                .map(Granted::Memory),
+                .map(Permit::Memory),
             (Kind::Memory(queue), Duplicate::Replaces) => {
-                queue.acquire_replacing(shard).await.map(Granted::Memory)
+                queue.acquire_replacing(shard).await.map(Permit::Memory)
             }
             (Kind::Cluster(queue), Duplicate::WaitsBehind) => queue
                 .acquire_with(shard, priority)
                 .await
-                .map(Granted::Cluster),
+                .map(Permit::Cluster),
             (Kind::Cluster(queue), Duplicate::Replaces) => {
-                queue.acquire_replacing(shard).await.map(Granted::Cluster)
+                queue.acquire_replacing(shard).await.map(Permit::Cluster)
             }
         }
     }
@@ -140,7 +140,7 @@ impl Backend {
         shard: ShardId,
         priority: Priority,
         duplicate: Duplicate,
-    ) -> Granted {
+    ) -> Permit {
         let end = End {
             backend: self,
             shard,

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
-use super::backend::{Backend, Duplicate, Granted, Holder, KeyOp};
+use super::backend::{Backend, Duplicate, Holder, KeyOp, Permit};
 use super::lock;
 use crate::{Priority, ShardId};
 
@@ -53,7 +53,7 @@ const MAX_CLAIM: Duration = Duration::from_secs(1);
 const HELD_ELSEWHERE_PAUSE: Duration = Duration::from_millis(100);
 
 /// A shard's request, polled only by polls of its key.
-type Request = Pin<Box<dyn Future<Output = Granted> + Send>>;
+type Request = Pin<Box<dyn Future<Output = Permit> + Send>>;
 
 /// Where a ticket is.
 enum Stage {
@@ -61,7 +61,7 @@ enum Stage {
     Waiting(Request),
     /// Answered: its permit (kept for a release, in hold mode) and when.
     Answered {
-        permit: Option<Granted>,
+        permit: Option<Permit>,
         at: Answered,
     },
 }
