@@ -161,6 +161,15 @@ pub mod twilight;
 
 mod bucket_table;
 mod budget;
+
+/// The guard of `mutex`, poisoned or not: the HTTP client and the server hold their
+/// locks for small updates only, and a panic in one task must not stop the others.
+#[cfg(feature = "http")]
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 mod error;
 mod limit;
 mod min_queue;

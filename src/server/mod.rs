@@ -129,7 +129,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -139,7 +139,7 @@ use backend::Backend;
 use discord::Discord;
 use metrics::Metrics;
 
-use crate::{SessionStartLimit, ShardId};
+use crate::{SessionStartLimit, ShardId, lock};
 
 /// Runs the server with `args` until SIGTERM or Ctrl-C: the binary's `main`.
 pub fn main(args: Args) -> ExitCode {
@@ -538,10 +538,6 @@ impl Drop for WaitGuard {
             self.shared.metrics.cancelled.inc();
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The address a server listens on, read from its first line of output.
