@@ -622,11 +622,14 @@ async fn the_client_moves_on_from_a_dead_server_and_stops_at_a_refusal() {
     assert!(identify_queue::http::Queue::new(["ftp://x"]).is_err());
 }
 
-/// The client asks under one key per attempt: a poll cut by the network is asked again
-/// under the same key, and the shard keeps its place (before, on twilight's route, the
-/// cut cancelled the request and the retry went to the back of its bucket).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_client_keeps_its_place_across_a_cut() {
+/// One bucket at a 1 s interval (no margin), a fault proxy in front of it, and a client
+/// that reaches the server directly, whose shard 9 was just granted: the bucket is busy
+/// for a second.
+async fn one_busy_bucket_behind_a_proxy() -> (
+    ServerProcess,
+    fault_proxy::FaultProxy,
+    identify_queue::http::Queue,
+) {
     let server = ServerProcess::start(&[
         "--max-concurrency",
         "1",
@@ -637,9 +640,18 @@ async fn the_client_keeps_its_place_across_a_cut() {
     ]);
     ready(&server).await;
     let proxy = fault_proxy::FaultProxy::start(server.address.port());
-    let through_proxy = format!("http://127.0.0.1:{}", proxy.port);
     let direct = identify_queue::http::Queue::new([server.url()]).unwrap();
-    direct.acquire(9).await.unwrap(); // the bucket is busy for a second
+    direct.acquire(9).await.unwrap();
+    (server, proxy, direct)
+}
+
+/// The client asks under one key per attempt: a poll cut by the network is asked again
+/// under the same key, and the shard keeps its place (before, on twilight's route, the
+/// cut cancelled the request and the retry went to the back of its bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_keeps_its_place_across_a_cut() {
+    let (server, proxy, direct) = one_busy_bucket_behind_a_proxy().await;
+    let through_proxy = format!("http://127.0.0.1:{}", proxy.port);
     let client = identify_queue::http::Queue::new([through_proxy]).unwrap();
     let first = tokio::spawn(async move {
         client.acquire(1).await.unwrap();
@@ -661,18 +673,7 @@ async fn the_client_keeps_its_place_across_a_cut() {
 /// gets `410`, and it asks again under a new key, an interval after the lost grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_asks_again_when_a_grant_is_lost_on_the_way() {
-    let server = ServerProcess::start(&[
-        "--max-concurrency",
-        "1",
-        "--interval-ms",
-        "1000",
-        "--margin-ms",
-        "0",
-    ]);
-    ready(&server).await;
-    let proxy = fault_proxy::FaultProxy::start(server.address.port());
-    let direct = identify_queue::http::Queue::new([server.url()]).unwrap();
-    direct.acquire(9).await.unwrap();
+    let (server, proxy, _direct) = one_busy_bucket_behind_a_proxy().await;
     let occupied = Instant::now(); // the next grant comes about a second after this
     let client =
         identify_queue::http::Queue::new([format!("http://127.0.0.1:{}", proxy.port)]).unwrap();

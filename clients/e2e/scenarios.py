@@ -166,6 +166,12 @@ class Bot:
         return time.monotonic() - start
 
 
+async def start_fake(shards: int, max_concurrency: int = 4) -> FakeDiscord:
+    """A fake Discord at this file's scale (its interval, its heartbeat interval)."""
+    return await FakeDiscord(shards=shards, max_concurrency=max_concurrency, interval=INTERVAL,
+                             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS).start()
+
+
 def optimum(identifies: int, buckets: int) -> float:
     """The shortest makespan at the server's spacing (interval plus margin)."""
     return (-(-identifies // buckets) - 1) * (INTERVAL + MARGIN)
@@ -179,7 +185,7 @@ def row(fake: FakeDiscord, **more) -> dict:
 
 async def sixteen(kind: str, env: Optional[Dict[str, str]] = None) -> dict:
     """16 shards, max_concurrency 4: every shard READY, 0 violations, makespan near the optimum."""
-    fake = await FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, shards=16, max_concurrency=4, interval=INTERVAL).start()
+    fake = await start_fake(16)
     server = await Server(fake).start()
     bot = await Bot(kind, fake, server.url, 16, "0-15", env).start()
     try:
@@ -198,7 +204,7 @@ async def sixteen(kind: str, env: Optional[Dict[str, str]] = None) -> dict:
 async def both_libraries() -> dict:
     """@discordjs/ws (shards 0-15) and discord.py (16-31) of one bot on one server,
     which wants a token (`--auth-token`; each client sends it)."""
-    fake = await FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, shards=32, max_concurrency=4, interval=INTERVAL).start()
+    fake = await start_fake(32)
     server = await Server(fake, token="e2e-s3cret").start()
     token = {"QUEUE_TOKEN": "e2e-s3cret"}
     js = await Bot("ws", fake, server.url, 32, "0-15", token).start()
@@ -216,7 +222,7 @@ async def both_libraries() -> dict:
 
 async def unreachable_first(kind: str, env: Optional[Dict[str, str]] = None) -> dict:
     """The server is unreachable for the first 3 s, then up: every shard READY, 0 violations."""
-    fake = await FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, shards=16, max_concurrency=4, interval=INTERVAL).start()
+    fake = await start_fake(16)
     port = free_port()
     bot = await Bot(kind, fake, f"http://127.0.0.1:{port}", 16, "0-15", env).start()
     await asyncio.sleep(3)
@@ -237,7 +243,7 @@ async def unreachable_first(kind: str, env: Optional[Dict[str, str]] = None) -> 
 
 async def server_restarted(kind: str) -> dict:
     """The server restarted (SIGTERM, a new one on the port 0.3 s later) mid-start-up."""
-    fake = await FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, shards=16, max_concurrency=4, interval=INTERVAL).start()
+    fake = await start_fake(16)
     server = await Server(fake, name="server-1").start()
     bot = await Bot(kind, fake, server.url, 16, "0-15").start()
     try:
@@ -258,7 +264,7 @@ async def server_restarted(kind: str) -> dict:
 async def stopped_mid_start(kind: str, how: int) -> dict:
     """The bot stopped after 8 READY: the process exits, nothing is left waiting at the
     server, and nothing is granted after."""
-    fake = await FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, shards=16, max_concurrency=4, interval=INTERVAL).start()
+    fake = await start_fake(16)
     server = await Server(fake).start()
     bot = await Bot(kind, fake, server.url, 16, "0-15").start()
     try:
@@ -286,7 +292,7 @@ async def invalidated(kind: str) -> dict:
     """Shard 0 of a bot is invalidated after READY while another process's start-up
     waits in its bucket: its re-IDENTIFY goes through the queue as a reconnect, ahead
     of the start-up."""
-    fake = await FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, shards=36, max_concurrency=4, interval=INTERVAL).start()
+    fake = await start_fake(36)
     server = await Server(fake).start()
     bot = await Bot(kind, fake, server.url, 36, "0-3").start()
     load = None
@@ -325,8 +331,7 @@ async def through_a_network(kind: str) -> dict:
     way, 10 ms of jitter), which stalls for 1 s and then cuts every connection
     mid-start-up: every shard READY, 0 violations; a grant lost in the cut is asked
     again under a new key, never used."""
-    fake = await FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, shards=16, max_concurrency=4,
-                             interval=INTERVAL).start()
+    fake = await start_fake(16)
     server = await Server(fake).start()
     proxy = await FaultProxy(server.port, delay=0.05, jitter=0.01).start()
     bot = await Bot(kind, fake, proxy.url, 16, "0-15").start()
@@ -351,7 +356,7 @@ async def heartbeat(heartbeat_timeout: float) -> dict:
     """Four discord.py processes of 2 shards on one bucket (max_concurrency 1): the
     later waits pass a 2 s heartbeat_timeout (60 s at 1:30). Measured: grants wasted,
     the warning given; with the documented setting raised, nothing wasted."""
-    fake = await FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS, shards=8, max_concurrency=1, interval=INTERVAL).start()
+    fake = await start_fake(8, max_concurrency=1)
     server = await Server(fake).start()
     await server.wait_ready()
     env = {"HEARTBEAT_TIMEOUT": str(heartbeat_timeout)}

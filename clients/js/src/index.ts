@@ -165,7 +165,7 @@ export class IdentifyQueue implements IdentifyThrottler {
     }
     const priority = this.granted.has(shardId) ? 'reconnect' : 'start';
     let key = this.newKey(shardId);
-    let url = this.urls[this.nextUrl++ % this.urls.length];
+    let index = this.nextUrl++ % this.urls.length;
     let backoff = FIRST_BACKOFF_MS;
     /** The URL a key was last polled at: where a cancel goes. */
     let polledAt: string | undefined;
@@ -175,6 +175,7 @@ export class IdentifyQueue implements IdentifyThrottler {
         this.cancel(key, polledAt, shardId);
         throw abortError(signal);
       }
+      const url = this.urls[index];
       let pause = 0;
       let moveOn = false;
       const fields: Record<string, unknown> = { shard: shardId, url, key };
@@ -242,9 +243,7 @@ export class IdentifyQueue implements IdentifyThrottler {
         backoff = this.grow(backoff);
         moveOn = true;
       }
-      if (moveOn && this.urls.length > 1) {
-        url = this.urls[(this.urls.indexOf(url) + 1) % this.urls.length];
-      }
+      if (moveOn) index = (index + 1) % this.urls.length;
       if (pause > 0) await sleep(pause, signal);
     }
   }
