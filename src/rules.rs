@@ -223,4 +223,12 @@
 //! wherever its polls land, and a static limit only seeds a namespace that holds no
 //! state. A bucket's grants are the interval and a margin apart (Discord counts
 //! arrivals), and a fresh in-memory server treats every bucket as granted at its start.
-//! The `server` module's docs are its contract; `tests/server.rs` runs the real binary.
+//! Its clients (the Rust `http::Queue`, the npm and PyPI packages under `clients/`)
+//! let a shard IDENTIFY on a `200` grant only, never on a failure or a refusal (both
+//! asked again with backoff; Rust's `acquire` returns a refusal as an error, which its
+//! twilight queue asks again); they poll one key per attempt, again under the same
+//! key to keep the place, under a new one after a `410` (a grant whose answer was lost
+//! is never used), and cancel it when their caller gives up.
+//! The `server` module's docs (`src/server/mod.rs`; the module is the binary's code,
+//! hidden from the library's docs) are its contract; `tests/server.rs` runs the real
+//! binary, `clients/e2e` the clients with the real libraries.
