@@ -15,7 +15,6 @@ the frame's arrival.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import time
