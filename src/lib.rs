@@ -156,11 +156,13 @@ pub mod smol;
 pub mod tokio;
 #[cfg(feature = "twilight")]
 #[cfg_attr(docsrs, doc(cfg(feature = "twilight")))]
-#[path = "runtime/twilight.rs"]
+#[path = "queue/twilight.rs"]
 pub mod twilight;
 
 mod bucket_table;
 mod budget;
+#[cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
+mod queue;
 
 /// The guard of `mutex`, poisoned or not: the HTTP client and the server hold their
 /// locks for small updates only, and a panic in one task must not stop the others.

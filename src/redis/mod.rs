@@ -166,13 +166,12 @@
 //! epoch changes, Discord's word applied or failing, health changes, undelivered
 //! grants, a widened window): install any subscriber to see them.
 
-mod acquire;
+mod authority;
 mod driver;
 mod error;
 mod link;
 mod local;
 mod options;
-mod permit;
 mod queue;
 #[cfg(feature = "server")]
 pub(crate) mod request_keys;
@@ -180,15 +179,21 @@ mod round_trip;
 mod scripts;
 mod shared;
 mod status;
-#[cfg(feature = "twilight")]
-mod twilight;
 
-pub use acquire::{Acquire, Grants};
 pub use error::{ConnectError, Unreachable};
 pub use options::{LimitFuture, Options};
-pub use permit::Permit;
 pub use queue::Queue;
 #[cfg(feature = "server")]
 pub(crate) use queue::check_target;
 pub use round_trip::DELIVERY_WINDOW;
 pub use status::{ClusterStats, Health, NeedLimit, Snapshot};
+
+/// The future of [`Queue::acquire`]: resolves with the permit once Redis granted the
+/// shard (the process side all queues share; see its `# Cancel safety`).
+pub type Acquire = crate::queue::Acquire<Queue>;
+/// The stream of [`Queue::acquire_all`]: permits in the order Redis grants them.
+pub type Grants = crate::queue::Grants<Queue>;
+/// Leave to IDENTIFY, granted by Redis for the whole cluster. In hold mode the queue's
+/// driver sends its release; one it cannot send (Redis out of reach until the hold
+/// timeout) ends at the timeout instead.
+pub type Permit = crate::queue::Permit<Queue>;

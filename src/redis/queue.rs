@@ -7,7 +7,6 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::acquire::{Acquire, Grants};
 use super::driver;
 use super::error::{ConnectError, Failure};
 use super::link::Target;
@@ -16,6 +15,7 @@ use super::options::Options;
 use super::scripts::Scripts;
 use super::shared::{Inner, Word};
 use super::status::{ClusterStats, Health, Snapshot};
+use super::{Acquire, Grants};
 use crate::{Config, Error, OnConflict, Priority, SessionStartLimit, ShardId};
 
 /// A queue whose budget and buckets are shared, through Redis, by every process of a
@@ -199,7 +199,7 @@ impl Queue {
     ///
     /// As for [`acquire`](Self::acquire).
     pub fn acquire_with(&self, shard: ShardId, priority: Priority) -> Acquire {
-        Acquire::new(self.inner.clone(), shard, priority, OnConflict::Refuse)
+        Acquire::new(self.clone(), shard, priority, OnConflict::Refuse)
     }
 
     /// Like [`acquire`](Self::acquire), but if `shard` already waits here (or its
@@ -214,12 +214,7 @@ impl Queue {
     /// As for [`acquire`](Self::acquire). Dropping the future that took a place over
     /// cancels the request: the older future is not given its place back.
     pub fn acquire_replacing(&self, shard: ShardId) -> Acquire {
-        Acquire::new(
-            self.inner.clone(),
-            shard,
-            Priority::Start,
-            OnConflict::TakeOver,
-        )
+        Acquire::new(self.clone(), shard, Priority::Start, OnConflict::TakeOver)
     }
 
     /// Acquires every shard of `shards`: a stream of permits in the order they are
@@ -230,7 +225,7 @@ impl Queue {
     /// Dropping the stream cancels the requests still waiting, as dropping each
     /// [`acquire`](Self::acquire) future would.
     pub fn acquire_all(&self, shards: impl IntoIterator<Item = ShardId>) -> Grants {
-        Grants::new(self.inner.clone(), shards.into_iter().collect())
+        Grants::new(self.clone(), shards.into_iter().collect())
     }
 
     /// Releases the hold of `shard`'s latest delivered grant (hold mode), as
@@ -369,25 +364,6 @@ impl Queue {
     /// round trip and the delivery window.
     pub fn stats(&self) -> ClusterStats {
         self.inner.lock().stats()
-    }
-
-    /// Marks `shard` as served (its grant reached the shard): the twilight
-    /// integration asks again for it as a reconnect.
-    #[cfg(feature = "twilight")]
-    pub(super) fn mark_served(&self, shard: ShardId) {
-        self.inner.lock().served.insert(shard);
-    }
-
-    /// `acquire`, as a reconnect if `shard` was served before.
-    #[cfg(feature = "twilight")]
-    pub(super) fn acquire_inferring(&self, shard: ShardId) -> Acquire {
-        let served = self.inner.lock().served.contains(&shard);
-        let priority = if served {
-            Priority::Reconnect
-        } else {
-            Priority::Start
-        };
-        Acquire::new(self.inner.clone(), shard, priority, OnConflict::TakeOver)
     }
 }
 

@@ -110,7 +110,7 @@ pub enum NeedLimit {
 
 /// A grant's identity: the epoch it was made in and its sequence number there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) struct Token {
+pub struct Token {
     pub(super) epoch: i64,
     pub(super) seq: i64,
 }

@@ -31,16 +31,13 @@
 //!
 //! [`AcquireError::HoldExpired`]: crate::AcquireError::HoldExpired
 
-mod acquire;
+mod authority;
 mod driver;
-mod permit;
 mod queue;
 mod shared;
 mod stats;
 mod waiters;
 
-pub use acquire::{Acquire, Grants};
-pub use permit::Permit;
 pub use queue::Queue;
 pub use stats::QueueStats;
 
@@ -48,6 +45,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
+
+/// The future of [`Queue::acquire`]: resolves with a [`Permit`] when the shard may
+/// IDENTIFY, delivering it (the process side all queues share; see its
+/// `# Cancel safety`).
+pub type Acquire<R> = crate::queue::Acquire<Queue<R>>;
+/// The stream of [`Queue::acquire_all`]: a permit per shard, in grant order, each
+/// delivered when the stream yields it.
+pub type Grants<R> = crate::queue::Grants<Queue<R>>;
+/// Leave to IDENTIFY, delivered when the future or stream returned it; in hold mode
+/// it frees its bucket when it goes.
+pub type Permit<R> = crate::queue::Permit<Queue<R>>;
 
 /// The queue's driver, as handed to [`Runtime::spawn`]: a future that ends when the
 /// queue has nothing left to wait for.

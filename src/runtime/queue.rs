@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::Runtime;
-use super::acquire::{Acquire, Grants};
 use super::driver::Caller;
 use super::shared::{Shared, Wakeups, lock};
 use super::stats::QueueStats;
+use super::{Acquire, Grants};
 use crate::{Config, Error, OnConflict, Priority, Scheduler, SessionStartLimit, ShardId};
 
 /// An async IDENTIFY queue over a [`Scheduler`], shared by every shard of a bot.
@@ -100,22 +100,6 @@ impl<R: Runtime> Queue<R> {
     /// cancels the request: the older future is not given its place back.
     pub fn acquire_replacing(&self, shard: ShardId) -> Acquire<R> {
         Acquire::new(self.clone(), shard, Priority::Start, OnConflict::TakeOver)
-    }
-
-    /// [`acquire_replacing`](Self::acquire_replacing) for twilight: a shard whose
-    /// earlier grant reached it (see [`mark_served`](Self::mark_served)) asks as a
-    /// reconnect.
-    #[cfg(feature = "twilight")]
-    pub(crate) fn acquire_inferring(&self, shard: ShardId) -> Acquire<R> {
-        let priority = lock(&self.shared).priority_of(shard);
-        Acquire::new(self.clone(), shard, priority, OnConflict::TakeOver)
-    }
-
-    /// Notes that `shard`'s grant reached its session, so that its next request is a
-    /// reconnect.
-    #[cfg(feature = "twilight")]
-    pub(crate) fn mark_served(&self, shard: ShardId) {
-        lock(&self.shared).mark_served(shard);
     }
 
     /// Releases the hold of `shard`'s latest grant (hold mode), for integrations in

@@ -77,16 +77,9 @@ pub(super) fn wake(wakers: Vec<Waker>) {
     }
 }
 
-/// A grant handed to its shard: what a [`Permit`](super::Permit) carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Delivered {
-    pub(super) shard: ShardId,
-    pub(super) number: u64,
-    /// The delivery instant: the interval of its bucket runs from here.
-    pub(super) at: Instant,
-    /// Hold mode: the permit releases the bucket when it goes.
-    pub(super) holds: bool,
-}
+/// A grant handed to its shard: what a [`Permit`](super::Permit) carries, its token
+/// the grant's number.
+pub(super) type Delivered = crate::queue::Grant<u64>;
 
 /// `recent_deliveries` is never pruned below this length.
 const MIN_PRUNE: usize = 64;
@@ -349,7 +342,7 @@ impl Shared {
         }
         Ok(Delivered {
             shard: grant.shard,
-            number: grant.number,
+            token: grant.number,
             at: now,
             holds: hold_timeout.is_some(),
         })
