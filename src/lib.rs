@@ -102,14 +102,16 @@
 //! | `tokio` | `tokio` | tokio's (pausable) clock, one `tokio::time::Sleep`, a tokio task |
 //! | `smol` | `smol` | `std` clock, one `async_io::Timer`, smol's global executor |
 //! | `async-std` | `async_std` | a shim: the `smol` module under async-std's name |
-//! | `twilight` | `twilight` | implies `tokio`: the tokio queue as a twilight-gateway `Queue` |
+//! | `twilight` | `twilight` | implies `tokio`: the tokio queue (and with `redis` the cluster queue) as a twilight-gateway `Queue` |
 //! | `redis` | `redis` | implies `tokio`: cluster mode, one budget for every process, on Redis |
 //! | `http` | `http` | implies `tokio`: the client of `identify-queue-server` (a twilight `Queue` with `twilight`) |
 //! | `server` | (the binary's) | implies `redis` and `http`: the `identify-queue-server` binary, the queues over HTTP |
 //!
 //! The runtime modules are the generic `runtime::Queue` over a small
 //! `runtime::Runtime` trait (a clock, a timer, a spawner for the queue's own driver
-//! task); `twilight` adds a trait impl to the tokio one. A shard that lost its session
+//! task); `twilight` adds a trait impl to the tokio and the cluster queue. Every queue
+//! hands out the same futures and permit (`queue`, its contract in the module docs),
+//! each module naming them for its queue. A shard that lost its session
 //! asks with [`Priority::Reconnect`] and goes before the start-up of its bucket.
 //!
 //! # Cluster mode
@@ -130,6 +132,12 @@ mod buckets;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
+#[cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "tokio", feature = "smol", feature = "async-std")))
+)]
+pub mod queue;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
@@ -161,8 +169,6 @@ pub mod twilight;
 
 mod bucket_table;
 mod budget;
-#[cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
-mod queue;
 
 /// The guard of `mutex`, poisoned or not: the HTTP client and the server hold their
 /// locks for small updates only, and a panic in one task must not stop the others.

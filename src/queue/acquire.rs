@@ -68,6 +68,7 @@ impl<Q: Authority> Acquire<Q> {
 impl<Q: Authority> Future for Acquire<Q> {
     type Output = Result<Permit<Q>, AcquireError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let place = match this.state {

@@ -28,6 +28,7 @@ pub struct Permit<Q: Authority> {
 }
 
 impl<Q: Authority> Permit<Q> {
+    #[inline]
     pub(super) fn new(queue: &Q, grant: Grant<Q::Token>) -> Self {
         Self {
             queue: grant.holds.then(|| queue.clone()),

@@ -140,8 +140,9 @@
 //!
 //! # Beside the tokio queue
 //!
-//! This queue and [`tokio::Queue`](crate::tokio::Queue) (feature `tokio`) keep one
-//! contract (`tests/contract.rs` runs the same tests on both): a request is made when
+//! This queue and [`tokio::Queue`](crate::tokio::Queue) (feature `tokio`) share their
+//! futures and permit ([`crate::queue`]) and keep one contract (`tests/contract.rs`
+//! runs the same tests on both): a request is made when
 //! its future is first polled; a second `acquire` of a shard that waits resolves to
 //! [`AcquireError::Refused`](crate::AcquireError::Refused) (`AlreadyQueued`), and `acquire_replacing`
 //! takes the waiting one's place (the older future resolves to

@@ -229,8 +229,8 @@ impl Queue {
     }
 
     /// Releases the hold of `shard`'s latest delivered grant (hold mode), as
-    /// [`Permit::release`](super::Permit::release) does, for integrations in which
-    /// the permit was [kept](super::Permit::keep) rather than held by the shard's
+    /// [`Permit::release`](super::Permit#method.release) does, for integrations in which
+    /// the permit was [kept](super::Permit#method.keep) rather than held by the shard's
     /// code; whether it still held its bucket (as far as this process knows: its hold
     /// had not timed out). The release is sent by the queue's driver.
     pub fn release(&self, shard: ShardId) -> bool {

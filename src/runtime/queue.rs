@@ -79,7 +79,7 @@ impl<R: Runtime> Queue<R> {
     ///
     /// The future resolves with a [`Permit`](super::Permit) when the shard is granted
     /// and the future is polled; the permit is *delivered* then, and the interval of
-    /// its bucket runs from that instant ([`Permit::granted_at`](super::Permit::granted_at)).
+    /// its bucket runs from that instant ([`Permit::granted_at`](super::Permit#method.granted_at)).
     ///
     /// # Cancel safety
     ///
@@ -103,7 +103,7 @@ impl<R: Runtime> Queue<R> {
     }
 
     /// Releases the hold of `shard`'s latest grant (hold mode), for integrations in
-    /// which the permit was [kept](super::Permit::keep) rather than held by the
+    /// which the permit was [kept](super::Permit#method.keep) rather than held by the
     /// shard's code; whether it still held its bucket.
     pub fn release(&self, shard: ShardId) -> bool {
         self.change(Caller::Other, |shared, wakeups| {
