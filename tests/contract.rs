@@ -16,6 +16,7 @@ mod limit;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
+use std::future::Future;
 use std::time::Duration;
 
 use identify_queue::{AcquireError, Config, Error, Priority, SessionStartLimit};
@@ -107,6 +108,44 @@ queue_contract! {
         let permit = one.await.unwrap();
         assert_eq!(permit.shard(), 1);
         assert!(queue.is_empty());
+    }
+
+    /// A waker may call into the queue when it is woken (an executor may poll the
+    /// task at once, on the waking thread): wakers are woken with the queue's lock
+    /// released, never under it.
+    async fn a_waker_may_call_into_the_queue() {
+        use std::sync::Arc;
+        use std::task::{Context, Wake, Waker};
+
+        /// Reads the queue from inside `wake`, and says so.
+        struct CallsIn {
+            queue: Queue,
+            woken: tokio::sync::mpsc::UnboundedSender<usize>,
+        }
+
+        impl Wake for CallsIn {
+            fn wake(self: Arc<Self>) {
+                let _ = self.woken.send(self.queue.len());
+            }
+        }
+
+        let (queue, _guard) = queue(limit(1, 1000), config()).await;
+        let _zero = queue.acquire(0).await.unwrap();
+        let mut one = queue.acquire(1);
+        let (woken, mut wakes) = tokio::sync::mpsc::unbounded_channel();
+        let waker = Waker::from(Arc::new(CallsIn {
+            queue: queue.clone(),
+            woken,
+        }));
+        let polled = std::pin::Pin::new(&mut one).poll(&mut Context::from_waker(&waker));
+        assert!(polled.is_pending());
+        // Woken by the grant, an interval on: the waker read the queue (a request not
+        // resolved yet: granted, not taken).
+        let read = tokio::time::timeout(10 * INTERVAL + Duration::from_secs(5), wakes.recv())
+            .await
+            .expect("the waker ran (under the queue's lock, its read would deadlock)");
+        assert_eq!(read, Some(1));
+        assert_eq!(one.await.unwrap().shard(), 1);
     }
 
     /// A shard asks once at a time: a second `acquire` of a shard that waits resolves

@@ -232,6 +232,10 @@ pub(super) struct Local {
     pub(super) holds: HashMap<ShardId, (Token, Instant)>,
     pub(super) closed: bool,
     pub(super) stats: ClusterStats,
+    /// The wakers of the futures and streams told to look again, woken once the lock
+    /// is released (`Inner::lock`'s guard): a woken task may run at once, on this
+    /// thread, and lock again.
+    pub(super) woken: Vec<Waker>,
 }
 
 impl Local {
@@ -260,6 +264,7 @@ impl Local {
             holds: HashMap::new(),
             closed: false,
             stats: ClusterStats::default(),
+            woken: Vec::new(),
         }
     }
 
@@ -470,20 +475,15 @@ impl Local {
         }
     }
 
-    /// Tells `owner` to look at `shard` again.
+    /// Tells `owner` to look at `shard` again (its waker is woken with the lock
+    /// released).
     fn notify(&mut self, shard: ShardId, owner: Owner) {
         match owner {
-            Owner::Future(waker) => {
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
-            }
+            Owner::Future(waker) => self.woken.extend(waker),
             Owner::Stream(id) => {
                 if let Some(stream) = self.streams.get_mut(&id) {
                     stream.ready.push_back(shard);
-                    if let Some(waker) = stream.waker.take() {
-                        waker.wake();
-                    }
+                    self.woken.extend(stream.waker.take());
                 }
             }
         }

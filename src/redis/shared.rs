@@ -64,13 +64,48 @@ fn millis_up(duration: Duration) -> u64 {
     u64::try_from(millis.min(u128::from(NEVER_MS))).unwrap_or(NEVER_MS)
 }
 
+/// The queue's state, locked. Dropped, it releases the lock, then wakes the futures
+/// and streams told to look again meanwhile (`Local::woken`): collect, unlock, then
+/// wake, as the runtime queue does and tokio's `batch_semaphore`.
+pub(super) struct Locked<'a>(Option<MutexGuard<'a, Local>>);
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Local;
+
+    fn deref(&self) -> &Local {
+        self.0.as_deref().expect("the guard is only taken by drop")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Local {
+        self.0
+            .as_deref_mut()
+            .expect("the guard is only taken by drop")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if let Some(mut local) = self.0.take() {
+            let woken = std::mem::take(&mut local.woken);
+            drop(local);
+            for waker in woken {
+                waker.wake();
+            }
+        }
+    }
+}
+
 impl Inner {
-    pub(super) fn lock(&self) -> MutexGuard<'_, Local> {
+    pub(super) fn lock(&self) -> Locked<'_> {
         // A panic elsewhere must not stop the queue: its state stays consistent
         // between statements.
-        self.local
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        Locked(Some(
+            self.local
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        ))
     }
 
     /// The driver's connection, if it has one now.
