@@ -261,6 +261,7 @@ impl Budget {
     }
 
     /// Spends one unit for a grant at `now`. The caller checked `remaining() > 0`.
+    #[inline]
     pub(crate) fn spend(&mut self, now: Instant) {
         self.remaining = self.remaining.saturating_sub(1);
         if self.deferred {

@@ -167,6 +167,7 @@ pub mod tokio;
 #[path = "queue/twilight.rs"]
 pub mod twilight;
 
+mod bucket_index;
 mod bucket_table;
 mod budget;
 

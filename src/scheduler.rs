@@ -4,11 +4,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::Error;
+use crate::bucket_index::BucketIndex;
 use crate::bucket_table::BucketTable;
-use crate::buckets::{Bucket, BucketId, Entry, Hold, Order, Standing, rank_of};
+use crate::buckets::{Bucket, BucketId, Entry, Hold, Standing};
 use crate::budget::{Budget, DAY, MAX_WORD_AGE};
 use crate::limit::{Config, SessionStartLimit, ShardId};
-use crate::min_queue::MinQueue;
 use crate::priority::Priority;
 use crate::shard_map::{Seq, ShardMap};
 use crate::time::{Moment, wake_at};
@@ -139,15 +139,9 @@ pub struct Scheduler {
     /// Buckets that have anything queued, cooling down or held (and idle ones, until
     /// a sweep or forever in the small dense table).
     buckets: BucketTable,
-    /// Buckets whose first shard is eligible, first in order first. Entries whose
-    /// bucket has moved on are skipped when met and purged when they outnumber the live
-    /// ones.
-    ready: MinQueue<(Order, BucketId)>,
-    /// Buckets standing `Ready`, by the priority rank of their first shard.
-    ready_counts: [usize; Priority::COUNT],
-    /// Non-empty buckets not yet free, soonest first; stale entries as in `ready`.
-    waiting: MinQueue<(Instant, BucketId)>,
-    waiting_count: usize,
+    /// Where each bucket of `buckets` stands: the ready ones in order, the waiting
+    /// ones by the instant they free.
+    index: BucketIndex,
     /// Grants within the last interval, oldest first, with the end of their
     /// cooldown: an update that changes `max_concurrency` needs them to know which
     /// new bucket each one cools down.
@@ -177,10 +171,7 @@ impl Scheduler {
             queued: ShardMap::default(),
             next_seq: 0,
             buckets: BucketTable::new(limit.max_concurrency),
-            ready: MinQueue::new(),
-            ready_counts: [0; Priority::COUNT],
-            waiting: MinQueue::new(),
-            waiting_count: 0,
+            index: BucketIndex::new(),
             recent_grants: VecDeque::new(),
         })
     }
@@ -356,7 +347,7 @@ impl Scheduler {
     pub fn poll(&mut self, now: Instant) -> Decision {
         self.advance(now);
         if self.budget.remaining() > 0 {
-            while let Some((order, id)) = self.ready.pop() {
+            while let Some((order, id)) = self.index.pop_ready() {
                 let Some(bucket) = self.buckets.get_mut(id) else {
                     continue;
                 };
@@ -377,7 +368,7 @@ impl Scheduler {
                 .book(bucket, entry.shard, clock);
                 let standing = bucket.standing_at(clock);
                 let old = std::mem::replace(&mut bucket.standing, standing);
-                self.refile(id, old, standing);
+                self.index.refile(id, old, standing, &self.buckets);
                 return Decision::Grant(entry.shard);
             }
         }
@@ -470,7 +461,7 @@ impl Scheduler {
         let id = self.bucket_of(shard);
         let clock = self.clock;
         // Eligible shards ahead of this one: the ready heads of its class and above.
-        let ahead: usize = self.ready_counts[..=rank].iter().sum();
+        let ahead = self.index.ready_through(rank);
         let budget_covers = self.budget.remaining() as usize > ahead;
         let bucket = self.buckets.get_or_insert(id, clock);
         let goes_first = bucket.is_clear_for(rank);
@@ -686,22 +677,7 @@ impl Scheduler {
         self.clock = now;
         let clock = now;
         let mut came_due = self.budget.refresh(clock);
-        while let Some((at, id)) = self.waiting.pop_if(|&(at, _)| at <= clock) {
-            let Some(bucket) = self.buckets.get_mut(id) else {
-                continue;
-            };
-            if bucket.standing != Standing::Waiting(at) {
-                continue;
-            }
-            let Some(head) = bucket.head_order() else {
-                continue;
-            };
-            bucket.standing = Standing::Ready(head);
-            self.waiting_count -= 1;
-            self.ready_counts[rank_of(head)] += 1;
-            self.ready.push((head, id));
-            came_due = true;
-        }
+        came_due |= self.index.promote_due(clock, &mut self.buckets);
         while let Some(&(cooldown, _)) = self.recent_grants.front() {
             if !cooldown.has_passed(clock) {
                 break;
@@ -728,31 +704,16 @@ impl Scheduler {
         if self.queued.is_empty() {
             return Decision::Idle;
         }
-        let bucket_free = if self.ready_counts.iter().any(|&count| count > 0) {
+        let bucket_free = if self.index.any_ready() {
             Moment::At(self.clock)
         } else {
-            self.earliest_waiting()
+            self.index.earliest_waiting(&self.buckets)
         };
         let eligible = match self.budget.unit_available_at(self.clock) {
             Some(unit) => bucket_free.max(unit),
             None => bucket_free,
         };
         Decision::Wait(wake_at(eligible, self.clock))
-    }
-
-    /// When the soonest waiting bucket frees (`Never` if none will by itself).
-    fn earliest_waiting(&mut self) -> Moment {
-        while let Some((at, id)) = self.waiting.peek() {
-            let current = self
-                .buckets
-                .get(id)
-                .is_some_and(|bucket| bucket.standing == Standing::Waiting(at));
-            if current {
-                return Moment::At(at);
-            }
-            self.waiting.pop();
-        }
-        Moment::Never
     }
 
     /// Files bucket `id` under where it stands now, after its head or its free time
@@ -764,55 +725,7 @@ impl Scheduler {
         };
         let standing = bucket.standing_at(clock);
         let old = std::mem::replace(&mut bucket.standing, standing);
-        self.refile(id, old, standing);
-    }
-
-    /// Moves bucket `id` in the indexes from where it stood (`old`) to where it
-    /// stands now.
-    #[inline(always)]
-    fn refile(&mut self, id: BucketId, old: Standing, standing: Standing) {
-        if old == standing {
-            return;
-        }
-        match old {
-            Standing::Ready(head) => self.ready_counts[rank_of(head)] -= 1,
-            Standing::Waiting(_) => self.waiting_count -= 1,
-            Standing::Empty | Standing::Stalled => {}
-        }
-        match standing {
-            Standing::Ready(head) => {
-                self.ready_counts[rank_of(head)] += 1;
-                self.ready.push((head, id));
-            }
-            Standing::Waiting(at) => {
-                self.waiting_count += 1;
-                self.waiting.push((at, id));
-            }
-            Standing::Empty | Standing::Stalled => {}
-        }
-        self.purge_stale_entries();
-    }
-
-    /// Drops index entries of buckets that moved on, once they outnumber the live ones:
-    /// O(1) amortised, and the indexes stay within twice the buckets.
-    fn purge_stale_entries(&mut self) {
-        const SLACK: usize = 16;
-        let buckets = &self.buckets;
-        let ready_count: usize = self.ready_counts.iter().sum();
-        if self.ready.len() > 2 * ready_count + SLACK {
-            self.ready.retain(|&(head, id)| {
-                buckets
-                    .get(id)
-                    .is_some_and(|b| b.standing == Standing::Ready(head))
-            });
-        }
-        if self.waiting.len() > 2 * self.waiting_count + SLACK {
-            self.waiting.retain(|&(at, id)| {
-                buckets
-                    .get(id)
-                    .is_some_and(|b| b.standing == Standing::Waiting(at))
-            });
-        }
+        self.index.refile(id, old, standing, &self.buckets);
     }
 
     /// Bucket `id`, made if absent.
@@ -836,10 +749,7 @@ impl Scheduler {
         // Each old bucket was in order; merged, the order is (class, sequence number).
         entries.sort_unstable_by_key(|&(rank, entry)| (rank, entry.seq));
         self.buckets = BucketTable::new(max_concurrency);
-        self.ready.clear();
-        self.waiting.clear();
-        self.ready_counts = [0; Priority::COUNT];
-        self.waiting_count = 0;
+        self.index.clear();
         self.max_concurrency = max_concurrency;
         for index in 0..self.recent_grants.len() {
             let (cooldown, shard) = self.recent_grants[index];
@@ -882,14 +792,15 @@ impl Scheduler {
                 .insert(shard, Seq::try_from(new_seq).unwrap_or(Seq::MAX));
         }
         self.next_seq = Seq::try_from(order.len()).unwrap_or(Seq::MAX);
-        self.ready.clear();
-        let (queued, ready) = (&self.queued, &mut self.ready);
-        self.buckets.for_each_mut(|id, bucket| {
-            bucket.relabel(queued);
-            if let (Standing::Ready(_), Some(head)) = (bucket.standing, bucket.head_order()) {
-                bucket.standing = Standing::Ready(head);
-                ready.push((head, id));
-            }
+        let (queued, buckets) = (&self.queued, &mut self.buckets);
+        self.index.relist_ready(|list| {
+            buckets.for_each_mut(|id, bucket| {
+                bucket.relabel(queued);
+                if let (Standing::Ready(_), Some(head)) = (bucket.standing, bucket.head_order()) {
+                    bucket.standing = Standing::Ready(head);
+                    list(head, id);
+                }
+            });
         });
     }
 }
