@@ -194,6 +194,7 @@ pub use limit::{Config, DEFAULT_GRACE, DISCORD_INTERVAL, MAX_GRACE, SessionStart
 pub(crate) use priority::OnConflict;
 pub use priority::Priority;
 pub use scheduler::{Decision, HoldEnd, Scheduler};
+pub use time::Moment;
 
 /// The README's code blocks, compiled and run as doctests so that they stay true.
 #[cfg(doctest)]

@@ -13,22 +13,10 @@ use crate::priority::Priority;
 use crate::shard_map::{Seq, ShardMap};
 use crate::time::{Moment, wake_at};
 
-/// When something ends: at an instant, or never (a hold without a timeout, ended only
-/// by its release). Ordered with every instant before `Never`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum HoldEnd {
-    /// At this instant.
-    At(Instant),
-    /// Never by itself: only a release ends it.
-    Never,
-}
-
-impl HoldEnd {
-    /// Whether it has ended by `now`.
-    pub fn has_passed(self, now: Instant) -> bool {
-        matches!(self, Self::At(end) if end <= now)
-    }
-}
+/// When a hold ends: at an instant, or never (a hold without a timeout, ended only by
+/// its release). The crate's one "instant or never", [`Moment`], under the name
+/// [`Scheduler::hold_end`] answers with.
+pub type HoldEnd = Moment;
 
 /// What the scheduler tells its driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -429,10 +417,7 @@ impl Scheduler {
         let at = self.clock.max(now);
         let bucket = self.buckets.get(self.bucket_of(shard))?;
         let index = bucket.live_hold(shard, at)?;
-        Some(match bucket.holders()[index].until {
-            Moment::At(end) => HoldEnd::At(end),
-            Moment::Never => HoldEnd::Never,
-        })
+        Some(bucket.holders()[index].until)
     }
 
     /// [`request_with`](Self::request_with) for a driver that keeps the scheduler's

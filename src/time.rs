@@ -2,11 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-/// An instant, or never: what `Instant + Duration` is when the sum does not fit
-/// (`Duration::MAX` in a timeout or `reset_after` means "never").
+/// An instant, or never: when a hold ends ([`HoldEnd`](crate::HoldEnd)), and what
+/// `Instant + Duration` is inside the crate when the sum does not fit
+/// (`Duration::MAX` in a timeout or `reset_after` means "never"). Ordered with every
+/// instant before `Never`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum Moment {
+pub enum Moment {
+    /// At this instant.
     At(Instant),
+    /// Never by itself (a hold without a timeout: only a release ends it).
     // Declared last so that the derived order puts it after every instant.
     Never,
 }
@@ -18,7 +22,7 @@ impl Moment {
     }
 
     /// Whether this moment has come at `now`.
-    pub(crate) fn has_passed(self, now: Instant) -> bool {
+    pub fn has_passed(self, now: Instant) -> bool {
         match self {
             Self::At(at) => at <= now,
             Self::Never => false,

@@ -124,14 +124,14 @@ impl Queue {
         // sent, later only after a touch): the interval and the margin, and a
         // millisecond for Redis's whole-millisecond clock. So two deliveries of a
         // bucket on any one clock are never closer than the interval plus the margin.
-        let interval = config
+        let spacing = config
             .get_interval()
             .saturating_add(options.margin)
             .saturating_add(Duration::from_millis(1));
         let client = client_id();
         let settings = Settings {
             client: client.clone(),
-            spacing: interval,
+            spacing,
             head_grace: options.head_grace,
             hold: config.get_hold_timeout(),
             limit_source: options.limit_source.is_some(),
@@ -150,7 +150,6 @@ impl Queue {
             prefix,
             config,
             options,
-            interval,
             scripts: Scripts::new(),
             connection: Mutex::new(None),
         });
@@ -346,8 +345,8 @@ impl Queue {
         let ahead = bucket.queue.range(..waiter.key(shard)).count() as u32;
         let head_at = bucket.next_try.unwrap_or_else(Instant::now);
         // `spacing()` would take the lock again (not reentrant): read it here.
-        let spacing = self.inner.interval + local.window();
-        Some((head_at + spacing.saturating_mul(ahead)).into_std())
+        let round = local.settings.spacing + local.window();
+        Some((head_at + round.saturating_mul(ahead)).into_std())
     }
 
     /// The spacing Redis keeps between two grants of a bucket made for this process:
@@ -357,7 +356,8 @@ impl Queue {
     /// trip (the wait it is told arrives half a round trip late, its call arrives half
     /// a round trip after it is sent).
     pub fn spacing(&self) -> Duration {
-        self.inner.interval + self.inner.lock().window()
+        let local = self.inner.lock();
+        local.settings.spacing + local.window()
     }
 
     /// Counters: commands sent, grants, refusals, touches, undelivered grants, the

@@ -50,9 +50,6 @@ pub(super) struct Inner {
     pub(super) driver_running: std::sync::atomic::AtomicBool,
     pub(super) config: Config,
     pub(super) options: Options,
-    /// `config.interval` plus the margin and a millisecond: what Redis keeps between
-    /// the end of a grant's delivery window and the next grant (see `connect_with`).
-    pub(super) interval: Duration,
     pub(super) scripts: Scripts,
     /// The driver's connection, for the calls a user makes (`update`, `snapshot`).
     pub(super) connection: Mutex<Option<MultiplexedConnection>>,
@@ -167,6 +164,7 @@ impl Inner {
             millis_up(limit.reset_after) as i64
         };
         let hold = self.hold().map_or(0, |hold| millis_up(hold).max(1));
+        let spacing = self.lock().settings.spacing;
         let reply: Vec<i64> = self
             .scripts
             .sync
@@ -175,7 +173,7 @@ impl Inner {
             .arg(limit.remaining)
             .arg(reset_after)
             .arg(limit.max_concurrency)
-            .arg(millis_up(self.interval))
+            .arg(millis_up(spacing))
             .arg(hold)
             .arg(millis_up(self.config.get_grace()))
             .arg(millis_up(DAY))

@@ -60,7 +60,7 @@ use crate::buckets::bucket_of;
 use crate::scheduler::{Answer, Requested};
 use crate::shard_map::ShardIndex;
 use crate::{
-    AcquireError, Decision, Error, HoldEnd, Priority, Scheduler, SessionStartLimit, ShardId,
+    AcquireError, Decision, Error, Moment, Priority, Scheduler, SessionStartLimit, ShardId,
 };
 
 /// Locks the queue's state. Nothing panics while holding the lock; if something did,
@@ -143,7 +143,7 @@ pub(super) struct Shared {
     prune_deliveries_at: usize,
     /// Waiters holding a grant that may not be delivered before its gate ends
     /// (invariant 4), to wake then; `Never`: not before a release.
-    gated: Vec<(HoldEnd, WaiterId)>,
+    gated: Vec<(Moment, WaiterId)>,
     /// Hold mode: delivered grants whose holds may still run: (shard, grant number).
     delivered_holds: Vec<(ShardId, u64)>,
     driver: DriverSlot,
@@ -423,7 +423,7 @@ impl Shared {
     /// Invariant 4: when `grant` may be delivered, if it must wait: the end of the
     /// interval of another shard's delivery in its bucket, or of such a shard's hold
     /// (`Never`: not before a release).
-    fn gate(&self, grant: &Grant, now: Instant) -> Option<HoldEnd> {
+    fn gate(&self, grant: &Grant, now: Instant) -> Option<Moment> {
         if grant.rekeys == self.rekeys {
             return None;
         }
@@ -436,7 +436,7 @@ impl Shared {
             .recent_deliveries
             .iter()
             .filter(|&&(_, shard)| other(shard))
-            .map(|&(at, _)| at.checked_add(interval).map_or(HoldEnd::Never, HoldEnd::At))
+            .map(|&(at, _)| at.checked_add(interval).map_or(Moment::Never, Moment::At))
             .filter(|end| !end.has_passed(now));
         let holds = self
             .delivered_holds
@@ -469,8 +469,8 @@ impl Shared {
             .gated
             .iter()
             .filter_map(|&(gate, _)| match gate {
-                HoldEnd::At(at) => Some(at),
-                HoldEnd::Never => None,
+                Moment::At(at) => Some(at),
+                Moment::Never => None,
             })
             .min();
         // Every grant of this drive is made at `now`.
@@ -718,7 +718,7 @@ impl Shared {
                     // Its gate may have moved (another update): only the latest counts.
                     self.ungate(id);
                     self.gated.push((gate, id));
-                    if let HoldEnd::At(gate) = gate {
+                    if let Moment::At(gate) = gate {
                         self.deadline = Some(self.deadline.map_or(gate, |d| d.min(gate)));
                     }
                 }
