@@ -36,7 +36,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::link::Link;
 use super::local::Outgoing;
-use super::scripts::{Answer, NeedLimit, answer};
+use super::scripts::{Answer, Call, NeedLimit, Touched, answer};
 use super::shared::{Inner, Word};
 use super::status::{Health, Snapshot};
 use crate::ShardId;
@@ -227,12 +227,14 @@ async fn report_deliveries(
     connection: &mut MultiplexedConnection,
 ) -> Result<(), String> {
     let delivered = inner.lock().take_deliveries();
-    let mut invocation = inner.scripts.delivered.prepare_invoke();
-    invocation.key(&inner.prefix);
-    for (shard, token) in &delivered.0 {
-        invocation.arg(shard).arg(token.epoch).arg(token.seq);
-    }
-    let reply = invocation.invoke_async::<i64>(connection).await;
+    let call = Call::Delivered {
+        deliveries: &delivered.0,
+    };
+    let reply = inner
+        .scripts
+        .invocation(&inner.prefix, &call)
+        .invoke_async::<i64>(connection)
+        .await;
     let mut local = inner.lock();
     local.stats.commands += 1;
     reply.map(drop).map_err(|e| {
@@ -251,13 +253,9 @@ async fn send_outbox(
         };
         let result = match &item {
             Outgoing::Release { until, .. } if Instant::now() >= *until => continue,
-            Outgoing::Release { shard, token, .. } => inner
+            &Outgoing::Release { shard, token, .. } => inner
                 .scripts
-                .release
-                .key(&inner.prefix)
-                .arg(shard)
-                .arg(token.epoch)
-                .arg(token.seq)
+                .invocation(&inner.prefix, &Call::Release { shard, token })
                 .invoke_async::<i64>(connection)
                 .await
                 .map(drop),
@@ -272,12 +270,13 @@ async fn send_outbox(
                 if stay {
                     continue;
                 }
+                let call = Call::Leave {
+                    client: &inner.client,
+                    bucket,
+                };
                 inner
                     .scripts
-                    .leave
-                    .key(&inner.prefix)
-                    .arg(&inner.client)
-                    .arg(bucket)
+                    .invocation(&inner.prefix, &call)
                     .invoke_async::<i64>(connection)
                     .await
                     .map(drop)
@@ -308,14 +307,16 @@ async fn touch_late_grants(
     let calls = due.iter().map(|&(shard, token)| {
         let mut connection = connection.clone();
         async move {
-            let mut invocation = inner.scripts.touch.prepare_invoke();
-            invocation
-                .key(&inner.prefix)
-                .arg(shard)
-                .arg(token.epoch)
-                .arg(token.seq)
-                .arg(window.as_millis() as u64);
-            invocation.invoke_async::<i64>(&mut connection).await
+            let call = Call::Touch {
+                shard,
+                token,
+                window,
+            };
+            inner
+                .scripts
+                .invocation(&inner.prefix, &call)
+                .invoke_async::<i64>(&mut connection)
+                .await
         }
     });
     let sent = Instant::now();
@@ -327,11 +328,11 @@ async fn touch_late_grants(
     let mut failure = None;
     for (&(shard, token), (reply, arrived)) in due.iter().zip(replies) {
         match reply {
-            Ok(kept) => {
+            Ok(reply) => {
                 local.stats.commands += 1;
-                // 2: kept, and its delivery may open Discord's window.
-                local.touched(shard, token, kept >= 1, sent, window, arrived);
-                if kept == 2 {
+                let touched = Touched::from_reply(reply);
+                local.touched(shard, token, touched.kept, sent, window, arrived);
+                if touched.may_open {
                     local.may_open(shard, token);
                 }
             }
@@ -419,8 +420,7 @@ async fn fetch_limit(
     // that Discord is asked once.
     let reply: Vec<i64> = inner
         .scripts
-        .status
-        .key(&inner.prefix)
+        .invocation(&inner.prefix, &Call::Status)
         .invoke_async(connection)
         .await
         .map_err(|e| e.to_string())?;
@@ -502,19 +502,20 @@ async fn ask_heads(
             let mut connection = connection.clone();
             let delivered = if i == 0 { delivered.0.as_slice() } else { &[] };
             async move {
-                let mut invocation = inner.scripts.acquire.prepare_invoke();
-                invocation
-                    .key(&inner.prefix)
-                    .arg(&inner.client)
-                    .arg(shard)
-                    .arg(nonce)
-                    .arg(rank)
-                    .arg(next_rank)
-                    .arg(window.as_millis() as u64);
-                for (shard, token) in delivered {
-                    invocation.arg(shard).arg(token.epoch).arg(token.seq);
-                }
-                invocation.invoke_async::<Vec<i64>>(&mut connection).await
+                let call = Call::Acquire {
+                    client: &inner.client,
+                    shard: *shard,
+                    nonce,
+                    rank: *rank,
+                    next_rank: *next_rank,
+                    window,
+                    delivered,
+                };
+                inner
+                    .scripts
+                    .invocation(&inner.prefix, &call)
+                    .invoke_async::<Vec<i64>>(&mut connection)
+                    .await
             }
         });
     let sent = Instant::now();

@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::round_trip::RoundTrip;
-use super::scripts::{Answer, NEVER_MS, NeedLimit, Token};
+use super::scripts::{Answer, NEVER_MS, NeedLimit, Notice, Token};
 use super::status::{ClusterStats, Health};
 use crate::buckets::bucket_of;
 use crate::{OnConflict, Priority, ShardId};
@@ -793,26 +793,17 @@ impl Local {
         self.insert(key, now);
     }
 
-    /// A notification from the channel (see `lua/prelude.lua`):
-    /// `n <bucket> <head> <wait> [<second> <check>]` (the bucket's next process, and the
-    /// one after it), `s` (Discord's word applied), `e <epoch>` (a new server) or
-    /// `e lost` (part of the state lost).
+    /// A message of the namespace's channel ([`Notice`]: a bucket's next process,
+    /// Discord's word applied, a new server, a loss).
     pub(super) fn noticed(&mut self, payload: &str, now: Instant) {
-        let mut words = payload.split(' ');
-        match words.next() {
-            Some("n") => {
-                let millis = |word: Option<&str>| {
-                    word.and_then(|w| w.parse::<u64>().ok())
-                        .map(|w| Duration::from_millis(w.min(NEVER_MS)))
-                };
-                let bucket = words.next().and_then(|b| b.parse::<u32>().ok());
-                let head = words.next();
-                let wait = millis(words.next());
-                let second = words.next();
-                let check = millis(words.next());
-                let (Some(bucket), Some(head), Some(wait)) = (bucket, head, wait) else {
-                    return;
-                };
+        match Notice::parse(payload) {
+            Some(Notice::Next {
+                bucket,
+                head,
+                wait,
+                second,
+                check,
+            }) => {
                 let me = self.settings.client.as_str();
                 let head_grace = self.settings.head_grace;
                 let Some(b) = self.buckets.get_mut(&bucket) else {
@@ -833,21 +824,22 @@ impl Local {
                     b.next_try = Some(now + wait + head_grace);
                 }
             }
-            Some("s") => self.synced(now),
-            Some("e") => {
-                match words.next() {
-                    Some("lost") => tracing::warn!(
-                        "part of the shared state was lost (evicted or deleted): waiting for Discord's word",
-                    ),
-                    epoch => tracing::warn!(
-                        epoch = epoch.unwrap_or(""),
+            Some(Notice::Synced) => self.synced(now),
+            Some(notice @ (Notice::Lost | Notice::NewServer { .. })) => {
+                if let Notice::NewServer { epoch } = notice {
+                    tracing::warn!(
+                        epoch,
                         "Redis is a new server (restart, failover or promotion): waiting for Discord's word",
-                    ),
+                    );
+                } else {
+                    tracing::warn!(
+                        "part of the shared state was lost (evicted or deleted): waiting for Discord's word",
+                    );
                 }
                 // The next answer says what it needs.
                 self.retry_all(now);
             }
-            _ => {}
+            None => {}
         }
     }
 

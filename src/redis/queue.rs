@@ -12,7 +12,7 @@ use super::error::{ConnectError, Failure};
 use super::link::Target;
 use super::local::{Local, Phase, Settings};
 use super::options::Options;
-use super::scripts::Scripts;
+use super::scripts::{Call, Scripts};
 use super::shared::{Inner, Word};
 use super::status::{ClusterStats, Health, Snapshot};
 use super::{Acquire, Grants};
@@ -299,8 +299,7 @@ impl Queue {
         let reply: Vec<i64> = self
             .inner
             .scripts
-            .status
-            .key(&self.inner.prefix)
+            .invocation(&self.inner.prefix, &Call::Status)
             .invoke_async(&mut connection)
             .await
             .map_err(|e| {

@@ -14,9 +14,8 @@ use super::error::{ConnectError, Failure, Unreachable};
 use super::link::{Link, Target};
 use super::local::{Local, Ticket};
 use super::options::Options;
-use super::scripts::{NEVER_MS, Scripts};
+use super::scripts::{Call, Scripts, SyncArgs, Synced};
 use super::status::Health;
-use crate::budget::DAY;
 use crate::{Config, SessionStartLimit, ShardId};
 
 /// Round trips measured on each new link before it is used.
@@ -53,12 +52,6 @@ pub(super) struct Inner {
     pub(super) scripts: Scripts,
     /// The driver's connection, for the calls a user makes (`update`, `snapshot`).
     pub(super) connection: Mutex<Option<MultiplexedConnection>>,
-}
-
-/// `duration` in whole ms of the wire, rounded up, "never" at most.
-fn millis_up(duration: Duration) -> u64 {
-    let millis = duration.as_nanos().div_ceil(1_000_000);
-    u64::try_from(millis.min(u128::from(NEVER_MS))).unwrap_or(NEVER_MS)
 }
 
 /// The queue's state, locked. Dropped, it releases the lock, then wakes the futures
@@ -158,31 +151,19 @@ impl Inner {
         age: Duration,
         word: Word,
     ) -> Result<(), ConnectError> {
-        let reset_after = if limit.reset_after.as_millis() >= u128::from(NEVER_MS) {
-            -1
-        } else {
-            millis_up(limit.reset_after) as i64
-        };
-        let hold = self.hold().map_or(0, |hold| millis_up(hold).max(1));
-        let spacing = self.lock().settings.spacing;
+        let call = Call::Sync(SyncArgs {
+            limit,
+            age,
+            spacing: self.lock().settings.spacing,
+            hold: self.hold(),
+            grace: self.config.get_grace(),
+            reserve: self.options.reserve,
+            head_grace: self.options.head_grace,
+            seed: word == Word::Seed,
+        });
         let reply: Vec<i64> = self
             .scripts
-            .sync
-            .key(&self.prefix)
-            .arg(limit.total)
-            .arg(limit.remaining)
-            .arg(reset_after)
-            .arg(limit.max_concurrency)
-            .arg(millis_up(spacing))
-            .arg(hold)
-            .arg(millis_up(self.config.get_grace()))
-            .arg(millis_up(DAY))
-            .arg(self.options.reserve)
-            .arg(millis_up(self.options.head_grace))
-            // Rounded up: the age moves back only where the word counts from, and
-            // earlier counts more.
-            .arg(millis_up(age))
-            .arg(u8::from(word == Word::Seed))
+            .invocation(&self.prefix, &call)
             .invoke_async(connection)
             .await
             .map_err(|e| self.unreachable(Failure::redis("the sync script", e)))?;
@@ -190,11 +171,11 @@ impl Inner {
         let mut local = self.lock();
         local.stats.commands += 1;
         local.stats.syncs += 1;
-        local.remaining = reply.first().map_or(0, |&r| u32::try_from(r).unwrap_or(0));
+        let synced = Synced::from_reply(&reply);
+        local.remaining = synced.remaining;
         local.set_health(Health::Ready);
         // The state's `max_concurrency` (a seed may have found another in force).
-        let max_concurrency = reply.get(3).and_then(|&mc| u32::try_from(mc).ok());
-        local.rekey(max_concurrency.unwrap_or(limit.max_concurrency), now);
+        local.rekey(synced.max_concurrency.unwrap_or(limit.max_concurrency), now);
         local.synced(now);
         tracing::info!(
             total = limit.total,

@@ -69,30 +69,6 @@ pub struct Snapshot {
     pub bucket_free_in: Vec<Duration>,
 }
 
-impl Snapshot {
-    /// Reads the status script's reply; `None` when Redis holds no state.
-    pub(super) fn from_reply(reply: &[i64]) -> Option<Self> {
-        let field = |i: usize| reply.get(i).copied().unwrap_or(0);
-        let millis = |v: i64| Duration::from_millis(v.max(0) as u64);
-        if field(0) != 1 {
-            return None;
-        }
-        Some(Self {
-            remaining: u32::try_from(field(1)).unwrap_or(0),
-            reset_in: (field(2) >= 0).then(|| millis(field(2))),
-            needs_limit: match field(3) {
-                0 => None,
-                1 => Some(NeedLimit::StateMissing),
-                _ => Some(NeedLimit::NewServer),
-            },
-            epoch: field(4),
-            max_concurrency: u32::try_from(field(5)).unwrap_or(0),
-            grants_logged: field(7).max(0) as u64,
-            bucket_free_in: reply.iter().skip(8).map(|&v| millis(v)).collect(),
-        })
-    }
-}
-
 /// Counters of one process's queue, for tests and tuning ([`Queue::stats`](super::Queue::stats)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClusterStats {
