@@ -10,9 +10,11 @@
 //! IDENTIFY may take from its delivery to its arrival. So a grant is counted from its
 //! *delivery* (the instant its shard may send IDENTIFY), and:
 //!
-//! - **a word** sets the budget to its `remaining`, less the deliveries within `grace`
-//!   before it was read, less the grants not delivered yet (either may arrive after
-//!   the read);
+//! - **a word** read at `r` (its application less its age, `update_with_age`) sets
+//!   the budget to its `remaining`, less the deliveries after `r - grace`, less the
+//!   grants not delivered yet (either may arrive after the read). A word that counts
+//!   nothing (`remaining == total`) says Discord's window is not open: the next
+//!   delivery opens it;
 //! - **a reset** is taken at the latest instant it may be (a word's *application*
 //!   plus its `reset_after`, since Discord computed the word at some instant between
 //!   its read and now; a day and a grace after the delivery that opened the window), and
@@ -27,9 +29,16 @@
 //!   refill or a word may count them.
 //!
 //! Every rule errs on Discord's side: our `remaining` is never above what Discord may
-//! have left, whichever of the possible arrivals and resets happened. The cost is
-//! units held back (up to `grace` of deliveries per word and per reset) and resets
-//! taken up to `grace` late.
+//! have left, whichever of the possible arrivals and resets happened, so at every
+//! instant the units we may still grant in a Discord window are at most what
+//! Discord's word left, less every grant Discord may not have counted: none is counted
+//! as available twice. The cost is units held back (up to `grace` of deliveries per
+//! word and per reset) and resets taken up to `grace` late.
+//!
+//! This is the argument; the rules are stated in [rules 3.11](crate::rules), the
+//! crate's docs summarise them, and the cluster's version (what Redis can know of a
+//! delivery) is argued in the `redis` module's docs. `tests/budget.rs` judges random
+//! traces against an independent model of Discord's counter.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -66,30 +66,15 @@
 //!
 //! Discord counts a unit when an IDENTIFY *arrives*, and its word (`remaining`,
 //! `reset_after`) is as old as the time since it was read. [`Config::grace`] (30 s by
-//! default) bounds what the scheduler cannot see: how old a word may be when applied,
-//! plus how long an IDENTIFY may take to arrive after its shard got the grant. A grant
-//! counts from its *delivery*: at once for the plain scheduler; for the async queues
-//! when the permit reaches its future (they call [`Scheduler::defer_deliveries`], and
-//! tell [`Scheduler::delivered`] or [`Scheduler::abandoned`] for each grant). Then:
-//!
-//! - **A word** read at `r` ([`Scheduler::update_with_age`] says `r`; `update` takes
-//!   it as now) sets the budget to its `remaining` less the deliveries after `r - grace`
-//!   and less the grants not delivered yet: Discord may not have counted them. A word
-//!   that counts nothing (`remaining == total`) says Discord's window is not open.
-//! - **A reset** is placed at the latest instant it may be: `r + reset_after`, or a
-//!   day and a grace after the delivery that opened the window. It refills to `total`
-//!   less the deliveries within a grace before it (they may count in Discord's new
-//!   window) and less the undelivered grants.
-//! - **A window that may have opened already**: when a refill held back a delivery,
-//!   that IDENTIFY may have opened Discord's next window, or our next one will. The
-//!   next refill waits for the later opening and holds back every delivery from a day
-//!   less a grace after the earlier one.
-//!
-//! Each rule errs on Discord's side, so at every instant the units the scheduler may
-//! still grant in a Discord window are at most what Discord's word left, less every
-//! grant Discord may not have counted: none is counted as available twice. The cost:
-//! up to a grace of grants held back at each word and reset, and a grace added to each
-//! reset a grant opened. Cluster mode keeps the same rules across processes (the
+//! default) bounds what the scheduler cannot see. A grant counts from its *delivery*:
+//! at once for the plain scheduler; for the async queues when the permit reaches its
+//! future (they call [`Scheduler::defer_deliveries`], and tell
+//! [`Scheduler::delivered`] or [`Scheduler::abandoned`] for each grant). A word
+//! ([`Scheduler::update_with_age`] says when it was read) subtracts every grant
+//! Discord may not have counted yet; a reset is placed at the latest instant it may
+//! be. Every rule errs on Discord's side, so no unit is counted as available twice:
+//! the rules are [rules 3.11](crate::rules), argued once in `src/budget.rs`; what they
+//! cost is in [`Config::grace`]; cluster mode keeps them on what Redis can know (the
 //! `redis` module's "The budget's accounting").
 //!
 //! # Async adapters
