@@ -13,13 +13,13 @@ use axum::routing::{delete, get, post};
 use serde_json::json;
 
 use super::backend::{Duplicate, Holder, KeyOp};
-use super::{Shared, page};
+use super::{ServerState, page};
 use crate::{Priority, ShardId};
 
 /// twilight's answer, byte for byte.
 pub(super) const GRANTED: &str = r#"{"message": "You're free to connect now! :)"}"#;
 
-pub(super) fn router(state: Arc<Shared>) -> Router {
+pub(super) fn router(state: Arc<ServerState>) -> Router {
     // Every route but the health checks wants the token, when one is set.
     let guarded = Router::new()
         .route("/metrics", get(metrics))
@@ -43,7 +43,7 @@ async fn livez() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<Arc<Shared>>) -> Response {
+async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     match state.not_ready() {
         None => (StatusCode::OK, axum::Json(json!({ "ready": true }))).into_response(),
         Some(reason) => (
@@ -56,7 +56,11 @@ async fn readyz(State(state): State<Arc<Shared>>) -> Response {
 
 /// `401` unless the request carries the token (when one is set); the request goes on
 /// otherwise.
-async fn authorized(State(state): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+async fn authorized(
+    State(state): State<Arc<ServerState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(token) = state.args.auth_token.as_deref() else {
         return next.run(request).await;
     };
@@ -90,13 +94,13 @@ fn same_secret(given: &[u8], secret: &[u8]) -> bool {
 
 /// A request on twilight's route that can never be served: counted, logged, and held
 /// without an answer until its client leaves (any status line would read as "go").
-async fn never_answered(state: &Shared, reason: String) -> Response {
+async fn never_answered(state: &ServerState, reason: String) -> Response {
     state.metrics.bad_requests.inc();
     tracing::debug!(%reason, "a request that can never be served: held without an answer");
     std::future::pending().await
 }
 
-fn bad_request(state: &Shared, reason: String) -> Response {
+fn bad_request(state: &ServerState, reason: String) -> Response {
     state.metrics.bad_requests.inc();
     error(StatusCode::BAD_REQUEST, reason)
 }
@@ -187,7 +191,7 @@ fn shard_of(query: Option<&str>) -> Result<Option<ShardId>, String> {
 /// Cancel safety: hyper drops this future when the client closes its connection; the
 /// request is then cancelled, nothing spent.
 async fn twilight(
-    State(state): State<Arc<Shared>>,
+    State(state): State<Arc<ServerState>>,
     method: Method,
     uri: Uri,
     RawQuery(query): RawQuery,
@@ -241,7 +245,7 @@ async fn twilight(
 
 /// The native API's request: see the module docs.
 async fn identify_v1(
-    State(state): State<Arc<Shared>>,
+    State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -405,7 +409,7 @@ async fn identify_v1(
     }
 }
 
-async fn cancel_v1(State(state): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
+async fn cancel_v1(State(state): State<Arc<ServerState>>, Path(key): Path<String>) -> Response {
     // The path is percent-decoded already, as the query's key is above.
     let key = match checked_key(Some(key)) {
         Ok(key) => key,
@@ -452,7 +456,7 @@ async fn cancel_v1(State(state): State<Arc<Shared>>, Path(key): Path<String>) ->
     }
 }
 
-async fn metrics(State(state): State<Arc<Shared>>) -> Response {
+async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     let backend = state.backend.borrow().clone();
     let budget = match backend {
         Some(backend) => Some(backend.budget().await),
@@ -476,7 +480,7 @@ async fn metrics(State(state): State<Arc<Shared>>) -> Response {
 const MAX_WAITING_SHOWN: usize = 1000;
 
 /// What both status routes show.
-pub(super) async fn status(state: &Shared) -> serde_json::Value {
+pub(super) async fn status(state: &ServerState) -> serde_json::Value {
     let backend = state.backend.borrow().clone();
     let now = Instant::now();
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -537,11 +541,11 @@ pub(super) async fn status(state: &Shared) -> serde_json::Value {
     })
 }
 
-async fn status_json(State(state): State<Arc<Shared>>) -> Response {
+async fn status_json(State(state): State<Arc<ServerState>>) -> Response {
     axum::Json(status(&state).await).into_response()
 }
 
-async fn status_page(State(state): State<Arc<Shared>>) -> Response {
+async fn status_page(State(state): State<Arc<ServerState>>) -> Response {
     Html(page::render(&status(&state).await)).into_response()
 }
 
