@@ -190,6 +190,17 @@ fn spawn_workers(url: &str, discord: &FakeDiscord, count: u32, per_worker: u32) 
         .collect()
 }
 
+/// How long after `event` Discord saw the first IDENTIFY: the recovery time a test
+/// logs.
+fn first_identify_after(discord: &FakeDiscord, event: Instant) -> Option<Duration> {
+    let first = discord
+        .arrivals()
+        .iter()
+        .map(|a| a.at)
+        .find(|&at| at > event)?;
+    Some(first - event)
+}
+
 fn finish(mut workers: Vec<Child>) {
     for worker in &mut workers {
         let _ = worker.kill();
@@ -261,14 +272,9 @@ fn a_worker_killed_while_waiting_delays_no_one() {
         std::thread::sleep(Duration::from_millis(20));
     }
     finish(vec![survivor]);
-    let next = discord
-        .arrivals()
-        .iter()
-        .map(|a| a.at)
-        .find(|&at| at > killed);
     eprintln!(
         "worker killed while waiting: the survivor's next IDENTIFY {:?} later",
-        next.map(|at| at - killed)
+        first_identify_after(&discord, killed)
     );
     assert_eq!(from_survivor(), 6);
     assert!(discord.arrivals().len() > before);
@@ -385,14 +391,9 @@ fn redis_unreachable_for_a_while_then_recovered() {
     let arrived = wait_for(&discord, 20, Duration::from_secs(30));
     finish(workers);
     assert_eq!(arrived, 20);
-    let first_after = discord
-        .arrivals()
-        .iter()
-        .map(|a| a.at)
-        .find(|&at| at > restarted);
     eprintln!(
         "redis down 1.5 s: 0 IDENTIFYs meanwhile; the first {:?} after its restart (from its AOF, a new epoch: Discord's word first)",
-        first_after.map(|at| at - restarted)
+        first_identify_after(&discord, restarted)
     );
     assert_eq!(discord.violations(INTERVAL), Vec::<String>::new());
 }
@@ -498,14 +499,9 @@ fn a_sentinel_failover_under_load_loses_no_rule() {
     let killed = Instant::now();
     let arrived = wait_for(&discord, 36, Duration::from_secs(40));
     finish(workers);
-    let first_after = discord
-        .arrivals()
-        .iter()
-        .map(|a| a.at)
-        .find(|&at| at > killed);
     eprintln!(
         "failover: {before_failover} IDENTIFYs before; the first after the master's death {:?} later",
-        first_after.map(|at| at - killed)
+        first_identify_after(&discord, killed)
     );
     assert_all_served_within_the_rules(&discord, arrived, 36);
 }
@@ -587,14 +583,9 @@ fn redis_restarted_empty_under_load() {
     let restarted = Instant::now();
     let arrived = wait_for(&discord, 24, Duration::from_secs(30));
     finish(workers);
-    let first_after = discord
-        .arrivals()
-        .iter()
-        .map(|a| a.at)
-        .find(|&at| at > restarted);
     eprintln!(
         "restarted empty: the first IDENTIFY {:?} after the restart",
-        first_after.map(|at| at - restarted)
+        first_identify_after(&discord, restarted)
     );
     assert_eq!(arrived, 24);
     assert_eq!(discord.violations(INTERVAL), Vec::<String>::new());
