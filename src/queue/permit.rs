@@ -51,6 +51,7 @@ impl<Q: Authority> Permit<Q> {
     }
 
     /// The grant's identity, as its authority knows it.
+    #[cfg(feature = "redis")]
     pub(crate) fn grant_token(&self) -> Q::Token {
         self.token
     }
