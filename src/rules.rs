@@ -182,7 +182,10 @@
 //!    not open may have been opened by one of them. A process with a limit source
 //!    fetches the word once the quarantine is over. *This project's reading, beyond
 //!    the letter of "no grants until Discord's word"*: a word is only as good as what
-//!    it could have counted.
+//!    it could have counted. A loss is noticed by the first script that finds the state
+//!    missing, a sync included when its process synced before (it saw the state: a
+//!    missing one was lost, not never made); only a process's first sync, when it
+//!    connects, takes a missing state as new (`tests/lua_budget.rs` found the gap).
 //! 4. **A process that dies** loses nothing for the others: its waiting requests go
 //!    with it, its holds end at their timeout, its spent units stay spent.
 //! 5. **Work-conserving across processes**: a freed bucket is taken within a round trip

@@ -120,7 +120,10 @@
 //!   (and epochs never repeat). Then nothing is granted until Discord's word.
 //! - **A loss is quarantined.** The grants made before a loss are unknown, and a
 //!   permit inside its window is still handed over after it: Discord may count them up
-//!   to the longest window (10 s) and `G` after the loss was noticed. A word read
+//!   to the longest window (10 s) and `G` after the loss was noticed: by the first
+//!   script that finds the state missing, a process's sync included once it synced
+//!   before (only the sync of a process that connects takes a missing state as new).
+//!   A word read
 //!   before then is applied less the most the buckets can have granted in that time
 //!   (one per bucket and interval; a window it says is not open may have been opened
 //!   by one of them), until a word read after it; with [`Options::limit_source`], the

@@ -156,6 +156,9 @@ pub(super) struct SyncArgs {
     pub(super) head_grace: Duration,
     /// Only if the namespace holds no state (a limit that is not Discord's word).
     pub(super) seed: bool,
+    /// This process saw the namespace's state before: a missing state was lost, and
+    /// the word is quarantined (`lua/sync.lua`).
+    pub(super) known: bool,
 }
 
 /// One argument as Redis receives it.
@@ -235,6 +238,7 @@ impl<'a> Call<'a> {
                     int(millis_up(sync.head_grace)),
                     int(millis_up(sync.age)),
                     int(sync.seed.into()),
+                    int(sync.known.into()),
                 ]
             }
             Call::Status => Vec::new(),
@@ -600,13 +604,15 @@ mod tests {
             reserve: 2,
             head_grace: Duration::from_millis(250),
             seed: true,
+            known: false,
         };
         // total, remaining, reset_after (-1: never), max_concurrency, spacing, hold (at
-        // least 1 ms), grace, the day, reserve, head grace, age (ms, up), seed.
+        // least 1 ms), grace, the day, reserve, head grace, age (ms, up), seed, known.
         assert_eq!(
             ints(Call::Sync(sync)),
             [
-                "1000", "990", "-1", "16", "5051", "1", "30000", "86400000", "2", "250", "2", "1"
+                "1000", "990", "-1", "16", "5051", "1", "30000", "86400000", "2", "250", "2", "1",
+                "0"
             ]
         );
         let timer_mode = SyncArgs { hold: None, ..sync };

@@ -151,15 +151,22 @@ impl Inner {
         age: Duration,
         word: Word,
     ) -> Result<(), ConnectError> {
+        let (spacing, synced_before) = {
+            let local = self.lock();
+            (local.settings.spacing, local.stats.syncs > 0)
+        };
         let call = Call::Sync(SyncArgs {
             limit,
             age,
-            spacing: self.lock().settings.spacing,
+            spacing,
             hold: self.hold(),
             grace: self.config.get_grace(),
             reserve: self.options.reserve,
             head_grace: self.options.head_grace,
             seed: word == Word::Seed,
+            // Every process syncs when it connects: one that synced before saw the
+            // namespace's state, and a missing state is a loss to it.
+            known: synced_before,
         });
         let reply: Vec<i64> = self
             .scripts

@@ -23,7 +23,8 @@
 -- flags) only creates a missing state: a namespace with state is the bot's, spent by
 -- every process of it, and is taken as it is (its reply says what it holds).
 -- ARGV: total, remaining, reset_after (-1: never), max_concurrency, interval, hold,
--- grace, window, reserve, slack, age, seed. Reply: {remaining, reset_in (-1: none),
+-- grace, window, reserve, slack, age, seed, known (1: the calling process saw this
+-- namespace's state before, so a missing state was lost, not never made). Reply: {remaining, reset_in (-1: none),
 -- epoch, mc}.
 local total, remaining, reset_after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local mc, iv, hold, grace = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -40,6 +41,11 @@ if st and (st.gen ~= (tonumber(redis.call('HGET', BKT, 'gen')) or -1)
   st = nil
   lost = lost or now
 end
+-- Missing, for a process that saw it before: lost (Redis restarted empty, a flush), and
+-- no script noticed it before this one. The grants made before the loss are unknown,
+-- and a word read before it cannot count those that arrived after its read: the loss
+-- is noticed now, and the word quarantined as after any loss.
+if not st and ARGV[13] == '1' then lost = lost or now end
 if seed and st then
   local reset_in = -1
   if st.reset_at >= 0 then reset_in = st.reset_at - math.max(now, st.hwm) end
