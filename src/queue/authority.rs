@@ -11,7 +11,8 @@ use crate::{AcquireError, OnConflict, Priority, ShardId};
 
 /// Who decides the grants of a queue: the handle a future or permit keeps of it.
 pub trait Authority: Clone + Send + Sync + Unpin + 'static {
-    /// Where a waiting [`Acquire`](super::Acquire) stands: what tells it the request is still its own.
+    /// Where a waiting [`Acquire`](super::Acquire) stands: what tells it the request is
+    /// still its own.
     type Place: Copy + Eq + std::fmt::Debug + Send + Sync + Unpin + 'static;
     /// What a [`Grants`](super::Grants) stream keeps between its polls, once it asked.
     type Stream: Send + Sync + Unpin + 'static;

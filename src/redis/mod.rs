@@ -123,10 +123,10 @@
 //!   to the longest window (10 s) and `G` after the loss was noticed: by the first
 //!   script that finds the state missing, a process's sync included once it synced
 //!   before (only the sync of a process that connects takes a missing state as new).
-//!   A word read
-//!   before then is applied less the most the buckets can have granted in that time
-//!   (one per bucket and interval; a window it says is not open may have been opened
-//!   by one of them), until a word read after it; with [`Options::limit_source`], the
+//!   A word read before then is applied less the most the buckets can have granted in
+//!   that time (one per bucket and interval; a window it says is not open may have
+//!   been opened by one of them), until a word read after it; with
+//!   [`Options::limit_source`], the
 //!   process that fetches the word waits for the end of the quarantine (10 s and `G`,
 //!   40 s by default) rather than lose those units.
 //!

@@ -24,10 +24,10 @@
 //! A permit is *delivered* when the poll of its future returns it, and Discord counts
 //! the IDENTIFY when it arrives, so the interval of a bucket runs from the delivery:
 //! until its permit is taken, a granted shard keeps its bucket busy, and for an
-//! interval after. [`Permit::granted_at`](Permit#method.granted_at) is the delivery instant. The budget unit is
-//! spent at the grant. In hold mode the hold timeout counts from the grant: a permit
-//! not taken by then is void, and its future resolves to [`AcquireError::HoldExpired`]
-//! (the unit stays spent; ask again).
+//! interval after. [`Permit::granted_at`](Permit#method.granted_at) is the delivery
+//! instant. The budget unit is spent at the grant. In hold mode the hold timeout
+//! counts from the grant: a permit not taken by then is void, and its future resolves
+//! to [`AcquireError::HoldExpired`] (the unit stays spent; ask again).
 //!
 //! [`AcquireError::HoldExpired`]: crate::AcquireError::HoldExpired
 

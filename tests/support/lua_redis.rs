@@ -349,7 +349,11 @@ impl Store {
             ])),
             "INFO" => Ok(Reply::Bulk(
                 format!(
-                    "# Server\r\nrun_id:{}\r\n\r\n# Replication\r\nrole:master\r\nmaster_replid:{}\r\n\r\n# Memory\r\nmaxmemory_policy:{}\r\n",
+                    concat!(
+                        "# Server\r\nrun_id:{}\r\n\r\n",
+                        "# Replication\r\nrole:master\r\nmaster_replid:{}\r\n\r\n",
+                        "# Memory\r\nmaxmemory_policy:{}\r\n",
+                    ),
                     self.run_id, self.master_replid, self.maxmemory_policy
                 )
                 .into_bytes(),
@@ -358,7 +362,9 @@ impl Store {
                 arity(1)?;
                 match self.live(&args[0]) {
                     None => Ok(Reply::Nil),
-                    Some(Entry { data: Data::Str(v), .. }) => Ok(Reply::Bulk(v.clone())),
+                    Some(Entry {
+                        data: Data::Str(v), ..
+                    }) => Ok(Reply::Bulk(v.clone())),
                     Some(_) => Err(WRONGTYPE.to_owned()),
                 }
             }
@@ -535,7 +541,9 @@ impl Store {
             }
             "ZCARD" => {
                 arity(1)?;
-                Ok(Reply::Int(self.zset(&args[0])?.map_or(0, |z| z.scores.len() as i64)))
+                Ok(Reply::Int(
+                    self.zset(&args[0])?.map_or(0, |z| z.scores.len() as i64),
+                ))
             }
             "ZREM" => {
                 arity(2)?;
@@ -559,8 +567,16 @@ impl Store {
                     .map(|z| z.order.iter().cloned().collect())
                     .unwrap_or_default();
                 let len = items.len() as i64;
-                let start = if start < 0 { (len + start).max(0) } else { start };
-                let stop = if stop < 0 { len + stop } else { stop.min(len - 1) };
+                let start = if start < 0 {
+                    (len + start).max(0)
+                } else {
+                    start
+                };
+                let stop = if stop < 0 {
+                    len + stop
+                } else {
+                    stop.min(len - 1)
+                };
                 let mut out = Vec::new();
                 if start <= stop && start < len {
                     for (score, member) in &items[start as usize..=stop as usize] {
