@@ -40,42 +40,37 @@ impl Authority for Queue {
         super::driver::ensure(inner);
         let now = Instant::now();
         let mut local = inner.lock();
-        let ticket = match place {
-            Some(ticket) => ticket,
+        // The driver is woken (once the lock is released) for a new request, a touch
+        // asked for, or to tell Redis of a delivery.
+        let (ticket, asked) = match place {
+            Some(ticket) => (ticket, false),
             None => {
                 let owner = Owner::Future(None);
                 match local.enqueue(shard, request.priority, request.on_conflict, owner, now) {
-                    Ok(ticket) => {
-                        inner.wake.notify_one();
-                        ticket
-                    }
+                    Ok(ticket) => (ticket, true),
                     Err(_) => return Step::Ready(Err(Error::AlreadyQueued(shard).into())),
                 }
             }
         };
-        match local.take(shard, ticket, now) {
-            Taken::Permit(token) => {
-                let grant = delivered(&mut local, inner.hold(), shard, token, now);
-                drop(local);
-                // Its delivery is for Redis to hear of (`report_deliveries`).
-                inner.wake.notify_one();
-                return Step::Ready(Ok(grant));
-            }
-            Taken::Gone => return Step::Ready(Err(AcquireError::GrantLost(shard))),
-            Taken::Superseded => return Step::Ready(Err(AcquireError::Superseded(shard))),
-            // Taken late: the driver first keeps the bucket busy until an interval
-            // after a new window (spacing counts from delivery), then wakes us.
-            Taken::Pending { touch: true } => inner.wake.notify_one(),
-            Taken::Pending { touch: false } => {}
-        }
-        if let Some(waiter) = local.waiters.get_mut(&shard) {
-            if let Owner::Future(waker) = &mut waiter.owner {
-                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *waker = Some(cx.waker().clone());
+        let taken = local.take(shard, ticket, now);
+        let outcome = resolve(&mut local, inner.hold(), shard, taken, now);
+        if outcome.is_none() {
+            if let Some(waiter) = local.waiters.get_mut(&shard) {
+                if let Owner::Future(waker) = &mut waiter.owner {
+                    if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *waker = Some(cx.waker().clone());
+                    }
                 }
             }
         }
-        Step::Waiting(ticket)
+        drop(local);
+        if asked || taken.wakes_driver() {
+            inner.wake.notify_one();
+        }
+        match outcome {
+            Some(outcome) => Step::Ready(outcome),
+            None => Step::Waiting(ticket),
+        }
     }
 
     fn abandon(&self, shard: ShardId, ticket: Ticket) {
@@ -113,17 +108,10 @@ impl Authority for Queue {
             let Some(&ticket) = state.waiting.get(&shard) else {
                 continue;
             };
-            let outcome = match local.take(shard, ticket, now) {
-                Taken::Permit(token) => {
-                    wake_driver = true;
-                    Ok(delivered(&mut local, inner.hold(), shard, token, now))
-                }
-                Taken::Gone => Err(AcquireError::GrantLost(shard)),
-                Taken::Superseded => Err(AcquireError::Superseded(shard)),
-                Taken::Pending { touch: asked } => {
-                    wake_driver |= asked;
-                    continue;
-                }
+            let taken = local.take(shard, ticket, now);
+            wake_driver |= taken.wakes_driver();
+            let Some(outcome) = resolve(&mut local, inner.hold(), shard, taken, now) else {
+                continue;
             };
             state.waiting.remove(&shard);
             drop(local);
@@ -197,6 +185,24 @@ fn ask_for_all(local: &mut Local, shards: Vec<ShardId>, now: Instant) -> StreamS
         }
     }
     state
+}
+
+/// What a poll of `shard`'s request makes of what it found (`taken`): the end of the
+/// request (its permit, delivered at `now`, or why there is none), or `None` while it
+/// waits.
+fn resolve(
+    local: &mut Local,
+    hold: Option<std::time::Duration>,
+    shard: ShardId,
+    taken: Taken,
+    now: Instant,
+) -> Option<Result<Grant<Token>, AcquireError>> {
+    match taken {
+        Taken::Permit(token) => Some(Ok(delivered(local, hold, shard, token, now))),
+        Taken::Gone => Some(Err(AcquireError::GrantLost(shard))),
+        Taken::Superseded => Some(Err(AcquireError::Superseded(shard))),
+        Taken::Pending { .. } => None,
+    }
 }
 
 /// Grant `token` of `shard`, taken at `now`: in hold mode its hold is recorded, for

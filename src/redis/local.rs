@@ -190,6 +190,15 @@ pub(super) enum Taken {
     Superseded,
 }
 
+impl Taken {
+    /// Whether the driver has work from it: to tell Redis of a delivery, or to send
+    /// the touch asked for (taken late: the bucket is kept busy until an interval after
+    /// a new window, spacing counting from delivery, before the permit is handed over).
+    pub(super) fn wakes_driver(self) -> bool {
+        matches!(self, Taken::Permit(_) | Taken::Pending { touch: true })
+    }
+}
+
 pub(super) struct Local {
     pub(super) settings: Settings,
     pub(super) max_concurrency: u32,

@@ -152,7 +152,7 @@ impl<R: Runtime> Authority for Queue<R> {
 
     #[cfg(feature = "twilight")]
     fn served(&self, shard: ShardId) -> bool {
-        super::shared::lock(&self.shared).priority_of(shard) == Priority::Reconnect
+        super::shared::lock(&self.shared).is_served(shard)
     }
 
     #[cfg(feature = "twilight")]

@@ -771,13 +771,9 @@ impl Shared {
         self.served.insert(shard, 1);
     }
 
-    /// `Reconnect` for a shard that was serving, else `Start`.
+    /// Whether `shard` was serving (its next request is a reconnect).
     #[cfg(feature = "twilight")]
-    pub(super) fn priority_of(&self, shard: ShardId) -> Priority {
-        if self.served.contains_key(shard) {
-            Priority::Reconnect
-        } else {
-            Priority::Start
-        }
+    pub(super) fn is_served(&self, shard: ShardId) -> bool {
+        self.served.contains_key(shard)
     }
 }

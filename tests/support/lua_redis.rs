@@ -306,6 +306,21 @@ impl Store {
         }
     }
 
+    /// The collection at `key`, made as `empty` if absent: a write's target. An existing
+    /// key of another type is `WRONGTYPE`.
+    fn made(&mut self, key: &[u8], empty: Data) -> Result<&mut Data, String> {
+        // Expired keys go first.
+        self.live(key);
+        let entry = self.keys.entry(key.to_vec()).or_insert(Entry {
+            data: empty.clone(),
+            expires_at: None,
+        });
+        if std::mem::discriminant(&entry.data) != std::mem::discriminant(&empty) {
+            return Err(WRONGTYPE.to_owned());
+        }
+        Ok(&mut entry.data)
+    }
+
     /// Drops `key` if it is an empty collection (Redis deletes empty hashes and sets).
     fn prune(&mut self, key: &[u8]) {
         let empty = match self.keys.get(key).map(|e| &e.data) {
@@ -424,16 +439,9 @@ impl Store {
                 if args.len() < 3 || args.len() % 2 == 0 {
                     return Err("ERR wrong number of arguments for 'hset' command".to_owned());
                 }
-                if self.hash(&args[0])?.is_none() {
-                    self.keys.insert(
-                        args[0].clone(),
-                        Entry {
-                            data: Data::Hash(Vec::new()),
-                            expires_at: None,
-                        },
-                    );
-                }
-                let fields = self.hash(&args[0])?.expect("made above");
+                let Data::Hash(fields) = self.made(&args[0], Data::Hash(Vec::new()))? else {
+                    unreachable!("`made` checks the type");
+                };
                 let mut added = 0;
                 for pair in args[1..].chunks(2) {
                     match fields.iter_mut().find(|(f, _)| *f == pair[0]) {
@@ -506,16 +514,9 @@ impl Store {
                     .chunks(2)
                     .map(|pair| Ok((float_arg(&pair[0])?, pair[1].clone())))
                     .collect::<Result<_, String>>()?;
-                if self.zset(&args[0])?.is_none() {
-                    self.keys.insert(
-                        args[0].clone(),
-                        Entry {
-                            data: Data::ZSet(ZSet::default()),
-                            expires_at: None,
-                        },
-                    );
-                }
-                let z = self.zset(&args[0])?.expect("made above");
+                let Data::ZSet(z) = self.made(&args[0], Data::ZSet(ZSet::default()))? else {
+                    unreachable!("`made` checks the type");
+                };
                 let mut added = 0;
                 for (score, member) in parsed {
                     match z.scores.get(&member).copied() {
