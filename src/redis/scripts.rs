@@ -247,7 +247,7 @@ impl<'a> Call<'a> {
 }
 
 /// `duration` in whole ms of the wire, rounded up, "never" at most.
-pub(super) fn millis_up(duration: Duration) -> u64 {
+fn millis_up(duration: Duration) -> u64 {
     let millis = duration.as_nanos().div_ceil(1_000_000);
     u64::try_from(millis.min(u128::from(NEVER_MS))).unwrap_or(NEVER_MS)
 }

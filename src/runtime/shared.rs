@@ -436,7 +436,7 @@ impl Shared {
             .recent_deliveries
             .iter()
             .filter(|&&(_, shard)| other(shard))
-            .map(|&(at, _)| at.checked_add(interval).map_or(Moment::Never, Moment::At))
+            .map(|&(at, _)| Moment::after(at, interval))
             .filter(|end| !end.has_passed(now));
         let holds = self
             .delivered_holds
