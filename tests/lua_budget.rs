@@ -23,41 +23,18 @@
 mod discord_budget;
 #[path = "support/lua_redis.rs"]
 mod lua_redis;
+#[path = "support/rng.rs"]
+mod rng;
 
 use std::time::{Duration, Instant};
 
 use discord_budget::DiscordBudget;
 use lua_redis::{Emulation, Script};
+use rng::Rng;
 
 const KEYS: &str = "iq:{bot}:";
 /// Redis's clock at the start (Unix ms).
 const EPOCH_MS: i64 = 1_800_000_000_000;
-
-/// A small, seeded generator (xorshift64*): the same seed, the same trace.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// True with probability `percent` %.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// The bot's settings (ms), drawn per seed.
 #[derive(Clone, Copy, Debug)]
@@ -409,15 +386,10 @@ fn run(seed: u64, print: bool) -> Result<(), String> {
             eprintln!("{line}");
         }
     }
-    let most = world.discord.most_in_a_window();
-    if most > settings.total {
-        return Err(format!(
-            "seed {seed} ({settings:?}): Discord counted {most} of {} in a window: {:?}",
-            settings.total,
-            world.discord.windows(None)
-        ));
-    }
-    Ok(())
+    world
+        .discord
+        .never_overspent()
+        .map_err(|overspent| format!("seed {seed} ({settings:?}): {overspent}"))
 }
 
 /// What the simulation found, each by its seed. A process's sync was the first script

@@ -207,7 +207,7 @@ fn resolve(
 
 /// Grant `token` of `shard`, taken at `now`: in hold mode its hold is recorded, for
 /// the permit's release or [`Queue::release`].
-fn delivered(
+pub(super) fn delivered(
     local: &mut Local,
     hold: Option<std::time::Duration>,
     shard: ShardId,

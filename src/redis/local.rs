@@ -60,9 +60,41 @@ pub(super) struct Settings {
     pub(super) hold: Option<Duration>,
     /// A limit source was given: Discord's word is fetched, not awaited.
     pub(super) limit_source: bool,
+    /// `Options::reserve`: units the shared budget keeps for reconnects.
+    pub(super) reserve: u32,
+    /// `Options::replicas`: grants wait for this many replicas' acknowledgment.
+    pub(super) replicas: u32,
+    /// `Options::replica_timeout`: how long a `WAIT` for them waits.
+    pub(super) replica_timeout: Duration,
     /// `Config::grace`: after a loss, Discord's word is fetched once the grants made
     /// before it cannot reach Discord unseen any more (`lua/sync.lua`'s quarantine).
     pub(super) grace: Duration,
+}
+
+impl Settings {
+    /// The settings of the queue `client` connects with `config` and `options`.
+    pub(super) fn new(client: String, config: &crate::Config, options: &super::Options) -> Self {
+        // What Redis keeps after a grant's delivery window (each call carries its
+        // process's window: a permit reaches its shard within it of the call being
+        // sent, later only after a touch): the interval and the margin, and a
+        // millisecond for Redis's whole-millisecond clock. So two deliveries of a
+        // bucket on any one clock are never closer than the interval plus the margin.
+        let spacing = config
+            .get_interval()
+            .saturating_add(options.margin)
+            .saturating_add(Duration::from_millis(1));
+        Self {
+            client,
+            spacing,
+            head_grace: options.head_grace,
+            hold: config.get_hold_timeout(),
+            limit_source: options.limit_source.is_some(),
+            grace: config.get_grace(),
+            reserve: options.reserve,
+            replicas: options.replicas,
+            replica_timeout: options.replica_timeout,
+        }
+    }
 }
 
 /// Where one waiting request stands.

@@ -179,7 +179,10 @@ mod options;
 mod queue;
 #[cfg(feature = "server")]
 pub(crate) mod request_keys;
+mod round;
 mod round_trip;
+#[doc(hidden)]
+pub mod sans_io;
 mod scripts;
 mod shared;
 mod status;

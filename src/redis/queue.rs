@@ -119,24 +119,8 @@ impl Queue {
         }
         let prefix = format!("iq:{{{namespace}}}:");
         let channel = format!("{prefix}ev");
-        // What Redis keeps after a grant's delivery window (each call carries its
-        // process's window: a permit reaches its shard within it of the call being
-        // sent, later only after a touch): the interval and the margin, and a
-        // millisecond for Redis's whole-millisecond clock. So two deliveries of a
-        // bucket on any one clock are never closer than the interval plus the margin.
-        let spacing = config
-            .get_interval()
-            .saturating_add(options.margin)
-            .saturating_add(Duration::from_millis(1));
         let client = client_id();
-        let settings = Settings {
-            client: client.clone(),
-            spacing,
-            head_grace: options.head_grace,
-            hold: config.get_hold_timeout(),
-            limit_source: options.limit_source.is_some(),
-            grace: config.get_grace(),
-        };
+        let settings = Settings::new(client.clone(), &config, &options);
         let inner = Arc::new(Inner {
             local: Mutex::new(Local::new(settings, limit.max_concurrency, limit.remaining)),
             wake: Arc::new(Notify::new()),

@@ -168,7 +168,29 @@ pub(super) enum Arg<'a> {
     Str(&'a str),
 }
 
+impl std::fmt::Display for Arg<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Arg::Int(value) => value.fmt(f),
+            Arg::Str(value) => value.fmt(f),
+        }
+    }
+}
+
 impl<'a> Call<'a> {
+    /// Its script's name: `lua/<name>.lua`.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Call::Acquire { .. } => "acquire",
+            Call::Release { .. } => "release",
+            Call::Touch { .. } => "touch",
+            Call::Delivered { .. } => "delivered",
+            Call::Leave { .. } => "leave",
+            Call::Sync(_) => "sync",
+            Call::Status => "status",
+        }
+    }
+
     /// Its `ARGV`, in order.
     pub(super) fn args(&self) -> Vec<Arg<'a>> {
         let int = |value: u64| Arg::Int(i64::try_from(value).unwrap_or(i64::MAX));

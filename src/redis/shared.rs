@@ -14,8 +14,7 @@ use super::error::{ConnectError, Failure, Unreachable};
 use super::link::{Link, Target};
 use super::local::{Local, Ticket};
 use super::options::Options;
-use super::scripts::{Call, Scripts, SyncArgs, Synced};
-use super::status::Health;
+use super::scripts::{Call, Scripts, Synced};
 use crate::{Config, SessionStartLimit, ShardId};
 
 /// Round trips measured on each new link before it is used.
@@ -151,39 +150,16 @@ impl Inner {
         age: Duration,
         word: Word,
     ) -> Result<(), ConnectError> {
-        let (spacing, synced_before) = {
-            let local = self.lock();
-            (local.settings.spacing, local.stats.syncs > 0)
-        };
-        let call = Call::Sync(SyncArgs {
-            limit,
-            age,
-            spacing,
-            hold: self.hold(),
-            grace: self.config.get_grace(),
-            reserve: self.options.reserve,
-            head_grace: self.options.head_grace,
-            seed: word == Word::Seed,
-            // Every process syncs when it connects: one that synced before saw the
-            // namespace's state, and a missing state is a loss to it.
-            known: synced_before,
-        });
+        let args = self.lock().sync_args(limit, age, word == Word::Seed);
         let reply: Vec<i64> = self
             .scripts
-            .invocation(&self.prefix, &call)
+            .invocation(&self.prefix, &Call::Sync(args))
             .invoke_async(connection)
             .await
             .map_err(|e| self.unreachable(Failure::redis("the sync script", e)))?;
-        let now = Instant::now();
         let mut local = self.lock();
         local.stats.commands += 1;
-        local.stats.syncs += 1;
-        let synced = Synced::from_reply(&reply);
-        local.remaining = synced.remaining;
-        local.set_health(Health::Ready);
-        // The state's `max_concurrency` (a seed may have found another in force).
-        local.rekey(synced.max_concurrency.unwrap_or(limit.max_concurrency), now);
-        local.synced(now);
+        local.applied(Synced::from_reply(&reply), limit, Instant::now());
         tracing::info!(
             total = limit.total,
             remaining = limit.remaining,

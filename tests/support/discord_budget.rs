@@ -82,6 +82,20 @@ impl DiscordBudget {
             .unwrap_or(0)
     }
 
+    /// The property every budget is judged by, the scheduler's and the cluster's
+    /// alike: no window of Discord's counts more than `total`.
+    pub fn never_overspent(&self) -> Result<(), String> {
+        let most = self.most_in_a_window();
+        if most > self.total {
+            return Err(format!(
+                "Discord counted {most} of {} in a window: {:?}",
+                self.total,
+                self.windows(None)
+            ));
+        }
+        Ok(())
+    }
+
     /// What `GET /gateway/bot` answers at `read`: the count of the window open then.
     /// While none is open, `remaining` is `total` and `reset_after` is `closed_reset`
     /// (Discord's value then says nothing; callers try several).

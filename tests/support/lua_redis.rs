@@ -223,6 +223,11 @@ impl Store {
         self.now_us = unix_ms * 1000;
     }
 
+    /// Moves the clock to `unix_us`.
+    pub fn set_clock_us(&mut self, unix_us: u64) {
+        self.now_us = unix_us;
+    }
+
     pub fn now_ms(&self) -> u64 {
         self.now_us / 1000
     }
@@ -794,10 +799,17 @@ impl Emulation {
     /// line with its flags, the prelude, the body). Redis strips the shebang; so does
     /// this (an empty line keeps the line numbers).
     pub fn load(&self, name: &str, flags: &str, body: &str) -> Script {
-        let source = format!(
-            "#!lua{flags}\n{}\n{body}",
-            include_str!("../../src/redis/lua/prelude.lua")
-        );
+        self.load_with(
+            name,
+            flags,
+            include_str!("../../src/redis/lua/prelude.lua"),
+            body,
+        )
+    }
+
+    /// [`load`](Self::load) with another prelude (a mutant's).
+    pub fn load_with(&self, name: &str, flags: &str, prelude: &str, body: &str) -> Script {
+        let source = format!("#!lua{flags}\n{prelude}\n{body}");
         let source = match source.split_once('\n') {
             Some((first, rest)) if first.starts_with("#!") => format!("\n{rest}"),
             _ => source,

@@ -20,6 +20,9 @@ fn settings() -> Settings {
         hold: None,
         limit_source: false,
         grace: Duration::from_secs(30),
+        reserve: 0,
+        replicas: 0,
+        replica_timeout: Duration::from_millis(500),
     }
 }
 

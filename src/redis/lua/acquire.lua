@@ -81,8 +81,11 @@ end
 if head ~= client then
   -- The next in line looks again when the head should have come back; the others
   -- (and the next in line once that moment passed) when the head's lease ends. A
-  -- grant's notification comes first in both cases, unless the head is gone.
-  local wait = lease - now
+  -- grant's notification comes first in both cases, unless the head is gone. A lease
+  -- that ends this very millisecond is looked at the next one: Redis's clock moves in
+  -- whole milliseconds, and a wait of 0 would have the caller ask again at once, and
+  -- again, until it moved.
+  local wait = math.max(lease - now, 1)
   if redis.call('ZRANGE', CON, 1, 1)[1] == client then
     local check = check_at(st, b, head, lease)
     if now < check then wait = check - now end
