@@ -86,13 +86,9 @@ pub(super) async fn run(queue: Weak<Inner>, mut opened: Option<Link>) {
                 Ok(opened) => {
                     inner.set_connection(Some(opened.connection.clone()));
                     link = Some(opened);
-                    let mut local = inner.lock();
-                    local.stats.connections += 1;
-                    if local.stats.connections > 1 {
+                    if inner.lock().connected(Instant::now()) {
                         tracing::info!(url = %inner.url, "reconnected to Redis");
                     }
-                    local.set_health(Health::Ready);
-                    local.retry_all(Instant::now());
                 }
                 Err(failure) => back_off(inner, failure.to_string(), &mut backoff).await,
             }

@@ -488,6 +488,15 @@ impl Local {
         }
     }
 
+    /// A link to Redis is up at `now` (its round trip measured): grants may go on, and
+    /// every bucket asks again. Whether it is a reconnect.
+    pub(super) fn connected(&mut self, now: Instant) -> bool {
+        self.stats.connections += 1;
+        self.set_health(Health::Ready);
+        self.retry_all(now);
+        self.stats.connections > 1
+    }
+
     /// Every bucket with waiters asks again now (a reconnect, a sync, an epoch).
     pub(super) fn retry_all(&mut self, now: Instant) {
         for bucket in self.buckets.values_mut() {
@@ -633,7 +642,18 @@ impl Local {
         self.no_budget = None;
         let bucket = self.buckets.get_mut(&index)?;
         // The head may have changed (cancelled, or a reconnect arrived).
-        if bucket.queue.first().map(|k| k.2) != Some(shard) {
+        let head = *bucket.queue.first()?;
+        if head.2 != shard {
+            return None;
+        }
+        // Only a waiting request is asked for: a key whose request was granted or is
+        // gone is stale (its bucket's queue must not ask for it, and spend, again).
+        let waiting = self
+            .waiters
+            .get(&shard)
+            .is_some_and(|w| matches!(w.phase, Phase::Waiting) && w.key(shard) == head);
+        if !waiting {
+            bucket.queue.remove(&head);
             return None;
         }
         let next_rank = bucket.queue.iter().nth(1).map_or(-1, |k| i64::from(k.0));
@@ -650,7 +670,8 @@ impl Local {
 
     /// A grant came back but the replicas did not acknowledge it in time: never acted
     /// on, its unit spent; no grants until they catch up.
-    pub(super) fn unacknowledged(&mut self, index: u32, now: Instant) {
+    pub(super) fn unacknowledged(&mut self, shard: ShardId, now: Instant) {
+        let index = self.bucket_of(shard);
         self.stats.unacknowledged += 1;
         self.replicas_behind = true;
         self.set_health(Health::ReplicasBehind);
@@ -661,17 +682,21 @@ impl Local {
         }
     }
 
-    /// The acquire script's answer for the head `shard` of bucket `index`, asked at
-    /// `sent` with `window`, arrived at `now`.
+    /// The acquire script's answer for `shard`, the head of its bucket, asked at `sent`
+    /// with `window`, arrived at `now`.
     pub(super) fn answered(
         &mut self,
-        index: u32,
         shard: ShardId,
         answer: Answer,
         sent: Instant,
         window: Duration,
         now: Instant,
     ) {
+        // The shard's bucket now: an earlier answer of the same round may have re-keyed
+        // the queues (a new `max_concurrency`), and its key is where the re-key put it.
+        // The bucket it was asked in would leave the key behind, and the shard, granted
+        // and delivered, would be asked for again and again.
+        let index = self.bucket_of(shard);
         if let Some(bucket) = self.buckets.get_mut(&index) {
             bucket.pending = None;
         }

@@ -127,7 +127,6 @@ pub(super) enum Next {
 
 /// A request of this process for the head of a bucket.
 struct Ask {
-    index: u32,
     shard: ShardId,
     rank: u8,
     nonce: String,
@@ -156,11 +155,11 @@ enum Work {
     Deliveries(Deliveries),
 }
 
-/// A round's acquire answers: each with its ask's bucket and shard and its arrival.
+/// A round's acquire answers: each with its ask's shard and its arrival.
 struct Answered {
     sent: Instant,
     first: Option<Instant>,
-    answers: Vec<(u32, ShardId, Answer, Instant)>,
+    answers: Vec<(ShardId, Answer, Instant)>,
     /// A call that failed: the round ends once the others are applied.
     failure: Option<String>,
 }
@@ -379,7 +378,7 @@ impl Round {
                 let granted = answered
                     .answers
                     .iter()
-                    .any(|(_, _, answer, _)| matches!(answer, Answer::Grant { .. }));
+                    .any(|(_, answer, _)| matches!(answer, Answer::Grant { .. }));
                 if granted && local.settings.replicas > 0 {
                     // With replicas, permits are handed over only after a `WAIT` for
                     // every grant of this batch (one covers them all).
@@ -620,7 +619,6 @@ fn heads(local: &mut Local, now: Instant, nonce: &mut dyn FnMut() -> String) -> 
         .filter_map(|((rank, _, shard), index)| {
             let (nonce, next_rank) = local.ask(index, shard, &mut *nonce)?;
             Some(Ask {
-                index,
                 shard,
                 rank,
                 nonce,
@@ -673,7 +671,7 @@ fn read_answers(
         };
         local.stats.commands += 1;
         match answer(&reply) {
-            Some(answer) => answers.push((ask.index, ask.shard, answer, arrived)),
+            Some(answer) => answers.push((ask.shard, answer, arrived)),
             None => {
                 failure = failure.or(Some(format!(
                     "unexpected reply from the acquire script: {reply:?}"
@@ -709,7 +707,7 @@ fn apply_answers(
     if let Some(answered) = acknowledged.map(|(_, at)| at).or(first) {
         local.measured(sent, answered);
     }
-    for (index, shard, answer, arrived) in answers {
+    for (shard, answer, arrived) in answers {
         let arrived = match (&answer, acknowledged) {
             (Answer::Grant { .. }, Some((false, at))) => {
                 // Not on enough replicas: a failover could forget it. Never acted on;
@@ -719,7 +717,7 @@ fn apply_answers(
                     shard,
                     "a grant was not acknowledged by the replicas: not acted on, its unit spent",
                 );
-                local.unacknowledged(index, at);
+                local.unacknowledged(shard, at);
                 continue;
             }
             (Answer::Grant { .. }, Some((true, at))) => at,
@@ -727,7 +725,7 @@ fn apply_answers(
         };
         // Every answer is applied, also those after a refusal for the budget or
         // Discord's word (a grant among them spent a unit).
-        local.answered(index, shard, answer, sent, window, arrived);
+        local.answered(shard, answer, sent, window, arrived);
     }
     failure.map_or(Ok(()), Err)
 }
@@ -823,6 +821,44 @@ mod tests {
             round.replied(local, now, replies).expect("answered");
         }
         sent
+    }
+
+    /// Seeds 3236 and 4505 of `tests/simulation.rs`, by hand: the first answer of a
+    /// round re-keys the queues (Discord's new `max_concurrency`), and a later answer
+    /// of the same round grants a shard asked for in its old bucket. Once delivered,
+    /// the shard is not asked for again (it was, round after round, each grant
+    /// spending a unit, until the budget was gone every day).
+    #[test]
+    fn a_grant_after_a_re_key_in_its_round_leaves_no_key_behind() {
+        use crate::redis::local::{Owner, Taken};
+        use crate::{OnConflict, Priority};
+        let mut local = local();
+        local.rekey(16, Instant::now());
+        let now = Instant::now();
+        let mut tickets = Vec::new();
+        for shard in [5, 6] {
+            let owner = Owner::Future(None);
+            let ticket = local.enqueue(shard, Priority::Start, OnConflict::Refuse, owner, now);
+            tickets.push(ticket.expect("queued"));
+        }
+        let answers = |command: &Command<'_>| match command {
+            // Shard 5 waits, and Redis says the buckets are 4 now.
+            Command::Script(Call::Acquire { shard: 5, .. }) => Reply::Ints(vec![2, 5000, 1, 0, 4]),
+            // Shard 6 (bucket 6 of 16, 2 of 4) is granted.
+            Command::Script(Call::Acquire { shard: 6, .. }) => {
+                Reply::Ints(vec![1, 1, 1, 9, 4, 5006, 0])
+            }
+            _ => Reply::Int(1),
+        };
+        let sent = run(&mut Round::default(), &mut local, now, answers);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(matches!(local.take(6, tickets[1], now), Taken::Permit(_)));
+        let later = now + Duration::from_secs(10);
+        let again = run(&mut Round::default(), &mut local, later, answers);
+        assert!(
+            again.iter().all(|command| !command.contains("shard: 6")),
+            "shard 6 asked for again: {again:?}"
+        );
     }
 
     /// Seed 2807 of `tests/simulation.rs`, by hand: a process that missed the

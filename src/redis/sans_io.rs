@@ -97,9 +97,7 @@ impl Process {
     pub fn connected(&mut self, sent: Instant, now: Instant) {
         self.local
             .measured(Clock::from_std(sent), Clock::from_std(now));
-        self.local.stats.connections += 1;
-        self.local.set_health(super::Health::Ready);
-        self.local.retry_all(Clock::from_std(now));
+        self.local.connected(Clock::from_std(now));
     }
 
     /// The link failed: the round in progress ends (its lost answers are asked again

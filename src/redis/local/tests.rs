@@ -58,7 +58,7 @@ fn ask_and_answer(local: &mut Local, index: u32, answer: Answer, sent: Instant, 
     let shard = local.buckets[&index].queue.first().unwrap().2;
     let window = local.window();
     local.ask(index, shard, || "nonce".to_owned()).unwrap();
-    local.answered(index, shard, answer, sent, window, now);
+    local.answered(shard, answer, sent, window, now);
 }
 
 #[test]
@@ -556,7 +556,7 @@ impl World {
                         },
                     };
                     // As the driver does: every answer of the round is applied.
-                    self.local.answered(index, shard, answer, sent, window, now);
+                    self.local.answered(shard, answer, sent, window, now);
                 }
                 // A round refused for Discord's word resumes once the word comes: here,
                 // at once.
