@@ -792,14 +792,20 @@ impl Local {
 
     /// The grants to touch now: taken late (their future asked), or parked long
     /// enough that their bucket must be kept busy.
+    ///
+    /// In shard order: a round's calls go out in the same order on every run (the
+    /// waiters' map has none), so that a simulated seed replays exactly.
     pub(super) fn due_touches(&self, now: Instant) -> Vec<(ShardId, Token)> {
-        self.waiters
+        let mut due: Vec<(ShardId, Token)> = self
+            .waiters
             .iter()
             .filter_map(|(&shard, waiter)| match &waiter.phase {
                 Phase::Granted(g) if g.touch_asked || now >= g.touch_at => Some((shard, g.token)),
                 _ => None,
             })
-            .collect()
+            .collect();
+        due.sort_unstable_by_key(|&(shard, _)| shard);
+        due
     }
 
     /// A touch of grant `token` of `shard`, sent at `sent` with `window`, answered at

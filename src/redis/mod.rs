@@ -126,9 +126,8 @@
 //!   A word read before then is applied less the most the buckets can have granted in
 //!   that time (one per bucket and interval; a window it says is not open may have
 //!   been opened by one of them), until a word read after it; with
-//!   [`Options::limit_source`], the
-//!   process that fetches the word waits for the end of the quarantine (10 s and `G`,
-//!   40 s by default) rather than lose those units.
+//!   [`Options::limit_source`], the process that fetches the word waits for the end of
+//!   the quarantine (10 s and `G`, 40 s by default) rather than lose those units.
 //!
 //! So at any instant, the units Redis may still grant in a Discord window are at most
 //! what Discord's latest word left, less every grant Discord may not have counted: no

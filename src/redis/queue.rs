@@ -117,7 +117,7 @@ impl Queue {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ConnectError::NoTokioRuntime);
         }
-        let prefix = format!("iq:{{{namespace}}}:");
+        let prefix = key_prefix(namespace);
         let channel = format!("{prefix}ev");
         let client = client_id();
         let settings = Settings::new(client.clone(), &config, &options);
@@ -417,6 +417,12 @@ async fn minority_fence(connection: &mut MultiplexedConnection) -> Result<(), Er
 }
 
 /// A name for this queue among the contenders: process id, time, and a counter.
+/// `iq:{<namespace>}:`: the prefix of every key of `namespace` (the braces keep them
+/// in one Redis Cluster slot), the scripts' `KEYS[1]`.
+pub(super) fn key_prefix(namespace: &str) -> String {
+    format!("iq:{{{namespace}}}:")
+}
+
 fn client_id() -> String {
     static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()

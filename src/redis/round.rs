@@ -208,11 +208,8 @@ impl Round {
         now: Instant,
         nonce: &mut dyn FnMut() -> String,
     ) -> Option<Next> {
-        if let Some(work) = &self.out {
-            return Some(match work {
-                Work::Fetch(Fetch::AskSource) => Next::AskSource,
-                _ => Next::Send,
-            });
+        if let Some(next) = self.pending() {
+            return Some(next);
         }
         while self.stage != Stage::Over {
             let stage = self.stage;
@@ -241,11 +238,19 @@ impl Round {
                     .then(|| Work::Deliveries(local.take_deliveries())),
                 Stage::Over => None,
             };
-            if self.out.is_some() {
-                return self.next(local, now, nonce);
+            if let Some(next) = self.pending() {
+                return Some(next);
             }
         }
         None
+    }
+
+    /// What the work that is out needs, if any is.
+    fn pending(&self) -> Option<Next> {
+        Some(match self.out.as_ref()? {
+            Work::Fetch(Fetch::AskSource) => Next::AskSource,
+            _ => Next::Send,
+        })
     }
 
     /// Discord's word, if the shared state needs it: fetched now, or the round stops.
@@ -861,7 +866,7 @@ mod tests {
         );
     }
 
-    /// Seed 2807 of `tests/simulation.rs`, by hand: a process that missed the
+    /// Seed 4159 of `tests/simulation.rs`, by hand: a process that missed the
     /// notification that another applied Discord's word finds it applied when it
     /// looks, and stops waiting for it: its next round does not fetch it again.
     #[test]

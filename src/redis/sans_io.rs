@@ -69,7 +69,7 @@ impl Process {
             local: Local::new(Settings::new(client.to_owned(), config, options), 1, 0),
             round: None,
             nonces: 0,
-            prefix: format!("iq:{{{namespace}}}:"),
+            prefix: super::queue::key_prefix(namespace),
         }
     }
 
@@ -100,8 +100,10 @@ impl Process {
         self.local.connected(Clock::from_std(now));
     }
 
-    /// The link failed: the round in progress ends (its lost answers are asked again
-    /// with their nonces on the next link).
+    /// The link failed: the round in progress ends. Hand its commands that were out
+    /// back as failed first ([`replied`](Self::replied)), as the driver's calls fail:
+    /// that puts back what must not be lost, and lost acquire answers are asked
+    /// again with their nonces on the next link.
     pub fn disconnected(&mut self) {
         self.round = None;
     }
@@ -163,19 +165,9 @@ impl Process {
         }
     }
 
-    /// Requests not resolved here.
-    pub fn len(&self) -> usize {
-        self.local.len()
-    }
-
     /// Whether no request waits here.
     pub fn is_empty(&self) -> bool {
         self.local.len() == 0
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> super::ClusterStats {
-        self.local.stats()
     }
 
     /// What to do at `now`: the next commands of the round in progress (a new round
